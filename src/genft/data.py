@@ -231,12 +231,11 @@ def write_dataset(
 
 # ---------------------------------------------------------------- the study's release
 
-# Items whose gold label is "-" (no annotator consensus in MNLI/SNLI) cannot be scored against a label word.
-UNLABELED = "-"
+UNLABELED = "-"  # MNLI's gold label for items with no annotator consensus
 
 
 def _read_study_file(path: Path, spec: TaskSpec) -> tuple[list[dict], int]:
-    """Read one released JSON array, map its keys to canonical fields; returns (items, dropped '-')."""
+    """Read one released JSON array, map its keys to canonical fields; returns (items, dropped defective)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file (is the folder the study's released data/?)")
     try:
@@ -257,7 +256,11 @@ def _read_study_file(path: Path, spec: TaskSpec) -> tuple[list[dict], int]:
             raise DataError(f"{where}: missing field {missing[0]!r} (the study's {spec.study_name} items have "
                             f"{', '.join(spec.study_fields)})")
         item = {canon: obj[key] for key, canon in spec.study_fields.items()}
-        if spec.is_classification and item[spec.target] == UNLABELED:
+        # The release has a few defective items: gold "-" (MNLI, SNLI) and empty texts (GPT3-NLI, TweetQA,
+        # one XSum training document).  They cannot be scored or learned from, so they are dropped and counted.
+        if (spec.is_classification and item[spec.target] == UNLABELED) or any(
+            isinstance(v, str) and not v.strip() for v in item.values()
+        ):
             dropped += 1
             continue
         items.append(validate_item(spec, item, where))
@@ -292,11 +295,12 @@ def import_study(src: str | os.PathLike, root: str | os.PathLike | None = None, 
             "source_folder": str(src),
             "domain": info.domain,
             "description": info.description,
-            "dropped_unlabeled": {k: v for k, v in dropped.items() if v},
+            "dropped_defective": {k: v for k, v in dropped.items() if v},
         }
         results[f"{info.task}/{info.name}"] = written = write_dataset(info.task, info.name, splits, root, meta)
         counts = ", ".join(f"{k} {v['count']}" for k, v in written["files"].items())
-        note = "".join(f"; dropped {v} '-' items from {k}" for k, v in dropped.items() if v)
+        note = "".join(f"; dropped {v} defective items (gold '-' or an empty text) from {k}"
+                       for k, v in dropped.items() if v)
         log(f"{info.task}/{info.name}: {counts}{note}")
     return results
 

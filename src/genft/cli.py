@@ -1,0 +1,112 @@
+"""The `genft` command: data, models, evaluation, suites and reports."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _add_data_dir(p):
+    p.add_argument("--data-dir", help="data folder (default: $GENFT_DATA_DIR, else ./data)")
+
+
+def cmd_data_import_study(args) -> int:
+    from .data import data_dir, import_study
+
+    import_study(args.src, args.data_dir)
+    print(f"imported into {data_dir(args.data_dir)}")
+    return 0
+
+
+def cmd_data_builtin(args) -> int:
+    from .builtin import generate
+    from .data import data_dir
+
+    generate(args.data_dir)
+    print(f"wrote genft's builtin data into {data_dir(args.data_dir)}")
+    return 0
+
+
+def cmd_model_prepare(args) -> int:
+    from .models import prepare
+
+    print(prepare(args.name))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Evaluate one model on genft tasks and print a table (one model load for every task and shot count)."""
+    from tabulate import tabulate
+
+    from . import harness
+    from .data import data_dir
+    from .models import resolve
+
+    os.environ["GENFT_DATA_DIR"] = str(data_dir(args.data_dir))
+    pretrained = resolve(args.model)
+    tm = harness.task_manager(pretrained, args.data_dir)
+    names = harness.match_tasks(args.tasks, tm)
+    print(f"model {pretrained}; {len(names)} tasks; shots {args.shots}; limit {args.limit}", flush=True)
+    lm = harness.load_model(pretrained, args.backend, peft=args.peft, batch_size=args.batch_size)
+    rows = []
+    for shots in args.shots:
+        start = time.time()
+        res = harness.evaluate(lm, names, num_fewshot=shots, limit=args.limit, pretrained=pretrained, tm=tm)
+        for name in names:
+            r = res["results"][name]
+            if "acc,none" in r:
+                rows.append([name, shots, "acc / acc_first", f"{r['acc,none']:.3f} / {r['acc_first,none']:.3f}"])
+            else:
+                rows.append([name, shots, "rougeL", f"{r['rougeL,none']:.3f}"])
+        print(f"{shots}-shot: {len(names)} tasks in {time.time() - start:.0f}s", flush=True)
+    print(tabulate(rows, headers=["task", "shots", "metric", "score"], tablefmt="github"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="create data sets in the canonical layout").add_subparsers(dest="what", required=True)
+    p = data.add_parser("import-study", help="import the study's released splits (e.g. ../shared/paper-data)")
+    p.add_argument("src")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_data_import_study)
+    p = data.add_parser("builtin", help="write genft's small builtin data set (all five tasks, two domains each)")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_data_builtin)
+
+    model = sub.add_parser("model", help="provision models").add_subparsers(dest="what", required=True)
+    p = model.add_parser("prepare", help="provision a named model and print its folder")
+    p.add_argument("name", help="smollm2-135m or tiny")
+    p.set_defaults(func=cmd_model_prepare)
+
+    p = sub.add_parser("eval", help="evaluate one model on genft tasks and print the table")
+    p.add_argument("--model", default="smollm2-135m", help="a genft model name, a local folder or a hub id")
+    p.add_argument("--peft", help="a LoRA adapter folder on top of --model")
+    p.add_argument("--tasks", nargs="+", default=["genft_builtin"], help="task names, tags or globs")
+    p.add_argument("--shots", nargs="+", type=int, default=[0])
+    p.add_argument("--limit", type=int, help="first N items of each test set")
+    p.add_argument("--backend", default="hf", help="lm-eval model type: hf, genft-hf, vllm")
+    p.add_argument("--batch-size", type=int, default=8)
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .models import ModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ModelError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"genft: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Running the genft lm-eval tasks from Python: task names, the task manager, one model load per checkpoint.
+
+The YAMLs live in harness_tasks/ at the top of the repository ($GENFT_TASKS_DIR overrides); the same
+folder serves `lm_eval --include_path harness_tasks --tasks 'genft_*'`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .data import data_dir
+
+BACKENDS = ("hf", "genft-hf", "vllm")
+
+
+def tasks_dir() -> Path:
+    env = os.environ.get("GENFT_TASKS_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "harness_tasks"
+    if not (path / "_genft_classification.yaml").is_file():
+        raise FileNotFoundError(f"{path}: genft's harness_tasks folder not found; set GENFT_TASKS_DIR to it")
+    return path
+
+
+def task_name(task: str, dataset: str, prompt: int = 1) -> str:
+    return f"genft_{task}_{dataset}" + ("" if prompt == 1 else f"_p{prompt}")
+
+
+def task_manager(pretrained: str | None = None, data_root: str | os.PathLike | None = None, **metadata):
+    """A TaskManager over genft's tasks only (skips indexing lm-eval's 14k built-in tasks).
+
+    `pretrained` (the tokenizer) is needed by classification tasks for the study's first-token rule.
+    """
+    from lm_eval.tasks import TaskManager
+
+    meta = {"genft_data_dir": str(data_dir(data_root)), **metadata}
+    if pretrained:
+        meta["pretrained"] = pretrained
+    return TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=meta)
+
+
+def match_tasks(patterns: Sequence[str], tm=None) -> list[str]:
+    """Expand globs and tags ('genft_*', 'genft_sentiment') into task names, as the lm_eval CLI does."""
+    tm = tm or task_manager()
+    names: list[str] = []
+    for pat in patterns:
+        found = tm.match_tasks([pat])
+        if not found:
+            raise KeyError(f"no genft task matches {pat!r}; `lm_eval ls tasks --include_path {tasks_dir()}` lists them")
+        for name in found:
+            if name in tm.all_tags:
+                names += [t for t in _tag_members(tm, name) if t not in names]
+            elif name in tm.all_tasks and name not in names and not name.startswith("_"):
+                names.append(name)
+    return names
+
+
+def _tag_members(tm, tag: str) -> list[str]:
+    return sorted(name for name, entry in tm.task_index.items() if tag in (getattr(entry, "tags", None) or ()))
+
+
+def load_model(
+    pretrained: str,
+    backend: str = "hf",
+    peft: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+    dtype: str | None = None,
+    **kwargs: Any,
+):
+    """Load one checkpoint once as an lm-eval model; every cell of that checkpoint reuses it."""
+    from lm_eval.api.registry import get_model
+
+    if backend == "genft-hf":
+        from . import backend as _backend  # noqa: F401  (registers genft-hf)
+    args: dict[str, Any] = {"pretrained": pretrained, "device": device, "batch_size": batch_size, **kwargs}
+    if peft:
+        args["peft"] = peft
+    if dtype:
+        args["dtype"] = dtype
+    return get_model(backend).create_from_arg_obj(args)
+
+
+def evaluate(
+    lm,
+    tasks: Sequence[str],
+    num_fewshot: int = 0,
+    limit: int | None = None,
+    pretrained: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    log_samples: bool = False,
+    fewshot_random_seed: int = 1234,
+    tm=None,
+) -> dict:
+    """Evaluate a loaded model on genft tasks at one shot count; returns lm-eval's results dict."""
+    import lm_eval
+
+    tm = tm or task_manager(pretrained, data_root)
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=tm,
+        log_samples=log_samples,
+        fewshot_random_seed=fewshot_random_seed,
+        random_seed=0,
+        numpy_random_seed=1234,
+        torch_random_seed=1234,
+        bootstrap_iters=0,
+    )
