@@ -1,0 +1,91 @@
+import math
+
+import pytest
+
+from genft import metrics
+from genft.prompts import get_task
+
+
+def test_rules_differ_when_labels_split_into_several_tokens():
+    nli = get_task("nli")
+    # Full labels: entailment = ent + ail + ment is penalised for its three tokens, so "neutral" wins the
+    # summed rule; but "ent" is the most probable first token, so the study's rule picks entailment.
+    full = [math.log(0.5) + math.log(0.3) + math.log(0.3), math.log(0.2), math.log(0.1) + math.log(0.5)]
+    first = [math.log(0.5), math.log(0.2), math.log(0.1)]
+    s = metrics.classification_scores(nli, gold=0, lls=full + first)
+    assert s["acc"] == 0.0 and s["pred_neutral"] == 1.0
+    assert s["acc_first"] == 1.0 and s["predfirst_entailment"] == 1.0
+    assert s["gold_entailment"] == 1.0 and s["gold_neutral"] == 0.0
+    # acc_norm divides by characters: entailment -0.31/char, neutral -0.230/char, contradiction -0.2305/char.
+    assert s["acc_norm"] == 0.0
+    s = metrics.classification_scores(nli, gold=2, lls=full + first)
+    assert (s["acc"], s["acc_norm"], s["acc_first"]) == (0.0, 0.0, 0.0)
+
+
+def test_classification_scores_need_both_blocks():
+    with pytest.raises(ValueError, match="expected 4 log-likelihoods"):
+        metrics.classification_scores(get_task("sentiment"), 0, [0.0, -1.0])
+
+
+def test_metric_names_cover_the_scores():
+    spec = get_task("paraphrase")
+    assert sorted(metrics.classification_metric_names(spec)) == sorted(
+        metrics.classification_scores(spec, 1, [-1.0, -2.0, -1.0, -2.0]))
+
+
+def test_rouge_on_a_hand_computed_case():
+    # reference 4 tokens, prediction 3 tokens, LCS "the cat sat" = 3: P=1, R=3/4, F=6/7.
+    s = metrics.generation_scores("The cat sat down", " the cat sat\n\nignored after a blank line")
+    assert s["rougeL"] == pytest.approx(6 / 7)
+    assert s["rouge1"] == pytest.approx(6 / 7)
+    # bigrams: pred {the cat, cat sat}, ref {the cat, cat sat, sat down}: P=1, R=2/3, F=0.8
+    assert s["rouge2"] == pytest.approx(0.8)
+    assert metrics.generation_scores("a b", "\n\n")["rougeL"] == 0.0
+
+
+def test_clean_generation_strips_then_cuts_at_the_first_blank_line():
+    assert metrics.clean_generation("\n  What did he do?\nMore\n\n### Input:") == "What did he do?\nMore"
+
+
+class FakeTokenizer:
+    """Word-piece toy: 'ent','ail','ment' and whole words; spaces attach to the following piece."""
+
+    is_fast = True
+    pieces = ["entail", "ent", "ail", "ment", "neutral", ":", " ", "is", "x"]
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        ids, offsets, i = [], [], 0
+        while i < len(text):
+            start = i
+            if text[i] == " " and i + 1 < len(text):
+                i += 1
+            piece = next(p for p in self.pieces if text.startswith(p, i))
+            i += len(piece)
+            ids.append(self.pieces.index(piece))
+            offsets.append((start, i))
+        out = {"input_ids": ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = offsets
+        return out
+
+
+def test_first_token_text_follows_lm_eval_tokenization():
+    tok = FakeTokenizer()
+    assert metrics.first_token_text(tok, "x:", "entailment") == "entail"
+    assert metrics.first_token_text(tok, "x:", "neutral") == "neutral"
+    # Trailing white space of the context moves into the continuation (lm-eval's hf model does this).
+    assert metrics.first_token_text(tok, "x is ", "entailment") == "entail"
+    # With a delimiter, only the label's own characters are returned.
+    assert metrics.first_token_text(tok, "x:", " entailment", skip=1) == "entail"
+
+
+def test_first_token_text_on_the_tiny_tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for label in ("entailment", "contradiction", "positive", "no"):
+        first = metrics.first_token_text(tok, "### Inference:", label)
+        assert label.startswith(first) and first
+        whole = tok("### Inference:" + first, add_special_tokens=False)["input_ids"]
+        ctx = tok("### Inference:", add_special_tokens=False)["input_ids"]
+        assert len(whole) == len(ctx) + 1  # the prefix is exactly one token after the context
