@@ -34,5 +34,5 @@ def test_builtin_cli_then_eval(tmp_path, tiny_model):
     out = genft("eval", "--model", "tiny", "--tasks", "genft_sentiment_builtin_products", "genft_summary_builtin_sports",
                 "--shots", "0", "1", "--limit", "2", "--data-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "| genft_sentiment_builtin_products |       1 | acc / acc_first" in out.stdout
+    assert "genft_sentiment_builtin_products 1-shot: acc " in out.stdout
     assert "| genft_summary_builtin_sports" in out.stdout

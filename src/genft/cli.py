@@ -37,6 +37,8 @@ def cmd_model_prepare(args) -> int:
 
 def cmd_eval(args) -> int:
     """Evaluate one model on genft tasks and print a table (one model load for every task and shot count)."""
+    import json
+
     from tabulate import tabulate
 
     from . import harness
@@ -47,20 +49,30 @@ def cmd_eval(args) -> int:
     pretrained = resolve(args.model)
     tm = harness.task_manager(pretrained, args.data_dir)
     names = harness.match_tasks(args.tasks, tm)
-    print(f"model {pretrained}; {len(names)} tasks; shots {args.shots}; limit {args.limit}", flush=True)
+    cells = [(shots, name) for shots in args.shots for name in names]
+    print(f"model {pretrained}; {len(names)} tasks x shots {args.shots} = {len(cells)} cells; limit {args.limit}",
+          flush=True)
     lm = harness.load_model(pretrained, args.backend, peft=args.peft, batch_size=args.batch_size)
-    rows = []
-    for shots in args.shots:
+    rows, records, began = [], [], time.time()
+    for i, (shots, name) in enumerate(cells, 1):
         start = time.time()
-        res = harness.evaluate(lm, names, num_fewshot=shots, limit=args.limit, pretrained=pretrained, tm=tm)
-        for name in names:
-            r = res["results"][name]
-            if "acc,none" in r:
-                rows.append([name, shots, "acc / acc_first", f"{r['acc,none']:.3f} / {r['acc_first,none']:.3f}"])
-            else:
-                rows.append([name, shots, "rougeL", f"{r['rougeL,none']:.3f}"])
-        print(f"{shots}-shot: {len(names)} tasks in {time.time() - start:.0f}s", flush=True)
-    print(tabulate(rows, headers=["task", "shots", "metric", "score"], tablefmt="github"))
+        r = harness.evaluate(lm, [name], num_fewshot=shots, limit=args.limit, pretrained=pretrained, tm=tm)
+        r = {k.split(",")[0]: v for k, v in r["results"][name].items() if k.endswith(",none")}
+        n, wall = r.pop("sample_len", None) or args.limit, time.time() - start
+        if "acc" in r:
+            score = f"acc {r['acc']:.3f}  acc_first {r['acc_first']:.3f}"
+        else:
+            score = f"rougeL {r['rougeL']:.3f}"
+        rows.append([name, shots, score, f"{wall:.0f}", f"{n / wall:.2f}" if n else ""])
+        records.append({"task": name, "shots": shots, "metrics": r, "wall_s": wall})
+        left = (time.time() - began) / i * (len(cells) - i)
+        print(f"[{i}/{len(cells)}] {name} {shots}-shot: {score} ({wall:.0f}s, ~{left / 60:.0f} min left)", flush=True)
+    print(tabulate(rows, headers=["task", "shots", "score", "seconds", "items/s"], tablefmt="github"))
+    if args.output:
+        tmp = f"{args.output}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"model": pretrained, "backend": args.backend, "limit": args.limit, "cells": records}, f, indent=1)
+        os.replace(tmp, args.output)
     return 0
 
 
@@ -90,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N items of each test set")
     p.add_argument("--backend", default="hf", help="lm-eval model type: hf, genft-hf, vllm")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--output", help="also write the scores as JSON to this file")
     _add_data_dir(p)
     p.set_defaults(func=cmd_eval)
     return parser
