@@ -76,6 +76,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """Write the suite's markdown report and figures (reports/<suite>.md)."""
+    from .report import write_report
+
+    print(write_report(args.suite, out_dir=args.out_dir))
+    return 0
+
+
+def cmd_suite_run(args) -> int:
+    from .suite import SuiteError, run_suite
+
+    try:
+        return run_suite(args.suite, dry_run=args.dry_run, report=not args.no_report)
+    except SuiteError as e:
+        print(f"genft: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_suite_validate(args) -> int:
+    from .suite import SuiteError, load_suite
+
+    try:
+        s = load_suite(args.suite)
+    except SuiteError as e:
+        print(f"genft: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.suite}: valid suite {s.name!r}: {len(s.models)} models, {len(s.runs)} fine-tuning runs, "
+          f"{len(s.eval.test_sets)} test sets; output {s.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the scores as JSON to this file")
     _add_data_dir(p)
     p.set_defaults(func=cmd_eval)
+
+    suite = sub.add_parser("suite", help="run a whole transfer matrix from a suite file (resumable)").add_subparsers(
+        dest="what", required=True)
+    p = suite.add_parser("run", help="plan, fine-tune and evaluate what is missing, then write the report")
+    p.add_argument("suite", help="a suite YAML file, e.g. suites/smoke.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate; do nothing")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(func=cmd_suite_run)
+    p = suite.add_parser("validate", help="check a suite file (loads no model, needs no data)")
+    p.add_argument("suite")
+    p.set_defaults(func=cmd_suite_validate)
+    p = sub.add_parser("report", help="write a suite's report: reports/<suite>.md and its figures")
+    p.add_argument("suite", help="the suite (its file, folder or name)")
+    p.add_argument("--out-dir", default="reports", help="folder for the report (default: reports)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
