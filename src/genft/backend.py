@@ -1,0 +1,666 @@
+"""`genft-hf`: lm-eval's `hf` model with shared-prefix KV reuse -- same requests, same scores, less compute.
+
+With the study's fixed first-k demonstrations every item of a test set starts with the same demonstrations,
+and every label of an item shares the item's prompt.  lm-eval's `hf` model recomputes all of it for every
+(item, label) pair.  `GenftHFLM` (registered as `genft-hf`) is a subclass of `lm_eval.models.huggingface.HFLM`:
+same `model_args` (pretrained, peft, dtype, device, batch_size, ...), same tokenization (HFLM's own
+`_encode_pair` / `tok_encode` path is reused untouched), same (logprob, is_greedy) and greedy texts, but:
+
+* Shared prefixes.  The distinct contexts of a call are sorted by token ids and cut into groups whose
+  longest common token prefix is worth sharing (`plan_prefix_groups`: an exact cost model over the sorted
+  order, nothing task-specific).  Each group's prefix is run once (batch 1) and its KV cache is expanded
+  to every batch row of the group.
+* loglikelihood: requests are grouped by context.  One batch row per distinct context holds the context's
+  suffix (after the shared prefix) followed by a trie of all its continuations' tokens but the last, with a
+  4D "tree" attention mask (every continuation token sees the context and its own trie ancestors) and
+  matching position ids.  So every item is ONE forward pass, whatever its number of labels and whether
+  they are one token ("ent") or several ("entailment"); the vocabulary projection (lm_head) runs only at
+  the scored positions.
+* generate_until (greedy): rows of a prefix group are left-padded *between* the cached prefix and their
+  suffix (2D attention mask with zeros on the pads, explicit position ids), then decoded token by token
+  on the expanded cache; rows that hit EOS or a stop sequence leave the batch at once.  Texts are cut by
+  lm-eval's own `postprocess_generated_text`, so stop-sequence handling matches `hf` exactly.
+* Anything the fast path does not cover (sampling, beam search, logits processors from the generation
+  config, seq2seq models, sliding-window caches, attention kernels other than sdpa/eager) is delegated to
+  `HFLM` itself, so results never silently change.
+
+Registration: importing this module registers `genft-hf` with lm-eval's model registry (Python API:
+`import genft.backend` then `simple_evaluate(model="genft-hf", ...)`).  lm-eval 0.4.13 has no plugin
+discovery, and its CLI builds the model before it imports any task `utils.py`, so for the command line run
+`python -m genft.backend <lm_eval run arguments>` (same arguments as `lm_eval run`/`lm_eval`).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import lm_eval.models  # noqa: F401  (registers lm-eval's own lazy models first: get_model() skips that once ours exists)
+from lm_eval.api.registry import model_registry
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import (
+    handle_stop_sequences,
+    has_bos_prefix,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+)
+
+eval_logger = logging.getLogger(__name__)
+
+__all__ = ["GenftHFLM", "plan_prefix_groups", "common_prefix_len", "cli_evaluate"]
+
+
+# --------------------------------------------------------------------------- shared-prefix planning
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x = np.asarray(a[:n], dtype=np.int64)
+    y = np.asarray(b[:n], dtype=np.int64)
+    diff = np.flatnonzero(x != y)
+    return int(diff[0]) if diff.size else n
+
+
+def plan_prefix_groups(
+    seqs: Sequence[Sequence[int]], min_prefix: int = 8, overhead: int = 16, keep: int = 1
+) -> list[tuple[int, list[int]]]:
+    """Partition sequences into groups that share a token prefix worth computing once.
+
+    Returns [(prefix_len, [indices into seqs])]; every member of a group starts with the same prefix_len
+    tokens and keeps at least `keep` tokens after it.  The partition minimises the tokens to compute
+    (prefix once + every member's suffix, plus `overhead` per shared prefix) over splits of the
+    lexicographically sorted order at its common-prefix boundaries.  A prefix shorter than `min_prefix`
+    is not shared (prefix_len 0).
+    """
+    n = len(seqs)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: tuple(seqs[i]))
+    lens = [len(seqs[i]) for i in order]
+    adj = [common_prefix_len(seqs[order[i]], seqs[order[i + 1]]) for i in range(n - 1)]
+
+    def whole(lo: int, hi: int) -> tuple[float, int]:
+        if hi - lo == 1:
+            return float(lens[lo]), 0
+        lcp = min(adj[lo : hi - 1])
+        p = min(lcp, min(lens[lo:hi]) - keep)
+        total = float(sum(lens[lo:hi]))
+        if p < min_prefix:
+            return total, 0
+        return total - (hi - lo - 1) * p + overhead, p
+
+    def best(lo: int, hi: int, depth: int) -> tuple[float, list[tuple[int, int, int]]]:
+        cost, p = whole(lo, hi)
+        plan = [(p, lo, hi)]
+        if hi - lo > 1 and depth < 200:
+            lcp = min(adj[lo : hi - 1])
+            cuts = [i + 1 for i in range(lo, hi - 1) if adj[i] == lcp]
+            split_cost, split_plan = 0.0, []
+            for a, b in zip([lo] + cuts, cuts + [hi]):
+                c, pl = best(a, b, depth + 1)
+                split_cost += c
+                split_plan += pl
+                if split_cost >= cost:
+                    break
+            if split_cost < cost:
+                return split_cost, split_plan
+        return cost, plan
+
+    import sys
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 1000))
+    try:
+        _, plan = best(0, n, 0)
+    finally:
+        sys.setrecursionlimit(old)
+    groups = []
+    for p, lo, hi in plan:
+        members = [order[i] for i in range(lo, hi)]
+        if p == 0 and groups and groups[-1][0] == 0:
+            groups[-1][1].extend(members)  # unshared neighbours batch together
+        else:
+            groups.append((p, members))
+    return groups
+
+
+# --------------------------------------------------------------------------- a preallocated cache layer
+
+from transformers.cache_utils import DynamicLayer  # noqa: E402
+
+
+class _BufferLayer(DynamicLayer):
+    """A DynamicLayer over preallocated [batch, heads, capacity, head_dim] buffers: appends write in place."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        super().__init__()
+        self._kb, self._vb, self._n = keys, values, length
+        self.device = keys.device
+        self.is_initialized = True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self._kb[:, :, : self._n]
+        self.values = self._vb[:, :, : self._n]
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # already initialized
+        return None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        m = key_states.shape[-2]
+        if self._n + m > self._kb.shape[2]:  # out of room (not expected): grow
+            grow = max(m, self._kb.shape[2] // 2)
+            self._kb = torch.cat([self._kb, self._kb.new_zeros(*self._kb.shape[:2], grow, self._kb.shape[3])], dim=2)
+            self._vb = torch.cat([self._vb, self._vb.new_zeros(*self._vb.shape[:2], grow, self._vb.shape[3])], dim=2)
+        self._kb[:, :, self._n : self._n + m] = key_states
+        self._vb[:, :, self._n : self._n + m] = value_states
+        self._n += m
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._n
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._kb, self._vb = self._kb[indices], self._vb[indices]
+        self._views()
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class GenftHFLM(HFLM):
+    """HFLM with shared-prefix KV reuse; a drop-in for lm-eval's `hf` model (same model_args, same scores).
+
+    Extra model_args: `prefix_min_tokens` (default 8): shortest common token prefix worth sharing;
+    `fast` (default True): False delegates everything to HFLM (for A/B checks).
+    """
+
+    def __init__(self, *args, prefix_min_tokens: int = 8, fast: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prefix_min_tokens = int(prefix_min_tokens)
+        self.fast = fast if isinstance(fast, bool) else str(fast).lower() in ("1", "true", "yes")
+        # Work counters (forward calls, tokens run, prefixes shared, lm_head rows): tests and benchmarks read them.
+        self.stats: Counter = Counter()
+        self._fast_reason: str | None = None
+
+    # ------------------------------------------------------------------ model plumbing
+
+    def _causal_lm(self):
+        model = self.model
+        get_base = getattr(model, "get_base_model", None)  # peft.PeftModel: LoRA layers are injected in place
+        return get_base() if callable(get_base) else model
+
+    def _fast_ok(self) -> bool:
+        if not self.fast:
+            return False
+        if self._fast_reason is None:
+            reason = ""
+            lm = self._causal_lm()
+            cfg = lm.config
+            if self.backend != "causal":
+                reason = "not a causal LM"
+            elif getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+                reason = f"attention implementation {getattr(cfg, '_attn_implementation', None)!r}"
+            elif getattr(self, "accelerator", None) is not None and self.world_size > 1:
+                reason = "data parallel"
+            else:
+                try:
+                    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+                    cache = DynamicCache(config=cfg)
+                    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+                        reason = "cache with sliding-window or special layers"
+                except Exception as exc:  # noqa: BLE001
+                    reason = f"cache check failed: {exc}"
+                decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, "model", None)
+                if decoder is None or lm.get_output_embeddings() is None:
+                    reason = "no decoder / lm_head"
+            if reason:
+                eval_logger.warning("genft-hf: fast path off (%s); delegating to HFLM", reason)
+            self._fast_reason = reason
+        return not self._fast_reason
+
+    def _parts(self):
+        cached = getattr(self, "_parts_cache", None)
+        if cached is not None and cached[0] is self._causal_lm():
+            return cached
+        lm = self._causal_lm()
+        decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
+        head = lm.get_output_embeddings()
+        params = inspect.signature(decoder.forward).parameters
+        cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._parts_cache = (lm, decoder, head, cache_kw)
+        return self._parts_cache
+
+    def _autocast(self):
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        )
+
+    def _decode_hidden(self, input_ids, attention_mask, position_ids, cache=None) -> torch.Tensor:
+        """Run the decoder stack (no lm_head); returns last hidden states [batch, seq, hidden]."""
+        _, decoder, _, cache_kw = self._parts()
+        kwargs: dict[str, Any] = dict(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=cache is not None
+        )
+        if cache is not None:
+            kwargs[cache_kw] = cache
+        self.stats["forward_calls"] += 1
+        self.stats["forward_positions"] += int(input_ids.numel())
+        with torch.no_grad(), self._autocast():
+            return decoder(**kwargs).last_hidden_state
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """lm_head on selected hidden states [n, hidden] -> logits [n, vocab], as the CausalLM forward does."""
+        lm, _, head, _ = self._parts()
+        self.stats["head_rows"] += int(hidden.shape[0])
+        with torch.no_grad(), self._autocast():
+            logits = head(hidden)
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        scale = getattr(lm, "logit_scale", None)
+        if isinstance(scale, (int, float)) and scale != 1:
+            logits = logits * scale
+        return logits
+
+    def _prefix_kv(self, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run a shared prefix once (batch 1); returns its per-layer (key, value) tensors."""
+        ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
+        pos = torch.arange(len(prefix), device=self.device)[None]
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=self._causal_lm().config)
+        self._decode_hidden(ids, torch.ones_like(ids), pos, cache)
+        self.stats["prefix_forwards"] += 1
+        self.stats["prefix_tokens"] += len(prefix)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _expand_cache(self, kv, batch: int):
+        from transformers.cache_utils import DynamicCache
+
+        cfg = self._causal_lm().config
+        if kv is None:
+            return DynamicCache(config=cfg)
+        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv]
+        return DynamicCache(ddp_cache_data=data, config=cfg)
+
+    def _rows_per_batch(self, override_bs: int | None = None) -> int:
+        bs = override_bs if override_bs else self.batch_size
+        try:
+            return max(1, int(bs))
+        except (TypeError, ValueError):  # "auto": no OOM probing on this path
+            return max(1, min(int(self.max_batch_size or 16), 16))
+
+    # ------------------------------------------------------------------ loglikelihood
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if not self._fast_ok():
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        max_len = self.max_length
+        ctx_index: dict[tuple[int, ...], int] = {}
+        ctxs: list[tuple[int, ...]] = []
+        conts: list[dict[tuple[int, ...], None]] = []
+        req_keys: list[tuple[int, tuple[int, ...]]] = []
+        for _, context_enc, continuation_enc in requests:
+            assert len(context_enc) > 0 and len(continuation_enc) > 0
+            assert len(continuation_enc) <= max_len
+            # HFLM's input window: (ctx + cont)[-(max_length + 1):][:-1]; scored = the last len(cont) positions.
+            whole = (list(context_enc) + list(continuation_enc))[-(max_len + 1) :]
+            if len(context_enc) + len(continuation_enc) > max_len + 1:
+                eval_logger.warning("genft-hf: context + continuation exceed max_length; truncating from the left")
+            ctx = tuple(whole[: len(whole) - len(continuation_enc)])
+            cont = tuple(continuation_enc)
+            row = ctx_index.setdefault(ctx, len(ctxs))
+            if row == len(ctxs):
+                ctxs.append(ctx)
+                conts.append({})
+            conts[row][cont] = None
+            req_keys.append((row, cont))
+
+        answers: dict[tuple[int, tuple[int, ...]], tuple[float, bool]] = {}
+        bs = self._rows_per_batch(override_bs)
+        pbar = tqdm(total=len(requests), disable=(disable_tqdm or self.rank != 0), desc="Running loglikelihood requests (genft-hf)")
+        for p, members in plan_prefix_groups(ctxs, min_prefix=self.prefix_min_tokens):
+            kv = self._prefix_kv(ctxs[members[0]][:p]) if p else None
+            # Longest rows first (as HFLM): padding stays small within a batch.
+            work = {r: len(ctxs[r]) - p + sum(len(c) - 1 for c in conts[r]) for r in members}
+            members = sorted(members, key=lambda r: (-work[r], r))
+            for start in range(0, len(members), bs):
+                chunk = members[start : start + bs]
+                for (row, cont), ans in self._score_rows(chunk, ctxs, conts, p, kv).items():
+                    answers[(row, cont)] = ans
+                pbar.update(sum(len(conts[r]) for r in chunk))
+        pbar.close()
+
+        res = []
+        for (request_str, _, _), key in zip(requests, req_keys):
+            ans = answers[key]
+            res.append(ans)
+            if request_str is not None:
+                self.cache_hook.add_partial("loglikelihood", request_str, ans)
+        return res
+
+    def _score_rows(self, rows, ctxs, conts, p, kv) -> dict:
+        """One forward pass for a batch of distinct contexts and all their continuations (tree attention)."""
+        device = self.device
+        batch = len(rows)
+        layouts = []  # per row: tokens, positions, parents (-1 = causal suffix), scored index lists
+        for r in rows:
+            suffix = list(ctxs[r][p:])
+            s = len(suffix)
+            tokens, positions = suffix[:], list(range(p, p + s))
+            node_of: dict[tuple[int, int], int] = {}  # (parent node or -1, token) -> row index
+            parent: list[int] = []  # for trie nodes: row index of the parent (or -1 = context end)
+            scored = {}
+            for cont in conts[r]:
+                idx = [s - 1]  # the logits for cont[0] come from the last context position
+                par = -1
+                for depth, tok in enumerate(cont[:-1]):
+                    key = (par, tok)
+                    if key not in node_of:
+                        node_of[key] = len(tokens)
+                        tokens.append(tok)
+                        positions.append(p + s + depth)
+                        parent.append(par)
+                    par = node_of[key]
+                    idx.append(par)
+                scored[cont] = idx
+            layouts.append((tokens, positions, s, parent, scored))
+        q_len = max(len(t[0]) for t in layouts)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((batch, q_len), pad_id, dtype=torch.long)
+        pos = torch.zeros((batch, q_len), dtype=torch.long)
+        allowed = torch.zeros((batch, q_len, p + q_len), dtype=torch.bool)
+        for b, (tokens, positions, s, parent, _) in enumerate(layouts):
+            n = len(tokens)
+            ids[b, :n] = torch.tensor(tokens)
+            pos[b, :n] = torch.tensor(positions)
+            allowed[b, :n, :p] = True  # everyone sees the shared prefix
+            allowed[b, :s, p : p + s] = torch.ones(s, s, dtype=torch.bool).tril()
+            if n > s:
+                allowed[b, s:n, p : p + s] = True  # continuation tokens see the whole context
+                for j, par in enumerate(parent):  # ... and their own trie path
+                    q = s + j
+                    allowed[b, q, p + q] = True
+                    while par != -1:
+                        allowed[b, q, p + par] = True
+                        par = parent[par - s]
+            for q in range(n, q_len):  # padding queries see themselves (no empty softmax rows)
+                allowed[b, q, p + q] = True
+        dtype = self._causal_lm().dtype if self.mixed_precision_dtype is None else self.mixed_precision_dtype
+        mask = torch.zeros((batch, 1, q_len, p + q_len), dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        cache = self._expand_cache(kv, batch) if kv is not None else None
+        self.stats["forward_tokens"] += sum(len(t[0]) for t in layouts)
+        hidden = self._decode_hidden(ids.to(device), mask.to(device), pos.to(device), cache)
+        del cache
+
+        # lm_head only where a continuation token is scored (deduplicated).
+        flat: dict[tuple[int, int], int] = {}
+        for b, (_, _, _, _, scored) in enumerate(layouts):
+            for idx in scored.values():
+                for q in idx:
+                    flat.setdefault((b, q), len(flat))
+        sel_b = torch.tensor([k[0] for k in flat], device=device)
+        sel_q = torch.tensor([k[1] for k in flat], device=device)
+        logprobs = F.log_softmax(self._head(hidden[sel_b, sel_q]), dim=-1, dtype=self.softmax_dtype)
+        greedy = logprobs.argmax(dim=-1)
+
+        out = {}
+        for b, r in enumerate(rows):
+            for cont, idx in layouts[b][4].items():
+                where = torch.tensor([flat[(b, q)] for q in idx], device=device)
+                target = torch.tensor(cont, dtype=torch.long, device=device)
+                lp = logprobs[where].gather(1, target[:, None]).squeeze(1)
+                out[(r, cont)] = (float(lp.sum()), bool((greedy[where] == target).all()))
+        return out
+
+    # ------------------------------------------------------------------ generate_until
+
+    def _greedy_supported(self, kwargs: dict) -> bool:
+        if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) != 0.0:
+            return False
+        if set(kwargs) - {"do_sample", "temperature"}:
+            return False  # top_p, num_beams, max_length, ...: let HFLM/transformers handle them
+        gc = getattr(self._causal_lm(), "generation_config", None)
+        if gc is None:
+            return True
+        neutral = {
+            "num_beams": (None, 1),
+            "repetition_penalty": (None, 1.0),
+            "encoder_repetition_penalty": (None, 1.0),
+            "no_repeat_ngram_size": (None, 0),
+            "bad_words_ids": (None,),
+            "min_length": (None, 0),
+            "min_new_tokens": (None, 0),
+            "suppress_tokens": (None,),
+            "begin_suppress_tokens": (None,),
+            "forced_bos_token_id": (None,),
+            "forced_eos_token_id": (None,),
+            "sequence_bias": (None,),
+            "exponential_decay_length_penalty": (None,),
+            "guidance_scale": (None, 1.0),
+            "watermarking_config": (None,),
+            "renormalize_logits": (None, False),
+        }
+        return all(getattr(gc, k, None) in ok for k, ok in neutral.items())
+
+    def _eos_ids(self) -> set[int]:
+        gc = getattr(self._causal_lm(), "generation_config", None)
+        eos = getattr(gc, "eos_token_id", None) if gc is not None else None
+        if eos is None:
+            return set()
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def _gen_encode(self, context: str, max_ctx_len: int) -> list[int]:
+        """Context tokens exactly as HFLM.tok_batch_encode gives them (row-wise, before padding)."""
+        kwargs = {}
+        if has_bos_prefix(context, getattr(self.tokenizer, "bos_token", None)):
+            kwargs = {"add_special_tokens": False}
+        elif self.add_bos_token is not None:
+            kwargs = {"add_special_tokens": self.add_bos_token}
+        ids = list(self.tokenizer(context, truncation=self.truncation, **kwargs)["input_ids"])
+        return ids[-max_ctx_len:] if max_ctx_len and len(ids) > max_ctx_len else ids
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        if not self._fast_ok():
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        by_kwargs: dict[str, list[int]] = defaultdict(list)
+        for i, req in enumerate(requests):
+            by_kwargs[json.dumps(req.args[1], sort_keys=True, default=str)].append(i)
+        res: list[str | None] = [None] * len(requests)
+        pbar = tqdm(total=len(requests), disable=(disable_tqdm or self.rank != 0), desc="Running generate_until requests (genft-hf)")
+        eos_str = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        for indices in by_kwargs.values():
+            gen_kwargs = requests[indices[0]].args[1]
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_str)
+            max_gen_toks = kwargs.pop("max_gen_toks")
+            if not self._greedy_supported(kwargs):
+                texts = super().generate_until([requests[i] for i in indices], disable_tqdm=True)
+                for i, t in zip(indices, texts):
+                    res[i] = t
+                pbar.update(len(indices))
+                continue
+            max_ctx_len = self.max_length - max_gen_toks
+            assert max_ctx_len > 0, "max_gen_toks must be less than the model's max_length"
+            encs = [self._gen_encode(requests[i].args[0], max_ctx_len) for i in indices]
+            for p, members in plan_prefix_groups(encs, min_prefix=self.prefix_min_tokens):
+                kv = self._prefix_kv(encs[members[0]][:p]) if p else None
+                members = sorted(members, key=lambda m: (-len(encs[m]), m))
+                bs = self._rows_per_batch()
+                for start in range(0, len(members), bs):
+                    chunk = members[start : start + bs]
+                    outs = self._greedy_rows([encs[m] for m in chunk], p, kv, max_gen_toks, until)
+                    for m, toks in zip(chunk, outs):
+                        i = indices[m]
+                        res[i] = self._finish_text(toks, until)
+                        self.cache_hook.add_partial("generate_until", (requests[i].args[0], gen_kwargs), res[i])
+                    pbar.update(len(chunk))
+        pbar.close()
+        return res  # type: ignore[return-value]
+
+    def _finish_text(self, cont_toks: list[int], until: list[str]) -> str:
+        """HFLM.generate_until's post-processing of one row's generated tokens."""
+        if isinstance(self.think_end_token, int):
+            hits = [i for i, t in enumerate(cont_toks) if t == self.think_end_token]
+            if hits:
+                cont_toks = cont_toks[hits[-1] + 1 :]
+        s = self.tok_decode(cont_toks)
+        if isinstance(self.think_end_token, int):
+            s = s.lstrip()
+        return postprocess_generated_text(
+            generation=s,
+            stop=until,
+            think_end_token=self.think_end_token if isinstance(self.think_end_token, str) else None,
+        )
+
+    def _prefill_groups(self, lengths: list[int], waste: float = 0.15) -> list[list[int]]:
+        """Split rows (sorted by length, longest first) into prefill sub-batches with little padding."""
+        groups: list[list[int]] = []
+        for b, n in enumerate(lengths):
+            g = groups[-1] if groups else None
+            if g is not None:
+                longest = lengths[g[0]]
+                total = sum(lengths[i] for i in g) + n
+                if longest * (len(g) + 1) - total <= waste * total:
+                    g.append(b)
+                    continue
+            groups.append([b])
+        return groups
+
+    def _greedy_rows(self, rows: list[list[int]], p: int, kv, max_gen_toks: int, until: list[str]) -> list[list[int]]:
+        """Greedy decoding of a batch of contexts sharing a cached prefix of p tokens.
+
+        The batch's KV cache is one preallocated buffer per layer, laid out [prefix | left padding | suffix |
+        new tokens] (pads masked out, explicit position ids), so decoding appends in place instead of
+        re-concatenating the cache at every step.  Suffixes are prefilled in sub-batches of similar length
+        (little padding) and copied into their right-aligned slots.  A row stops at EOS, when its decoded text
+        contains a stop sequence (what lm-eval's MultiTokenEOSCriteria looks for), or after max_gen_toks
+        tokens, and leaves the batch at once.
+        """
+        device = self.device
+        batch = len(rows)
+        suffixes = [r[p:] for r in rows]
+        lengths = [len(x) for x in suffixes]
+        s_len = max(lengths)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        order = sorted(range(batch), key=lambda b: -lengths[b])
+        t0 = time.perf_counter()
+        hidden = [None] * batch
+        bufs = None
+        for sub in self._prefill_groups([lengths[b] for b in order]):
+            members = [order[j] for j in sub]
+            sub_len = max(lengths[b] for b in members)
+            ids = torch.full((len(members), sub_len), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(members), p + sub_len), dtype=torch.long)
+            mask[:, :p] = 1
+            pos = torch.ones((len(members), sub_len), dtype=torch.long)
+            for j, b in enumerate(members):
+                n = lengths[b]
+                ids[j, sub_len - n :] = torch.tensor(suffixes[b])
+                mask[j, p + sub_len - n :] = 1
+                pos[j, sub_len - n :] = torch.arange(p, p + n)
+            cache = self._expand_cache(kv, len(members))
+            self.stats["forward_tokens"] += sum(lengths[b] for b in members)
+            out_h = self._decode_hidden(ids.to(device), mask.to(device), pos.to(device), cache)[:, -1]
+            if bufs is None:
+                bufs = []
+                for layer in cache.layers:
+                    k, v = layer.keys, layer.values
+                    kb = k.new_zeros((batch, k.shape[1], p + s_len + max_gen_toks, k.shape[3]))
+                    vb = v.new_zeros((batch, v.shape[1], p + s_len + max_gen_toks, v.shape[3]))
+                    if p:
+                        kb[:, :, :p] = k[:1, :, :p]
+                        vb[:, :, :p] = v[:1, :, :p]
+                    bufs.append((kb, vb))
+            for (kb, vb), layer in zip(bufs, cache.layers):
+                for j, b in enumerate(members):
+                    n = lengths[b]
+                    kb[b, :, p + s_len - n : p + s_len] = layer.keys[j, :, p + sub_len - n : p + sub_len]
+                    vb[b, :, p + s_len - n : p + s_len] = layer.values[j, :, p + sub_len - n : p + sub_len]
+            for j, b in enumerate(members):
+                hidden[b] = out_h[j]
+            del cache
+        hidden = torch.stack(hidden)
+        mask = torch.zeros((batch, p + s_len), dtype=torch.long)
+        mask[:, :p] = 1
+        for b, n in enumerate(lengths):
+            mask[b, p + s_len - n :] = 1
+        mask = mask.to(device)
+        next_pos = torch.tensor([len(r) for r in rows], dtype=torch.long, device=device)
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=self._causal_lm().config)
+        cache.layers = [_BufferLayer(kb, vb, p + s_len) for kb, vb in bufs]
+        self.stats["generate_prefill_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        eos = self._eos_ids()
+        stops = [s for s in until if s]
+        alive = list(range(batch))
+        out: list[list[int]] = [[] for _ in range(batch)]
+        for step in range(max_gen_toks):
+            logits = self._head(hidden).float()
+            nxt = logits.argmax(dim=-1)
+            keep = []
+            for j, b in enumerate(alive):
+                tok = int(nxt[j])
+                out[b].append(tok)
+                done = tok in eos or len(out[b]) >= max_gen_toks
+                if not done and stops:
+                    text = self.tokenizer.decode(out[b][-64:] if len(out[b]) > 64 else out[b], skip_special_tokens=False)
+                    done = any(s in text for s in stops)
+                if not done:
+                    keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                sel = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.batch_select_indices(sel)
+                mask, next_pos, nxt = mask[sel], next_pos[sel], nxt[sel]
+                alive = [alive[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+            self.stats["forward_tokens"] += len(alive)
+            hidden = self._decode_hidden(nxt[:, None], mask, next_pos[:, None], cache)[:, -1]
+            next_pos = next_pos + 1
+        self.stats["generate_decode_s"] += time.perf_counter() - t0
+        return out
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["genft_backend"] = "genft-hf (shared-prefix KV reuse)"
+        return info
+
+
+# Registered as a lazy "module:Class" target, once: idempotent under re-import and under `python -m genft.backend`
+# (whose __main__ copy of this file must not claim the name with a second class object).
+if "genft-hf" not in model_registry:
+    model_registry.register("genft-hf", target="genft.backend:GenftHFLM")
+
+
+def cli_evaluate() -> None:
+    """lm-eval's command line with `genft-hf` registered: `python -m genft.backend --model genft-hf ...`."""
+    from lm_eval.__main__ import cli_evaluate as _cli
+
+    _cli()
+
+
+if __name__ == "__main__":
+    import genft.backend  # noqa: F401  (the importable copy, which the registry entry names)
+
+    cli_evaluate()

@@ -1,0 +1,418 @@
+"""genft-hf (genft.backend) against lm-eval's own `hf` model: same log-likelihoods, same greedy texts.
+
+Fast tests use a tiny random Llama whose weights are re-drawn with a larger scale ("lively"), so that greedy
+outputs vary from token to token (the stock tiny model repeats one token) and stop sequences get exercised.
+Slow tests (-m slow) compare the two backends with SmolLM2-135M on the study's real test sets.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from lm_eval.api.instance import Instance
+
+from genft.backend import GenftHFLM, common_prefix_len, plan_prefix_groups
+
+TOL = 1e-4
+
+DEMOS_A = (
+    "### Input:\nthe movie was great fun from start to end\n### Sentiment:positive\n\n"
+    "### Input:\nboring, slow and far too long\n### Sentiment:negative\n\n"
+)
+DEMOS_B = (
+    "### Input_1:\nA man is playing a guitar on stage.\n### Input_2:\nA person plays music.\n### Inference:entailment\n\n"
+    "### Input_1:\nThe cat sleeps.\n### Input_2:\nThe cat is running fast.\n### Inference:contradiction\n\n"
+)
+ITEMS_A = ["a wonderful film", "terrible acting, bad plot and worse music", "it was ok I guess", "loved it",
+           "the restaurant food was cold"]
+ITEMS_B = [("A dog runs in the park.", "An animal is outside."), ("Two kids play chess.", "Nobody is playing."),
+           ("The sun is hot.", "It is summer.")]
+LABELS_A = ["positive", "negative", "pos", "neg"]
+LABELS_B = ["entailment", "neutral", "contradiction", "ent", "neut", "contr"]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_model, tmp_path_factory) -> str:
+    """The tiny Llama with every weight re-drawn at std 0.15 (seeded): varied greedy text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("lively")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(lively, tmp_path_factory) -> str:
+    """A LoRA adapter on the lively model with a random, nonzero B (so that it changes the outputs)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("lora")
+    base = AutoModelForCausalLM.from_pretrained(lively)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def _pair(pretrained: str, batch_size: int = 4, **kwargs):
+    from lm_eval.models.huggingface import HFLM
+
+    hf = HFLM(pretrained=pretrained, device="cpu", batch_size=batch_size, **kwargs)
+    fast = GenftHFLM(pretrained=pretrained, device="cpu", batch_size=batch_size, **kwargs)
+    return hf, fast
+
+
+@pytest.fixture(scope="module")
+def models(lively):
+    return _pair(lively)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _ll_requests() -> list[Instance]:
+    """Two 'tasks' with their own demonstrations, several items, labels + first-token prefixes, edge cases."""
+    reqs = []
+    for i, text in enumerate(ITEMS_A):
+        ctx = DEMOS_A + f"### Input:\n{text}\n### Sentiment:"
+        reqs += [Instance("loglikelihood", {}, (ctx, lab), i) for lab in LABELS_A]
+    for i, (a, b) in enumerate(ITEMS_B):
+        ctx = DEMOS_B + f"### Input_1:\n{a}\n### Input_2:\n{b}\n### Inference:"
+        reqs += [Instance("loglikelihood", {}, (ctx, lab), 100 + i) for lab in LABELS_B]
+    # HFLM's edge cases: a trailing space moves to the continuation; an empty context gets the prefix token;
+    # space-prefixed labels; a duplicate request; a context without any demonstrations.
+    reqs.append(Instance("loglikelihood", {}, (DEMOS_A + "### Input:\nfine\n### Sentiment: ", "positive"), 200))
+    reqs.append(Instance("loglikelihood", {}, ("", "positive review"), 201))
+    reqs.append(Instance("loglikelihood", {}, (DEMOS_A + "### Input:\nfine\n### Sentiment:", " negative"), 202))
+    reqs.append(Instance("loglikelihood", {}, (DEMOS_A + "### Input:\nfine\n### Sentiment:", " negative"), 203))
+    reqs.append(Instance("loglikelihood", {}, ("Question: is it good?\nAnswer:", "yes"), 204))
+    return reqs
+
+
+def _greedy_continuation(hf, context: str, n: int) -> str:
+    out = hf.generate_until([Instance("generate_until", {}, (context, {"until": [], "max_gen_toks": n,
+                                                                           "do_sample": False}), 0)], disable_tqdm=True)
+    return out[0]
+
+
+def _gen_requests(contexts, until, max_gen_toks=24) -> list[Instance]:
+    kw = {"until": list(until), "max_gen_toks": max_gen_toks, "do_sample": False, "temperature": 0.0}
+    return [Instance("generate_until", {}, (c, dict(kw)), i) for i, c in enumerate(contexts)]
+
+
+def _assert_same_ll(a, b, tol=TOL):
+    assert len(a) == len(b)
+    for i, ((la, ga), (lb, gbool)) in enumerate(zip(a, b)):
+        assert math.isfinite(lb)
+        assert abs(la - lb) < tol, (i, la, lb)
+        assert ga == gbool, (i, ga, gbool)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix_len([1, 2], [1, 2, 3]) == 2
+    assert common_prefix_len([], [1]) == 0
+    assert common_prefix_len([5], [6]) == 0
+
+
+def test_plan_prefix_groups_finds_each_shared_prefix():
+    pa, pb = list(range(100, 160)), list(range(300, 340))
+    seqs = [pa + [1, i] for i in range(5)] + [pb + [2, i, i] for i in range(4)] + [[7, 8, 9], [7, 8, 10]]
+    groups = plan_prefix_groups(seqs, min_prefix=8)
+    by_member = {m: p for p, members in groups for m in members}
+    assert sorted(by_member) == list(range(len(seqs)))
+    assert {by_member[i] for i in range(5)} == {61}  # the demos + the shared "1"
+    assert {by_member[i] for i in range(5, 9)} == {41}
+    assert by_member[9] == by_member[10] == 0  # a 2-token prefix is not worth sharing
+    for p, members in groups:  # every member keeps at least one token after the prefix
+        assert all(len(seqs[m]) > p and seqs[m][:p] == seqs[members[0]][:p] for m in members)
+
+
+def test_plan_prefix_groups_keeps_one_token():
+    seqs = [[1] * 20, [1] * 20 + [2], [1] * 20 + [3]]
+    for p, members in plan_prefix_groups(seqs, min_prefix=4):
+        assert all(len(seqs[m]) - p >= 1 for m in members)
+
+
+# --------------------------------------------------------------------------- loglikelihood
+
+
+def test_loglikelihood_matches_hf(models):
+    hf, fast = models
+    reqs = _ll_requests()
+    # A continuation that is the greedy text, so that is_greedy=True is checked too.
+    # (a generated text that re-tokenizes to the generated tokens: some contexts end in byte fragments)
+    for text in ITEMS_A + [a for a, _ in ITEMS_B]:
+        ctx = DEMOS_A + f"### Input:\n{text}\n### Sentiment:"
+        greedy = _greedy_continuation(hf, ctx, 2)
+        if greedy and hf.loglikelihood([Instance("loglikelihood", {}, (ctx, greedy), 0)], disable_tqdm=True)[0][1]:
+            break
+    else:
+        pytest.fail("no greedy continuation round-trips through the tokenizer")
+    reqs.append(Instance("loglikelihood", {}, (ctx, greedy), 300))
+    want = hf.loglikelihood(reqs, disable_tqdm=True)
+    got = fast.loglikelihood(reqs, disable_tqdm=True)
+    _assert_same_ll(want, got)
+    assert got[-1][1] is True
+    assert any(not g for _, g in got)
+    # Multi-token labels really are multi-token here (the trie path is exercised).
+    assert max(len(fast.tok_encode(lab, add_special_tokens=False)) for lab in LABELS_B) > 1
+
+
+def test_batched_equals_unbatched(lively, models):
+    _, fast = models
+    one = GenftHFLM(pretrained=lively, device="cpu", batch_size=1)
+    reqs = _ll_requests()
+    a = one.loglikelihood(reqs, disable_tqdm=True)
+    b = fast.loglikelihood(reqs, disable_tqdm=True)
+    big = GenftHFLM(pretrained=lively, device="cpu", batch_size=64)
+    c = big.loglikelihood(reqs, disable_tqdm=True)
+    _assert_same_ll(a, b, tol=1e-5)
+    _assert_same_ll(a, c, tol=1e-5)
+    gen = _gen_requests([DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A] + ["hello there"],
+                        until=["\n\n"])
+    assert one.generate_until(gen, disable_tqdm=True) == big.generate_until(gen, disable_tqdm=True)
+
+
+def test_prefix_is_computed_once(models):
+    _, fast = models
+    reqs = [r for r in _ll_requests() if r.idx < 100]  # task A only: 5 items x 4 labels
+    fast.stats.clear()
+    fast.loglikelihood(reqs, disable_tqdm=True)
+    s = fast.stats
+    ctx_tokens = [fast.tok_encode(DEMOS_A + f"### Input:\n{t}\n### Sentiment:") for t in ITEMS_A]
+    shared = min(common_prefix_len(ctx_tokens[0], c) for c in ctx_tokens)
+    assert shared >= len(fast.tok_encode(DEMOS_A)) - 2
+    assert s["prefix_forwards"] == 1 and s["prefix_tokens"] == shared
+    # One forward for the prefix + one per batch of 4 items (5 items -> 2), whatever the number of labels.
+    assert s["forward_calls"] == 1 + math.ceil(len(ITEMS_A) / 4)
+    total_hf = sum(len(c) for c in ctx_tokens) * len(LABELS_A)
+    assert s["prefix_tokens"] + s["forward_tokens"] < total_hf / 5
+    # lm_head only at scored positions: one per item for the one-token labels + the extra label tokens.
+    assert s["head_rows"] < 5 * len(ITEMS_A)
+
+    # Generation: the prefix once as well.
+    fast.stats.clear()
+    fast.generate_until(_gen_requests([DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A], ["\n\n"], 8),
+                        disable_tqdm=True)
+    assert fast.stats["prefix_forwards"] == 1 and fast.stats["prefix_tokens"] == shared
+
+
+# --------------------------------------------------------------------------- generate_until
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_generate_until_matches_hf(models, shared):
+    hf, fast = models
+    if shared:
+        contexts = [DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A]
+        contexts += [DEMOS_B + f"### Input_1:\n{a}\n### Input_2:\n{b}\n### Inference:" for a, b in ITEMS_B]
+    else:
+        contexts = [f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A] + ["hello", "a b c d e f g h i j k"]
+    free = hf.generate_until(_gen_requests(contexts, until=[], max_gen_toks=24), disable_tqdm=True)
+    assert len(set(free)) > 1
+    # Stop sequences that really occur mid-output for some rows (a cut), plus the study's "\n\n".
+    stops = {s[len(s) // 2 : len(s) // 2 + 2] for s in free[:3] if len(s) > 6}
+    stops = [s for s in stops if s.strip()] or ["e"]
+    for until in (["\n\n"], stops, stops[:1] + ["\n\n"]):
+        reqs = _gen_requests(contexts, until=until)
+        want = hf.generate_until(reqs, disable_tqdm=True)
+        got = fast.generate_until(reqs, disable_tqdm=True)
+        assert got == want, (until, want, got)
+    assert any(len(w) < len(f) for w, f in zip(want, free))  # some outputs were cut by a stop sequence
+    fast.stats.clear()
+    fast.generate_until(_gen_requests(contexts, until=["\n\n"]), disable_tqdm=True)
+    assert fast.stats["prefix_forwards"] == (2 if shared else 0)
+
+
+def test_generate_until_eos_and_mixed_kwargs(lively, tmp_path):
+    """Rows end at EOS at different steps (the generation config's EOS list gets a frequent token), and two
+    gen_kwargs groups are served in one call."""
+    from collections import Counter
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(lively)
+    model = AutoModelForCausalLM.from_pretrained(lively)
+    contexts = [DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A] + ["hello", "the cat", "x"]
+    counts = Counter()
+    for c in contexts:
+        ids = tok(c, return_tensors="pt").input_ids
+        counts.update(model.generate(ids, max_new_tokens=30, do_sample=False)[0, ids.shape[1]:].tolist())
+    frequent = next(t for t, _ in counts.most_common() if t not in tok.all_special_ids)
+    model.generation_config.eos_token_id = [tok.eos_token_id, frequent]
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    hf, fast = _pair(str(tmp_path), batch_size=3)
+    reqs = _gen_requests(contexts, until=["\n\n"], max_gen_toks=30)
+    reqs += _gen_requests(contexts[:4], until=["ent", "\n\n"], max_gen_toks=7)
+    want = hf.generate_until(reqs, disable_tqdm=True)
+    got = fast.generate_until(reqs, disable_tqdm=True)
+    assert got == want
+    ends = [w.endswith(tok.decode([frequent])) for w in want[: len(contexts)]]
+    assert any(ends) and len({len(w) for w in want}) > 2
+
+
+def test_sampling_delegates_to_hflm(models):
+    hf, fast = models
+    reqs = [Instance("generate_until", {}, ("hello", {"until": ["\n\n"], "max_gen_toks": 5, "do_sample": False,
+                                                        "repetition_penalty": 1.3}), 0)]
+    fast.stats.clear()
+    assert fast.generate_until(reqs, disable_tqdm=True) == hf.generate_until(reqs, disable_tqdm=True)
+    assert fast.stats["forward_calls"] == 0  # handled by HFLM.generate_until itself
+
+
+# --------------------------------------------------------------------------- LoRA adapters
+
+
+def test_lora_adapter_matches_hf(lively, lora_adapter, models):
+    hf, fast = _pair(lively, peft=lora_adapter)
+    base_hf, _ = models
+    reqs = _ll_requests()
+    want = hf.loglikelihood(reqs, disable_tqdm=True)
+    base = base_hf.loglikelihood(reqs, disable_tqdm=True)
+    assert max(abs(a[0] - b[0]) for a, b in zip(want, base)) > 1e-2  # the adapter matters
+    _assert_same_ll(want, fast.loglikelihood(reqs, disable_tqdm=True))
+    contexts = [DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A] + ["hello"]
+    gen = _gen_requests(contexts, until=["\n\n", "e"])
+    assert fast.generate_until(gen, disable_tqdm=True) == hf.generate_until(gen, disable_tqdm=True)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_registered_and_hf_still_resolves():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("genft-hf") is GenftHFLM
+    from lm_eval.models.huggingface import HFLM
+
+    assert get_model("hf") is HFLM
+
+
+def test_simple_evaluate_by_name(lively):
+    """The Python API path: simple_evaluate(model="genft-hf", model_args=...) builds our class."""
+    import lm_eval
+
+    lm = lm_eval.api.registry.get_model("genft-hf").create_from_arg_string(
+        f"pretrained={lively},batch_size=2,prefix_min_tokens=4", {"device": "cpu"}
+    )
+    assert isinstance(lm, GenftHFLM) and lm.prefix_min_tokens == 4 and lm.batch_size == 2
+
+
+def test_fast_off_is_plain_hflm(lively):
+    off = GenftHFLM(pretrained=lively, device="cpu", batch_size=2, fast=False)
+    reqs = _ll_requests()[:6]
+    off.loglikelihood(reqs, disable_tqdm=True)
+    assert off.stats["forward_calls"] == 0
+
+
+# --------------------------------------------------------------------------- slow: SmolLM2 on the study's data
+
+
+def _harness_ready() -> bool:
+    try:
+        from genft import harness
+
+        harness.tasks_dir()
+        return hasattr(harness, "task_manager") and hasattr(harness, "evaluate")
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> str:
+    from genft.models import ModelError, prepare
+
+    try:
+        return str(prepare("smollm2-135m"))
+    except ModelError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def smollm2_lora(smollm2, tmp_path_factory) -> str:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("smol-lora")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def _samples(results, task):
+    return results["samples"][task]
+
+
+def _compare_cells(smollm2, study_data, peft=None, cells=()):
+    from genft import harness
+
+    tm = harness.task_manager(smollm2, study_data)
+    args = {"peft": peft} if peft else {}
+    hf = harness.load_model(smollm2, backend="hf", batch_size=4, **args)
+    fast = harness.load_model(smollm2, backend="genft-hf", batch_size=4, **args)
+    for task, shots, limit in cells:
+        a = harness.evaluate(hf, [task], num_fewshot=shots, limit=limit, tm=tm, log_samples=True)
+        b = harness.evaluate(fast, [task], num_fewshot=shots, limit=limit, tm=tm, log_samples=True)
+        sa, sb = _samples(a, task), _samples(b, task)
+        assert len(sa) == len(sb) == limit
+        for x, y in zip(sa, sb):
+            assert x["doc_id"] == y["doc_id"]
+            for ra, rb in zip(x["resps"], y["resps"]):
+                if isinstance(ra[0], str):
+                    assert ra == rb, (task, shots, x["doc_id"])
+                else:
+                    assert abs(float(ra[0][0]) - float(rb[0][0])) < TOL and ra[0][1] == rb[0][1], (task, shots)
+        ra, rb = a["results"][task], b["results"][task]
+        for key, val in ra.items():
+            if isinstance(val, float) and "stderr" not in key:
+                assert val == pytest.approx(rb[key], abs=1e-9), (task, shots, key)
+
+
+CELLS = [("genft_sentiment_amazon", 0, 10), ("genft_sentiment_amazon", 4, 10), ("genft_nli_mnli_m", 5, 10),
+         ("genft_summary_xsum", 2, 4), ("genft_question_socialiqa", 0, 4)]
+
+
+@pytest.mark.slow
+def test_smollm2_study_data_matches_hf(smollm2, study_data):
+    if not _harness_ready():
+        pytest.skip("genft.harness / harness_tasks not available")
+    torch.set_num_threads(int(os.environ.get("GENFT_TEST_THREADS", "1")))
+    _compare_cells(smollm2, study_data, cells=CELLS)
+
+
+@pytest.mark.slow
+def test_smollm2_lora_study_data_matches_hf(smollm2, smollm2_lora, study_data):
+    if not _harness_ready():
+        pytest.skip("genft.harness / harness_tasks not available")
+    _compare_cells(smollm2, study_data, peft=smollm2_lora,
+                   cells=[("genft_nli_mnli_m", 3, 8), ("genft_summary_xsum", 1, 3)])
