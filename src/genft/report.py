@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from tabulate import tabulate
 
 from .data import all_datasets
+from .files import atomic_write
 from .prompts import TARGET_DELIMITER, TASKS
 
 N_RESAMPLES = 2000
@@ -1337,31 +1337,6 @@ def build(name: str, cells: Iterable[Mapping], manifests: Mapping | None = None,
 
 
 # ---------------------------------------------------------------- writing
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and os.replace: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _suite_name(arg: str | os.PathLike, cells: Sequence[Mapping]) -> str:

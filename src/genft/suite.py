@@ -75,7 +75,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -83,6 +82,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import data as gdata
+from .files import atomic_write
 from .prompts import TARGET_DELIMITER, TASKS, get_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -757,19 +757,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+_write_atomic = atomic_write
 
 
 def _write_json(path: Path, obj: Any) -> None:

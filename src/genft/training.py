@@ -43,13 +43,13 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import data as gdata
+from .files import atomic_write
 from .prompts import PROMPT_IDS, TARGET_DELIMITER, get_task, render_context, render_target
 
 MANIFEST = "genft_manifest.json"
@@ -430,18 +430,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def _diff(old: Mapping, new: Mapping) -> str:
