@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from genft.data import all_datasets
-from genft.metrics import GENERATION_METRICS, classification_metric_names
+from genft.metrics import classification_metric_names
 from genft.prompts import TASKS
 
 HERE = Path(__file__).resolve().parent

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -36,3 +37,9 @@ def test_builtin_cli_then_eval(tmp_path, tiny_model):
     assert out.returncode == 0, out.stderr
     assert "genft_sentiment_builtin_products 1-shot: acc " in out.stdout
     assert "| genft_summary_builtin_sports" in out.stdout
+    # Without --limit the item count comes from lm-eval's results (the whole test set), not from the flag.
+    out = genft("eval", "--model", "tiny", "--tasks", "genft_sentiment_builtin_products", "--data-dir", str(tmp_path),
+                "--output", str(tmp_path / "scores.json"))
+    assert out.returncode == 0, out.stderr
+    [cell] = json.loads((tmp_path / "scores.json").read_text())["cells"]
+    assert cell["n"] == 100 and 0.0 <= cell["metrics"]["acc_first"] <= 1.0

@@ -57,14 +57,15 @@ def cmd_eval(args) -> int:
     for i, (shots, name) in enumerate(cells, 1):
         start = time.time()
         r = harness.evaluate(lm, [name], num_fewshot=shots, limit=args.limit, pretrained=pretrained, tm=tm)
-        r = {k.split(",")[0]: v for k, v in r["results"][name].items() if k.endswith(",none")}
-        n, wall = r.pop("sample_len", None) or args.limit, time.time() - start
+        raw = r["results"][name]
+        n, wall = raw.get("sample_len") or args.limit, time.time() - start
+        r = {k.split(",")[0]: v for k, v in raw.items() if k.endswith(",none")}
         if "acc" in r:
             score = f"acc {r['acc']:.3f}  acc_first {r['acc_first']:.3f}"
         else:
             score = f"rougeL {r['rougeL']:.3f}"
         rows.append([name, shots, score, f"{wall:.0f}", f"{n / wall:.2f}" if n else ""])
-        records.append({"task": name, "shots": shots, "metrics": r, "wall_s": wall})
+        records.append({"task": name, "shots": shots, "n": n, "metrics": r, "wall_s": wall})
         left = (time.time() - began) / i * (len(cells) - i)
         print(f"[{i}/{len(cells)}] {name} {shots}-shot: {score} ({wall:.0f}s, ~{left / 60:.0f} min left)", flush=True)
     print(tabulate(rows, headers=["task", "shots", "score", "seconds", "items/s"], tablefmt="github"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .files import sha256_file
-from .prompts import TASKS, TaskSpec, get_task
+from .prompts import TaskSpec, get_task
 
 
 class DataError(ValueError):

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from .data import data_dir
 
-BACKENDS = ("hf", "genft-hf", "vllm")
+BACKENDS = ("genft-hf", "hf", "vllm")  # lm-eval model types genft runs; genft-hf is the suites' default
 
 
 def tasks_dir() -> Path:

@@ -9,7 +9,6 @@ penalises long labels, the first-token rule ignores everything after the first t
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 from rouge_score import rouge_scorer
@@ -92,10 +91,3 @@ def clean_generation(text: str) -> str:
 def generation_scores(reference: str, prediction: str) -> dict[str, float]:
     scores = _ROUGE.score(reference, clean_generation(prediction))
     return {name: s.fmeasure for name, s in scores.items()}
-
-
-GENERATION_METRICS = ["rouge1", "rouge2", "rougeL"]
-
-
-def mean(xs: Sequence[float]) -> float:
-    return math.fsum(xs) / len(xs) if xs else float("nan")

@@ -83,6 +83,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import data as gdata
 from .files import atomic_write
+from .harness import BACKENDS
 from .prompts import TARGET_DELIMITER, TASKS, get_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +102,6 @@ OUTPUT_KEYS = ("dir",)
 SOURCES = ("builtin", "study")
 METHODS = ("full", "lora")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-BACKENDS = ("genft-hf", "hf", "vllm")
 DEMO_MODES = ("fixed", "random", "both")
 GROUPS = ("shots", "cell")
 # sft.py settings the suite decides itself (a run may not set them; a recipe's values are replaced).
