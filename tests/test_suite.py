@@ -220,6 +220,24 @@ def test_plan_cells_and_cross_task_prompts(tmp_path, data_root):
     assert not (tmp_path / "out").exists()  # planning writes nothing
 
 
+def test_a_runs_own_test_sets_restrict_only_its_cells(tmp_path, data_root):
+    path = make_suite(tmp_path, data_root)
+    before = {(c.checkpoint.id, c.dataset, c.prompt, c.shots): c.key for c in gsuite.plan(path).cells}
+    edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-products-32", "train_limit": 32,
+                                               "test_sets": ["builtin_products"]}))
+    p = gsuite.plan(path)
+    extra = sorted((c.dataset, c.prompt, c.shots) for c in p.cells if c.checkpoint.id == "ft-products-32")
+    assert extra == [("builtin_products", 1, 0), ("builtin_products", 1, 1)]  # no builtin_sports cells
+    after = {(c.checkpoint.id, c.dataset, c.prompt, c.shots): c.key for c in p.cells if c.checkpoint.id != "ft-products-32"}
+    assert after == before  # the other runs' cells (and keys) are untouched
+    assert p.jobs[0].config_hash == gsuite.plan(path).jobs[0].config_hash
+    # a run's test_sets is not part of its fine-tuning config: the same checkpoint either way
+    edit(path, lambda d: d["finetune"][1].update(test_sets=["sentiment"]))
+    assert gsuite.plan(path).jobs[1].config_hash == p.jobs[1].config_hash
+    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(test_sets=["builtin_restaurants"]))
+    assert "finetune[0].test_sets[0]" in msg and "not in eval.test_sets" in msg and "builtin_sports" in msg
+
+
 def test_dry_run_does_no_work(tmp_path, data_root, monkeypatch, capsys):
     Counter(monkeypatch, forbid=True)
     path = make_suite(tmp_path, data_root)

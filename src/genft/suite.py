@@ -29,6 +29,8 @@ Schema (every key optional unless marked; see suites/*.yaml for commented exampl
         dataset: builtin_products      # default: the task's training set of data.source
         method: lora                   # full | lora (default: the recipe's use_peft, else full)
         seeds: [1, 2]                  # one checkpoint per seed, named <name>-seed<s>; default: one, named <name>
+        test_sets: [products, sentiment]  # evaluate this run's checkpoints on these of eval.test_sets only
+                                       # (data set or task names; default: all of them)
         # ... and any finetune/sft.py setting: train_size, train_limit, icl_shots, icl_demos, lora_r,
         # lora_alpha, lora_dropout, lora_target_modules, learning_rate, num_train_epochs, max_steps,
         # per_device_train_batch_size, gradient_accumulation_steps, lr_scheduler_type, warmup_steps,
@@ -93,7 +95,7 @@ CELL_VERSION = 1
 TOP_KEYS = ("name", "description", "threads", "data", "models", "finetune", "eval", "output")
 DATA_KEYS = ("source", "data_dir", "study_src")
 MODEL_KEYS = ("model", "dtype", "evaluate")
-RUN_KEYS = ("name", "base", "recipe", "method", "seeds")
+RUN_KEYS = ("name", "base", "recipe", "method", "seeds", "test_sets")
 EVAL_KEYS = ("test_sets", "shots", "prompts", "limit", "demos", "demo_seeds", "backend", "batch_size", "device",
              "group")
 KIND_KEYS = ("generation", "classification", "nli")
@@ -150,6 +152,9 @@ class RunSpec:
     values: dict  # sft.py settings (validated), without the suite-managed ones
     recipe: str | None = None
     index: int = 0
+    test_sets: list | None = None  # as written (names); resolved against eval.test_sets by load_suite
+    only_sets: list[tuple[str, str]] | None = None  # (task, dataset) this run is evaluated on; None: all
+
 
     def run_names(self) -> list[tuple[str, int]]:
         if not self.explicit_seeds:
@@ -455,33 +460,36 @@ def _load_run(w: _Where, i: int, raw: Any, suite: dict, models: dict[str, ModelS
     except (ConfigError, gdata.DataError, TypeError) as e:
         raise w.error(path, str(e)) from None
     return RunSpec(name=name, base=base, method=method, seeds=seeds, explicit_seeds=explicit, values=values,
-                   recipe=recipe, index=i)
+                   recipe=recipe, index=i, test_sets=raw.get("test_sets"))
+
+
+def _test_sets(w: _Where, ts: Any, path: tuple, pool: list, what: str) -> list[tuple[str, str]]:
+    """A list of data set or task names (or 'all') -> (task, dataset) pairs of `pool`, in order, no repeats."""
+    if ts == "all":
+        return [(d.task, d.name) for d in pool]
+    if isinstance(ts, str):
+        ts = [ts]
+    if not isinstance(ts, list) or not ts:
+        raise w.error(path, f"expected 'all' or a list of data set / task names, got {ts!r}")
+    out: list[tuple[str, str]] = []
+    names = {d.name for d in pool}
+    for j, ref in enumerate(ts):
+        if ref in TASKS:
+            found = [(d.task, d.name) for d in pool if d.task == ref]
+        elif isinstance(ref, str) and ref in names:
+            found = [(d.task, d.name) for d in pool if d.name == ref]
+        else:
+            raise w.error(path + (j,), f"unknown {what} {ref!r}; expected a task name ({', '.join(TASKS)}) "
+                                       f"or one of: {', '.join(d.name for d in pool)}")
+        out += [x for x in found if x not in out]
+    return out
 
 
 def _load_eval(w: _Where, raw: Any, source: str, root: Path) -> EvalSpec:
     e = _check_keys(w, raw, ("eval",), EVAL_KEYS, "the evaluation grid")
     # test sets
-    ts = e.get("test_sets", "all")
     pool = [d for d in gdata.all_datasets().values() if d.source == source]
-    test_sets: list[tuple[str, str]] = []
-    if ts == "all":
-        test_sets = [(d.task, d.name) for d in pool]
-    else:
-        if isinstance(ts, str):
-            ts = [ts]
-        if not isinstance(ts, list) or not ts:
-            raise w.error(("eval", "test_sets"), f"expected 'all' or a list of data set / task names, got {ts!r}")
-        for j, ref in enumerate(ts):
-            if ref in TASKS:
-                found = [(d.task, d.name) for d in pool if d.task == ref]
-            else:
-                d = gdata.all_datasets().get(ref) if isinstance(ref, str) else None
-                if d is None or d.source != source:
-                    names = ", ".join(x.name for x in pool)
-                    raise w.error(("eval", "test_sets", j), f"unknown {source} data set {ref!r}; expected a task name "
-                                                            f"({', '.join(TASKS)}) or one of: {names}")
-                found = [(d.task, d.name)]
-            test_sets += [x for x in found if x not in test_sets]
+    test_sets = _test_sets(w, e.get("test_sets", "all"), ("eval", "test_sets"), pool, f"{source} data set")
     # shots
     shots_raw = e.get("shots", "study")
 
@@ -616,6 +624,13 @@ def load_suite(path: str | os.PathLike) -> Suite:
                 raise w.error(("finetune", r.index, "name"), f"{rn!r} is used twice (runs and model ids must differ)")
             seen[rn] = r.index
     ev = _load_eval(w, raw.get("eval"), source, root)
+    # a run's own test sets: a subset of the evaluation grid's (a run evaluated on fewer sets, e.g. an extra
+    # training size checked in-domain only)
+    pool = [gdata.all_datasets()[ds] for _, ds in ev.test_sets]
+    for r in runs:
+        if r.test_sets is not None:
+            r.only_sets = _test_sets(w, r.test_sets, ("finetune", r.index, "test_sets"), pool,
+                                     "test set (not in eval.test_sets)")
     # output
     out = raw.get("output")
     if isinstance(out, dict):
@@ -998,6 +1013,8 @@ def plan(suite: Suite | str | os.PathLike, provision: bool = False) -> Plan:
     data_sha: dict[tuple, tuple[str, str] | None] = {}
     for ck in checkpoints:
         for task, ds in ev.test_sets:
+            if ck.job is not None and ck.job.spec.only_sets is not None and (task, ds) not in ck.job.spec.only_sets:
+                continue
             info = gdata.all_datasets()[ds]
             if (task, ds) not in data_sha:
                 folder = gdata.dataset_dir(task, ds, root)
