@@ -119,12 +119,16 @@ STUDY_POOL = 8
 # The default time model: SmolLM2-135M with plain hf on 2 CPU cores (../shared/docs/STACK.md).  The plan
 # refines it by the measured wall times of this suite's finished cells (per task kind) and fine-tunes.
 EST_LOAD_S = 15.0
-EST_CLS_ITEM_S = 0.3  # per classification item at 0 shots, for two labels
-EST_CLS_SHOT = {"hf": 1.0, "genft-hf": 0.3, "vllm": 0.3}  # extra cost per demonstration, x the 0-shot cost
-EST_GEN_ITEM_S = 3.0  # per generated item (up to 60 new tokens) ...
-EST_GEN_SHOT_S = 0.3  # ... plus per demonstration
+# Measured: SmolLM2-135M, genft-hf, 2 threads of an idle 2-core CPU, study-cpu (reports/study-cpu.md):
+# classification 0.11-0.14 s/item at 0 and 2-3 shots; generation 0.5-1.6 s/item (20 items).  One thread or
+# a machine shared with other work: about twice as long (EST_ONE_THREAD).
+EST_CLS_ITEM_S = 0.12  # per classification item at 0 shots, for two labels
+EST_CLS_SHOT = {"hf": 1.0, "genft-hf": 0.05, "vllm": 0.05}  # extra cost per demonstration, x the 0-shot cost
+EST_GEN_ITEM_S = 1.2  # per generated item (up to 60 new tokens) ...
+EST_GEN_SHOT_S = 0.1  # ... plus per demonstration
+EST_ONE_THREAD = 2.0
 EST_BACKEND_FACTOR = {"hf": 1.0, "genft-hf": 1.0, "vllm": 0.3}
-EST_TRAIN_TOKENS_S = 70.0
+EST_TRAIN_TOKENS_S = 85.0  # LoRA on SmolLM2-135M, 2 threads: 66-104 tokens/s measured (study-cpu)
 
 
 class SuiteError(ValueError):
@@ -988,7 +992,7 @@ def plan(suite: Suite | str | os.PathLike, provision: bool = False) -> Plan:
                 job.status = "retrain"
             job.tokens_est = _estimate_tokens(cfg, root)
             jobs.append(job)
-    train_tps = sum(tps) / len(tps) if tps else EST_TRAIN_TOKENS_S / (2 if suite.threads == 1 else 1)
+    train_tps = sum(tps) / len(tps) if tps else EST_TRAIN_TOKENS_S / (EST_ONE_THREAD if suite.threads == 1 else 1)
     for job in jobs:
         job.est_s = job.tokens_est / train_tps
 
@@ -1046,7 +1050,8 @@ def plan(suite: Suite | str | os.PathLike, provision: bool = False) -> Plan:
                             material = cell_key_material(ck.identity, ck.dtype, task, ds, shas[0], shas[1], prompt,
                                                          shots, limit, dseed, hh)
                             key = key_of(material)
-                        est = default_cell_seconds(task, shots, n_est, ev.backend)
+                        est = default_cell_seconds(task, shots, n_est, ev.backend) * (
+                            EST_ONE_THREAD if suite.threads == 1 else 1.0)
                         cell = Cell(checkpoint=ck, task=task, dataset=ds, domain=info.domain, prompt=prompt,
                                     shots=shots, limit=limit, demo_seed=dseed, key=key, material=material,
                                     n_est=n_est, est_s=est)
