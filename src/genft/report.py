@@ -774,6 +774,12 @@ def _join(values: Iterable) -> str:
     return ", ".join(str(v) for v in vals) if vals else "—"
 
 
+def _many(values: Iterable, most: int = 3) -> str:
+    """Like _join, but a count instead of a wall of hashes (one harness hash per test set and prompt)."""
+    u = _uniq(values)
+    return _join(u) if len(u) <= most else f"{len(u)} distinct (one per task config; each cell's record holds its own)"
+
+
 def _human_s(x: float) -> str:
     x = float(x)
     if x < 120:
@@ -819,7 +825,7 @@ def section_header(s: SuiteData) -> list[str]:
         ["batch size", _join(p.get("batch_size") for p in prov)],
         ["device", _join(p.get("device") for p in prov)],
         ["host", _join(p.get("hostname") for p in prov)],
-        ["harness hash", _join(p.get("harness_hash") for p in prov)],
+        ["harness hash", _many(p.get("harness_hash") for p in prov)],
         ["evaluated", f"{times[0]} – {times[-1]}" if times else "—"],
         ["fine-tuning seeds", _join(ft_seeds)],
         ["demonstration seeds", _join(demo_seeds) if demo_seeds else "none (the study's fixed first-k demos)"],
