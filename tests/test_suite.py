@@ -222,7 +222,8 @@ def test_plan_cells_and_cross_task_prompts(tmp_path, data_root):
 
 def test_a_runs_own_test_sets_restrict_only_its_cells(tmp_path, data_root):
     path = make_suite(tmp_path, data_root)
-    before = {(c.checkpoint.id, c.dataset, c.prompt, c.shots): c.key for c in gsuite.plan(path).cells}
+    p0 = gsuite.plan(path)
+    before = {(c.checkpoint.id, c.dataset, c.prompt, c.shots): c.key for c in p0.cells}
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-products-32", "train_limit": 32,
                                                "test_sets": ["builtin_products"]}))
     p = gsuite.plan(path)
@@ -230,7 +231,7 @@ def test_a_runs_own_test_sets_restrict_only_its_cells(tmp_path, data_root):
     assert extra == [("builtin_products", 1, 0), ("builtin_products", 1, 1)]  # no builtin_sports cells
     after = {(c.checkpoint.id, c.dataset, c.prompt, c.shots): c.key for c in p.cells if c.checkpoint.id != "ft-products-32"}
     assert after == before  # the other runs' cells (and keys) are untouched
-    assert p.jobs[0].config_hash == gsuite.plan(path).jobs[0].config_hash
+    assert p.jobs[0].config_hash == p0.jobs[0].config_hash
     # a run's test_sets is not part of its fine-tuning config: the same checkpoint either way
     edit(path, lambda d: d["finetune"][1].update(test_sets=["sentiment"]))
     assert gsuite.plan(path).jobs[1].config_hash == p.jobs[1].config_hash

@@ -29,7 +29,7 @@ Schema (every key optional unless marked; see suites/*.yaml for commented exampl
         dataset: builtin_products      # default: the task's training set of data.source
         method: lora                   # full | lora (default: the recipe's use_peft, else full)
         seeds: [1, 2]                  # one checkpoint per seed, named <name>-seed<s>; default: one, named <name>
-        test_sets: [products, sentiment]  # evaluate this run's checkpoints on these of eval.test_sets only
+        test_sets: [builtin_products]  # evaluate this run's checkpoints on these of eval.test_sets only
                                        # (data set or task names; default: all of them)
         # ... and any finetune/sft.py setting: train_size, train_limit, icl_shots, icl_demos, lora_r,
         # lora_alpha, lora_dropout, lora_target_modules, learning_rate, num_train_epochs, max_steps,
@@ -116,8 +116,8 @@ STUDY_DEFAULT_TRAIN_SIZES = (2000, 4000, 6000)
 STUDY_SMALL_POOLS = {"xsum": 4, "xlsum": 4, "peerread": 4, "cnndm": 4, "tweetqa": 4}
 STUDY_POOL = 8
 
-# The default time model: SmolLM2-135M with plain hf on 2 CPU cores (../shared/docs/STACK.md).  The plan
-# refines it by the measured wall times of this suite's finished cells (per task kind) and fine-tunes.
+# The default time model: SmolLM2-135M on 2 CPU cores.  The plan refines it by the measured wall times of
+# this suite's finished cells (per task kind) and fine-tunes.
 EST_LOAD_S = 15.0
 # Measured: SmolLM2-135M, genft-hf, 2 threads of an idle 2-core CPU, study-cpu (reports/study-cpu.md):
 # classification 0.11-0.14 s/item at 0 and 2-3 shots; generation 0.5-1.6 s/item (20 items).  One thread or
@@ -158,7 +158,6 @@ class RunSpec:
     index: int = 0
     test_sets: list | None = None  # as written (names); resolved against eval.test_sets by load_suite
     only_sets: list[tuple[str, str]] | None = None  # (task, dataset) this run is evaluated on; None: all
-
 
     def run_names(self) -> list[tuple[str, int]]:
         if not self.explicit_seeds:
