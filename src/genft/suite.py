@@ -156,8 +156,7 @@ class RunSpec:
     values: dict  # sft.py settings (validated), without the suite-managed ones
     recipe: str | None = None
     index: int = 0
-    test_sets: list | None = None  # as written (names); resolved against eval.test_sets by load_suite
-    only_sets: list[tuple[str, str]] | None = None  # (task, dataset) this run is evaluated on; None: all
+    test_sets: list[tuple[str, str]] | None = None  # (task, dataset) this run is evaluated on; None: all
 
     def run_names(self) -> list[tuple[str, int]]:
         if not self.explicit_seeds:
@@ -463,7 +462,7 @@ def _load_run(w: _Where, i: int, raw: Any, suite: dict, models: dict[str, ModelS
     except (ConfigError, gdata.DataError, TypeError) as e:
         raise w.error(path, str(e)) from None
     return RunSpec(name=name, base=base, method=method, seeds=seeds, explicit_seeds=explicit, values=values,
-                   recipe=recipe, index=i, test_sets=raw.get("test_sets"))
+                   recipe=recipe, index=i)
 
 
 def _test_sets(w: _Where, ts: Any, path: tuple, pool: list, what: str) -> list[tuple[str, str]]:
@@ -630,9 +629,9 @@ def load_suite(path: str | os.PathLike) -> Suite:
     # a run's own test sets: a subset of the evaluation grid's (a run evaluated on fewer sets, e.g. an extra
     # training size checked in-domain only)
     pool = [gdata.all_datasets()[ds] for _, ds in ev.test_sets]
-    for r in runs:
-        if r.test_sets is not None:
-            r.only_sets = _test_sets(w, r.test_sets, ("finetune", r.index, "test_sets"), pool,
+    for r, item in zip(runs, ft):
+        if item.get("test_sets") is not None:
+            r.test_sets = _test_sets(w, item["test_sets"], ("finetune", r.index, "test_sets"), pool,
                                      "test set (not in eval.test_sets)")
     # output
     out = raw.get("output")
@@ -991,7 +990,8 @@ def plan(suite: Suite | str | os.PathLike, provision: bool = False) -> Plan:
                 job.status = "retrain"
             job.tokens_est = _estimate_tokens(cfg, root)
             jobs.append(job)
-    train_tps = sum(tps) / len(tps) if tps else EST_TRAIN_TOKENS_S / (EST_ONE_THREAD if suite.threads == 1 else 1)
+    slowdown = EST_ONE_THREAD if suite.threads == 1 else 1.0  # the default time model is for 2 threads
+    train_tps = sum(tps) / len(tps) if tps else EST_TRAIN_TOKENS_S / slowdown
     for job in jobs:
         job.est_s = job.tokens_est / train_tps
 
@@ -1016,7 +1016,7 @@ def plan(suite: Suite | str | os.PathLike, provision: bool = False) -> Plan:
     data_sha: dict[tuple, tuple[str, str] | None] = {}
     for ck in checkpoints:
         for task, ds in ev.test_sets:
-            if ck.job is not None and ck.job.spec.only_sets is not None and (task, ds) not in ck.job.spec.only_sets:
+            if ck.job is not None and ck.job.spec.test_sets is not None and (task, ds) not in ck.job.spec.test_sets:
                 continue
             info = gdata.all_datasets()[ds]
             if (task, ds) not in data_sha:
@@ -1049,8 +1049,7 @@ def plan(suite: Suite | str | os.PathLike, provision: bool = False) -> Plan:
                             material = cell_key_material(ck.identity, ck.dtype, task, ds, shas[0], shas[1], prompt,
                                                          shots, limit, dseed, hh)
                             key = key_of(material)
-                        est = default_cell_seconds(task, shots, n_est, ev.backend) * (
-                            EST_ONE_THREAD if suite.threads == 1 else 1.0)
+                        est = default_cell_seconds(task, shots, n_est, ev.backend) * slowdown
                         cell = Cell(checkpoint=ck, task=task, dataset=ds, domain=info.domain, prompt=prompt,
                                     shots=shots, limit=limit, demo_seed=dseed, key=key, material=material,
                                     n_est=n_est, est_s=est)
