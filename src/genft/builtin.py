@@ -6,31 +6,15 @@ and phrasing (out-of-domain test), so that fine-tuning shows a real domain shift
 """
 from __future__ import annotations
 
-from .data import BUILTIN_DATASETS, DatasetInfo
+import random
+from typing import Callable
 
-TRAIN_SIZES = (100, 200, 400)
-TEST_SIZE = 100
-DEMO_POOL = 8
-
-
-def _builtin(task, name, domain, trains, description):
-    return DatasetInfo(task, name, domain, "builtin", "", trains, description)
-
-
-for _info in [
-    _builtin("summary", "builtin_sports", "in", True, "match reports -> one-sentence result"),
-    _builtin("summary", "builtin_weather", "out", False, "weather bulletins -> one-sentence forecast"),
-    _builtin("question", "builtin_social", "in", True, "everyday social situations -> why/what question"),
-    _builtin("question", "builtin_science", "out", False, "science facts -> what/which question"),
-    _builtin("sentiment", "builtin_products", "in", True, "product reviews"),
-    _builtin("sentiment", "builtin_restaurants", "out", False, "restaurant reviews"),
-    _builtin("paraphrase", "builtin_people", "in", True, "sentences about people: reworded vs swapped roles"),
-    _builtin("paraphrase", "builtin_questions", "out", False, "question pairs: same vs different intent"),
-    _builtin("nli", "builtin_work", "in", True, "people and jobs"),
-    _builtin("nli", "builtin_nature", "out", False, "animals and places"),
-]:
-    BUILTIN_DATASETS[_info.name] = _info
-
+from . import data as _data
+from .data import BUILTIN_DATASETS
+from .data import BUILTIN_DEMO_POOL as DEMO_POOL
+from .data import BUILTIN_TEST_SIZE as TEST_SIZE
+from .data import BUILTIN_TRAIN_SIZES as TRAIN_SIZES
+from .prompts import get_task
 
 # ================================================================ the generator
 #
@@ -39,11 +23,6 @@ for _info in [
 # splits with exact label quotas: test, demos (every label among the first len(labels) demos), and for
 # training sets train chunks of 100 + 100 + 200, so train_100 and train_200 are balanced prefixes of train_400.
 
-import random  # noqa: E402
-from typing import Callable  # noqa: E402
-
-from . import data as _data  # noqa: E402  (data imports this module last, so data is complete here)
-from .prompts import get_task  # noqa: E402
 
 GENERATOR_VERSION = 1
 

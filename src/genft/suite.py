@@ -331,9 +331,7 @@ def _known_train_sizes(info: gdata.DatasetInfo, root: Path) -> tuple[int, ...] |
     if sizes:
         return tuple(sizes)
     if info.source == "builtin":
-        from .builtin import TRAIN_SIZES
-
-        return tuple(TRAIN_SIZES)
+        return tuple(gdata.BUILTIN_TRAIN_SIZES)
     if info.source == "study":
         return STUDY_TRAIN_SIZES.get(info.name, STUDY_DEFAULT_TRAIN_SIZES)
     return None
@@ -348,9 +346,7 @@ def demo_pool_size(info: gdata.DatasetInfo, root: Path) -> int:
         except (KeyError, ValueError, TypeError, json.JSONDecodeError):
             pass
     if info.source == "builtin":
-        from .builtin import DEMO_POOL
-
-        return DEMO_POOL
+        return gdata.BUILTIN_DEMO_POOL
     return STUDY_SMALL_POOLS.get(info.name, STUDY_POOL)
 
 
