@@ -1,10 +1,13 @@
-"""File helpers shared by every module that writes results: atomic writes and content hashes."""
+"""File helpers shared by every module that writes results: atomic writes, content hashes, JSON, time stamps."""
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -39,3 +42,58 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def sha256_cached(path: Path) -> str:
+    """sha256_file, remembered for this process by (path, size, mtime): planning hashes the same files often."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+def sha256_json(obj: Any) -> str:
+    """The sha256 of an object's canonical JSON (sorted keys): the one way genft hashes settings."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_json(path: Path, obj: Any, indent: int = 1) -> None:
+    """JSON through atomic_write (never a partial file)."""
+    atomic_write(path, (json.dumps(obj, indent=indent, default=str, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; raises OSError (missing, unreadable) or ValueError (not JSON: line and column)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or not JSON (for optional state files only)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def now_utc() -> str:
+    """The time stamp of every record: UTC, ISO 8601, seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def fmt_duration(s: float) -> str:
+    """A duration for people: '42 s', '3 min 05 s', '17 min', '2 h 05 min'."""
+    s = max(0, int(round(s)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s" if s < 600 else f"{round(s / 60)} min"
+    return f"{s // 3600} h {round(s % 3600 / 60):02d} min"

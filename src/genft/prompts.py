@@ -38,6 +38,22 @@ class TaskSpec:
     def is_classification(self) -> bool:
         return self.kind == "classification"
 
+    @property
+    def family(self) -> str:
+        """generation, classification (2-way) or nli (3-way): the study's shot-count families, and the keys
+        a suite may use for per-task settings."""
+        if not self.is_classification:
+            return "generation"
+        return "nli" if len(self.labels) > 2 else "classification"
+
+    @property
+    def primary_metric(self) -> str:
+        """The study's score: the first-token rule for classification, ROUGE-L F for generation."""
+        return "acc_first" if self.is_classification else "rougeL"
+
+
+FAMILIES = ("generation", "classification", "nli")
+
 
 TASKS: dict[str, TaskSpec] = {
     "summary": TaskSpec(

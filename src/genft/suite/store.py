@@ -1,0 +1,344 @@
+"""The cell store: one typed, versioned record per finished evaluation cell, written atomically, read strictly.
+
+Output folder of a suite::
+
+    <output>/plan.json                  the index: the last plan's cells (key, what, done) and fine-tunes
+    <output>/cells/<key>.json           one finished cell: a `CellRecord` (written last, atomically)
+    <output>/cells/<key>.samples.jsonl  lm-eval's per-item samples of that cell (written first)
+    <output>/checkpoints/<run>/         fine-tuned models, each with genft_manifest.json
+    <output>/.suite.lock                one `genft suite run` per output folder at a time
+
+`CellRecord` is the contract between the suite and the report: the report reads nothing else, and a record
+that does not validate (a missing or renamed field, items of the wrong length, a key that is not the hash of
+its key material) is an error naming the file, never a blank column.  A cell counts as done only when its
+record parses, validates, has the key the plan expects and holds every item (`check_cell`).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..files import atomic_write, now_utc, read_json, read_json_or_none, sha256_json, write_json
+from ..prompts import get_task
+
+RECORD_VERSION = 2
+MANIFEST = "genft_manifest.json"  # the fine-tuning manifest's file name (written last by finetune/sft.py)
+
+
+class StoreError(RuntimeError):
+    """A record that cannot be used: the message names the file and what is wrong with it."""
+
+
+def key_of(material: Mapping) -> str:
+    """A cell's key: the sha256 of its key material (everything that determines its numbers)."""
+    return sha256_json(material)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CheckpointInfo(_Record):
+    """The model a cell evaluated."""
+
+    id: str = Field(description="the suite's name for it: a base model id or a fine-tuning run (checkpoint) name")
+    kind: Literal["base", "finetuned"]
+    base: str = Field(description="the base model id it is (or was fine-tuned from)")
+    path: str = Field(description="what the backend loaded (a folder or a hub id)")
+    identity: dict[str, Any] = Field(description="what identifies its weights; part of the cell's key material")
+
+
+class FinetuneInfo(_Record):
+    """How a fine-tuned checkpoint was made (absent for a base model)."""
+
+    run: str = Field(description="checkpoint name (the run's name, + -seed<s> with several seeds)")
+    name: str = Field(description="the fine-tuning run's name in the suite file")
+    task: str
+    dataset: str
+    train_size: int
+    train_limit: int | None
+    method: Literal["full", "lora"]
+    icl_shots: int
+    icl_demos: str | None
+    seed: int
+    num_processes: int
+    recipe_hash: str = Field(description="sha256 of every setting that changes the weights, and the data")
+    replicate_hash: str = Field(description="recipe_hash without the seed: equal exactly for replicates")
+    weights_sha256: str = Field(description="fingerprint of the trained weights (from the manifest)")
+    weight_deviation: float | None = Field(description="mean |w - w_base| over all parameters")
+
+    @property
+    def effective_size(self) -> int:
+        return self.train_limit if self.train_limit is not None and self.train_limit < self.train_size \
+            else self.train_size
+
+
+class Provenance(_Record):
+    genft: str | None
+    lm_eval: str | None
+    torch: str | None
+    transformers: str | None
+    backend: str
+    batch_size: int
+    device: str
+    dtype: str
+    hostname: str
+    time: str
+    wall_s_shared_by: int = Field(description="cells evaluated in the same lm-eval call (wall_s apportioned)")
+    data_sha256: str
+    demos_sha256: str | None
+    harness_hash: str
+    target_delimiter: str
+
+
+class CellRecord(_Record):
+    """One finished evaluation cell: a checkpoint on one test set at one prompt, shot count and demo choice."""
+
+    record_version: Literal[2] = RECORD_VERSION
+    key: str
+    suite: str
+    checkpoint: CheckpointInfo
+    finetune: FinetuneInfo | None
+    task: str
+    dataset: str
+    domain: Literal["in", "out"]
+    prompt: int
+    shots: int
+    limit: int | None
+    demo_seed: int | None = Field(description="None: the study's first k demonstrations; else the random seed")
+    n: int = Field(description="items scored")
+    doc_ids: list[int] = Field(description="the test items scored, in order (item i of every list below)")
+    metrics: dict[str, float] = Field(description="lm-eval's aggregate per metric")
+    items: dict[str, list[float | None]] = Field(description="per-item values per metric, in doc_ids order")
+    outputs: list[str] = Field(description="per item: the predicted label (first-token rule) or the generation")
+    majority_rate: float | None = Field(description="share of the most frequent gold label (classification)")
+    wall_s: float
+    provenance: Provenance
+    material: dict[str, Any] = Field(description="the key material; key == sha256 of it")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CellRecord":
+        if key_of(self.material) != self.key:
+            raise ValueError("key is not the sha256 of the record's key material")
+        if self.task != self.material.get("task") or self.dataset != self.material.get("dataset"):
+            raise ValueError("task/dataset differ from the key material")
+        if len(self.doc_ids) != self.n or len(self.outputs) != self.n:
+            raise ValueError(f"n is {self.n} but doc_ids has {len(self.doc_ids)} and outputs {len(self.outputs)}")
+        short = {m: len(v) for m, v in self.items.items() if len(v) != self.n}
+        if short:
+            raise ValueError(f"items of the wrong length (n={self.n}): {short}")
+        if (self.finetune is None) != (self.checkpoint.kind == "base"):
+            raise ValueError("finetune must be given exactly for a fine-tuned checkpoint")
+        metric = get_task(self.task).primary_metric
+        if metric not in self.items or metric not in self.metrics:
+            raise ValueError(f"the primary metric {metric!r} of task {self.task} is missing")
+        return self
+
+    # -- derived, for readers
+    @property
+    def model(self) -> str:
+        return self.checkpoint.id
+
+    @property
+    def base(self) -> str:
+        return self.checkpoint.base
+
+    @property
+    def primary_metric(self) -> str:
+        return get_task(self.task).primary_metric
+
+    @property
+    def score(self) -> float:
+        return self.metrics[self.primary_metric]
+
+
+# ---------------------------------------------------------------- paths, writing, reading
+
+
+def cells_dir(output: Path) -> Path:
+    return Path(output) / "cells"
+
+
+def cell_path(output: Path, key: str) -> Path:
+    return cells_dir(output) / f"{key}.json"
+
+
+def samples_path(output: Path, key: str) -> Path:
+    return cells_dir(output) / f"{key}.samples.jsonl"
+
+
+def write_cell(output: Path, record: CellRecord, samples_jsonl: bytes) -> Path:
+    """Samples first, then the record: the record's presence (valid) means the cell is complete."""
+    atomic_write(samples_path(output, record.key), samples_jsonl)
+    path = cell_path(output, record.key)
+    write_json(path, record.model_dump(mode="json"))
+    return path
+
+
+def _explain(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(record)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
+    return "; ".join(parts) + more
+
+
+def read_cell(path: Path) -> CellRecord:
+    """A cell record, validated; StoreError naming the file and the field otherwise."""
+    path = Path(path)
+    try:
+        raw = read_json(path)
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read the cell record ({e.strerror or e})") from None
+    except ValueError as e:
+        raise StoreError(f"{e} (a torn or corrupt cell record)") from None
+    if isinstance(raw, dict) and raw.get("record_version") != RECORD_VERSION:
+        raise StoreError(f"{path}: record_version {raw.get('record_version')!r}, this genft reads version "
+                         f"{RECORD_VERSION}; re-run the suite to re-evaluate the cell")
+    try:
+        return CellRecord.model_validate(raw)
+    except ValidationError as e:
+        raise StoreError(f"{path}: not a valid cell record: {_explain(e)}") from None
+
+
+def check_cell(output: Path, key: str, n_expected: int | None) -> tuple[CellRecord | None, str | None]:
+    """(record, None) when the cell is done; (None, None) when there is no file; (None, why) when a file is
+    there but cannot count (torn, corrupt, another key, items missing, no samples file)."""
+    path = cell_path(output, key)
+    if not path.exists():
+        return None, None
+    try:
+        rec = read_cell(path)
+    except StoreError as e:
+        return None, str(e)
+    if rec.key != key:
+        return None, f"{path}: holds the record of cell {rec.key[:12]}, not {key[:12]}"
+    if n_expected is not None and (rec.n != n_expected or rec.doc_ids != list(range(n_expected))):
+        return None, f"{path}: holds {rec.n} items, the cell has {n_expected}"
+    if not samples_path(output, key).is_file():
+        return None, f"{path}: its samples file {samples_path(output, key).name} is missing"
+    return rec, None
+
+
+def read_cells(output: Path, keys: Iterable[str]) -> list[CellRecord]:
+    """The records of these cells; any file that is missing or does not validate is an error naming it."""
+    out = []
+    for key in keys:
+        path = cell_path(output, key)
+        if not path.is_file():
+            raise StoreError(f"{path}: the plan lists this cell as done but its record is missing; re-run the suite")
+        rec = read_cell(path)
+        if rec.key != key:
+            raise StoreError(f"{path}: holds the record of cell {rec.key}, not {key}; re-run the suite")
+        out.append(rec)
+    return out
+
+
+# ---------------------------------------------------------------- the index (plan.json)
+
+
+def plan_index_path(output: Path) -> Path:
+    return Path(output) / "plan.json"
+
+
+def write_index(output: Path, index: Mapping) -> None:
+    write_json(plan_index_path(output), dict(index))
+
+
+def read_index(output: Path) -> dict:
+    """The last plan's index; StoreError when the suite has not run (no plan.json) or it is corrupt."""
+    path = plan_index_path(output)
+    if not path.is_file():
+        raise StoreError(f"{path}: no plan index: the suite has not run here yet (`genft suite run SUITE`)")
+    try:
+        idx = read_json(path)
+    except ValueError as e:
+        raise StoreError(f"{e}; re-run the suite to rewrite it") from None
+    if not isinstance(idx, dict) or not isinstance(idx.get("cells"), list):
+        raise StoreError(f"{path}: not a plan index (no 'cells' list); re-run the suite to rewrite it")
+    return idx
+
+
+def done_keys(index: Mapping) -> list[str]:
+    return [c["key"] for c in index["cells"] if c.get("done") and c.get("key")]
+
+
+def load_finished(output: Path) -> tuple[list[CellRecord], dict]:
+    """The records of every cell the last plan marked done, and the index itself (which also says what is
+    not finished).  Strict: a listed record that is missing or invalid is a StoreError naming the file."""
+    idx = read_index(output)
+    return read_cells(output, done_keys(idx)), idx
+
+
+def load_manifests(output: Path) -> dict[str, dict]:
+    """run name -> the fine-tuning manifest of each finished checkpoint (a manifest that is not JSON is an
+    error: the checkpoint would otherwise silently lose its training facts)."""
+    result = {}
+    d = Path(output) / "checkpoints"
+    if d.is_dir():
+        for folder in sorted(d.iterdir()):
+            path = folder / MANIFEST
+            if folder.is_dir() and path.is_file():
+                try:
+                    result[folder.name] = read_json(path)
+                except ValueError as e:
+                    raise StoreError(f"{e}; delete {folder} and re-run the suite to retrain it") from None
+    return result
+
+
+# ---------------------------------------------------------------- the lock and temporary files
+
+
+class Lock:
+    """One suite run per output folder at a time (flock; released by the OS even after kill -9)."""
+
+    def __init__(self, output: Path):
+        self.path = Path(output) / ".suite.lock"
+        self.f = None
+
+    def __enter__(self) -> "Lock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            other = self.f.read().strip()
+            self.f.close()
+            raise StoreError(f"{self.path.parent}: another `genft suite run` is using this output folder ({other}); "
+                             "wait for it or give this suite another output") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_utc()}\n")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+def clean_temp(output: Path) -> int:
+    """Remove temporary files left by a killed run (call under the lock, so that no writer is active)."""
+    n = 0
+    output = Path(output)
+    for d in (cells_dir(output), output / "configs", output):
+        if d.is_dir():
+            for p in d.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def fingerprint_cache(output: Path) -> dict:
+    return read_json_or_none(Path(output) / ".fingerprints.json") or {}
+
+
+def save_fingerprint_cache(output: Path, cache: Mapping) -> None:
+    write_json(Path(output) / ".fingerprints.json", dict(cache))
