@@ -1,4 +1,5 @@
-"""Suites: validation, planning and cache keys, resumable runs (tiny model, builtin data, a fake trainer)."""
+"""Suites: validation, planning, identities and cell keys, the store's integrity, resumable runs (tiny model,
+builtin data, a fake trainer that writes real weights and the manifest sft.py writes)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ import yaml
 
 from genft import harness, suite as gsuite
 from genft.cli import main as cli_main
+from genft.models import weights_fingerprint
+from genft.suite import planning as gplan, store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,21 +33,31 @@ def data_root(tmp_path_factory) -> Path:
 
 
 class FakeTrainer(gsuite.Trainer):
-    """Writes a 'fine-tuned' model (the tiny model's files) and a manifest, as sft.py would, in no time."""
+    """A 'fine-tune' in no time: the tiny model's weights moved by a seeded perturbation (`noise` per call:
+    the same noise gives the same weights, as a deterministic trainer does), saved like sft.py saves them,
+    and the manifest sft.py writes (recipe hashes, the weights' fingerprint, last)."""
 
-    def __init__(self):
+    def __init__(self, noise: int = 0):
         self.calls: list[str] = []
+        self.noise = noise
 
     def train(self, job, log):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         from genft.models import prepare
 
         self.calls.append(job.run)
         src = prepare("tiny")
-        job.out_dir.mkdir(parents=True, exist_ok=True)
-        for p in src.iterdir():
-            if p.is_file() and p.name != "genft_model.json":
-                shutil.copy2(p, job.out_dir / p.name)
-        manifest = {"status": "finished", "config": job.config, "config_hash": job.config_hash,
+        model = AutoModelForCausalLM.from_pretrained(src)
+        gen = torch.Generator().manual_seed(1000 + self.noise)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 1e-3)
+        model.save_pretrained(job.out_dir)
+        AutoTokenizer.from_pretrained(src).save_pretrained(job.out_dir)
+        manifest = {"status": "finished", "config": job.config, "config_hash": job.recipe_hash,
+                    "replicate_hash": job.replicate_hash, "weights_sha256": weights_fingerprint(job.out_dir),
                     "weight_deviation": {"mean_abs_diff": float(job.config["learning_rate"]), "parameters": 1},
                     "training": {"wall_time_s": 0.1, "tokens_per_s": 1000.0, "loss_curve": [[1, 1.0]]}}
         (job.out_dir / "genft_manifest.json").write_text(json.dumps(manifest))
@@ -61,8 +74,8 @@ def make_suite(tmp: Path, data_root: Path, out: Path | None = None, finetune=Tru
         "data": {"source": "builtin", "data_dir": str(data_root)},
         "models": {"tiny": {"model": "tiny"}},
         "finetune": [{"name": "ft-products", "base": "tiny", "task": "sentiment", "train_size": 100,
-                      "train_limit": 16, "method": "lora", "learning_rate": 2.0e-4, "max_steps": 1,
-                      "max_length": 128}] if finetune else [],
+                      "train_limit": 16, "trainer": {"use_peft": True, "learning_rate": 2.0e-4, "max_steps": 1,
+                                                     "max_length": 128}}] if finetune else [],
         "eval": {"test_sets": ["builtin_products", "builtin_sports"],
                  "shots": {"classification": [0, 1], "generation": [0]},
                  "prompts": {"same_task": [1], "cross_task": [1, 2], "base": [1]},
@@ -109,7 +122,12 @@ class Counter:
 
 
 def run(path: Path, trainer=None, **kw) -> int:
-    return gsuite.run_suite(path, trainer=trainer or NoTrainer(), log=lambda *_: None, report=False, **kw)
+    return gsuite.run_suite(path, trainer=trainer or NoTrainer(), log=lambda *_: None, **kw)
+
+
+def load_cells(path: Path) -> list[store.CellRecord]:
+    """The finished cells of the last plan, read strictly through the store (as the report reads them)."""
+    return store.load_finished(gsuite.output_of(path))[0]
 
 
 # ---------------------------------------------------------------- validation
@@ -128,6 +146,7 @@ def test_shipped_suites_validate_without_models(name, monkeypatch):
         assert s.models["llama2-7b"].model == "meta-llama/Llama-2-7b-hf"
         assert len(s.eval.test_sets) == 18 and s.eval.limit["sentiment"] == 250
         assert {r.values["task"] for r in s.runs} == {"summary", "question", "sentiment", "paraphrase", "nli"}
+        assert {r.method for r in s.runs} == {"full"} and s.runs[0].values["learning_rate"] == 2.0e-5
         assert {k: v["sentiment"] for k, v in s.eval.prompts.items()} == {"same_task": [1], "cross_task": [1, 2],
                                                                            "base": [1, 2]}
 
@@ -146,8 +165,15 @@ def test_unknown_key_names_path_line_and_allowed_keys(tmp_path, data_root):
     msg = _bad(tmp_path, data_root, lambda d: d["eval"].update(shotz=[0]))
     assert "eval.shotz" in msg and "unknown key 'shotz'" in msg and "test_sets, shots, prompts" in msg
     assert f"{tmp_path / 'suite.yaml'}:" in msg and msg.split(":")[1].strip().isdigit()  # a line number
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(learning_rat=1e-4))
-    assert "finetune[0].learning_rat" in msg and "learning_rate" in msg
+    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0]["trainer"].update(learning_rat=1e-4))
+    assert "finetune[0].trainer.learning_rat" in msg and "learning_rate" in msg
+    # genft's keys and the trainer's are apart: a trainer setting at the run level says where it goes
+    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(learning_rate=1e-4))
+    assert "finetune[0].learning_rate" in msg and "put it under finetune[0].trainer" in msg
+    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0]["trainer"].update(seed=3))
+    assert "finetune[0].trainer.seed" in msg and "seeds: [s, ...]" in msg
+    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(method="lora"))
+    assert "finetune[0].method" in msg and "use_peft" in msg
     msg = _bad(tmp_path, data_root, lambda d: d["eval"]["shots"].update(generaton=[0]))
     assert "eval.shots.generaton" in msg
     msg = _bad(tmp_path, data_root, lambda d: d.update(modles={}))
@@ -175,8 +201,10 @@ def test_validation_errors_are_clear(tmp_path, data_root):
     assert "finetune[0].task" in msg
     msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(dataset="builtin_restaurants"))
     assert "finetune[0].dataset" in msg and "builtin_products" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(learning_rate=-1.0))
+    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0]["trainer"].update(learning_rate=-1.0))
     assert "learning_rate" in msg
+    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0]["trainer"].update(lora_r="many"))
+    assert "finetune[0].trainer.lora_r" in msg and "LoRA rank" in msg
     msg = _bad(tmp_path, data_root, lambda d: d["eval"].update(backend="vllmm"))
     assert "eval.backend" in msg
     # the CLI: exit 2 and the message on stderr, nothing done
@@ -191,12 +219,10 @@ def test_recipe_is_merged_under_the_run(tmp_path, data_root):
     recipe.write_text("task: sentiment\ntrain_size: 2000\nuse_peft: true\nlearning_rate: 5.0e-4\nlora_r: 4\n"
                       "model_name_or_path: smollm2-135m\nseed: 7\n")
     path = make_suite(tmp_path, data_root)
-    edit(path, lambda d: d["finetune"][0].update(recipe=str(recipe), lora_r=8, train_size=100))
-    d = yaml.safe_load(path.read_text())
-    del d["finetune"][0]["method"]
-    path.write_text(yaml.safe_dump(d))
+    edit(path, lambda d: d["finetune"][0].update(recipe=str(recipe), train_size=100))
+    edit(path, lambda d: d["finetune"][0].update(trainer={"lora_r": 8, "learning_rate": 2.0e-4}))
     r = gsuite.load_suite(path).runs[0]
-    assert r.method == "lora" and r.seeds == [7]  # from the recipe
+    assert r.method == "lora" and r.seeds == (7,)  # from the recipe
     assert r.values["lora_r"] == 8 and r.values["train_size"] == 100  # the run's keys win
     assert r.values["learning_rate"] == 2.0e-4 and "model_name_or_path" not in r.values
 
@@ -204,8 +230,12 @@ def test_recipe_is_merged_under_the_run(tmp_path, data_root):
 # ---------------------------------------------------------------- plan and keys
 
 
+def plan(path: Path, **kw) -> gplan.Plan:
+    return gsuite.plan(gsuite.load_suite(path), **kw)
+
+
 def test_plan_cells_and_cross_task_prompts(tmp_path, data_root):
-    p = gsuite.plan(make_suite(tmp_path, data_root))
+    p = plan(make_suite(tmp_path, data_root), provision=True)
     assert [j.run for j in p.jobs] == ["ft-products"] and p.jobs[0].status == "todo"
     base = [c for c in p.cells if c.checkpoint.kind == "base"]
     ft = [c for c in p.cells if c.checkpoint.kind == "finetuned"]
@@ -214,29 +244,51 @@ def test_plan_cells_and_cross_task_prompts(tmp_path, data_root):
         ("builtin_products", 1, 0), ("builtin_products", 1, 1), ("builtin_sports", 1, 0)]
     assert sorted((c.dataset, c.prompt, c.shots) for c in ft) == [
         ("builtin_products", 1, 0), ("builtin_products", 1, 1), ("builtin_sports", 1, 0), ("builtin_sports", 2, 0)]
-    assert all(c.key and len(c.key) == 64 for c in p.cells) and len({c.key for c in p.cells}) == len(p.cells)
-    mat = p.cells[0].material
-    assert "backend" not in json.dumps(mat) and mat["target_delimiter"] == "" and mat["checkpoint"]["model"]["weights"]
-    assert not (tmp_path / "out").exists()  # planning writes nothing
+    assert all(c.key and len(c.key) == 64 for c in base) and len({c.key for c in base}) == len(base)
+    # a checkpoint's cells have keys only once its weights exist (the key holds the trained weights' identity)
+    assert all(c.key is None and not c.done for c in ft)
+    mat = base[0].material
+    assert mat["backend"] == "hf" and mat["device"] == "cpu" and mat["dtype"] == "float32"
+    assert mat["target_delimiter"] == "" and len(mat["checkpoint"]["model"]["weights"]) == 64
+    assert [c.n for c in base] == [4, 4, 2] and not (tmp_path / "out").exists()  # planning writes nothing
 
 
 def test_a_runs_own_test_sets_restrict_only_its_cells(tmp_path, data_root):
     path = make_suite(tmp_path, data_root)
-    p0 = gsuite.plan(path)
-    before = {(c.checkpoint.id, c.dataset, c.prompt, c.shots): c.key for c in p0.cells}
+    p0 = plan(path)
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-products-32", "train_limit": 32,
                                                "test_sets": ["builtin_products"]}))
-    p = gsuite.plan(path)
+    p = plan(path)
     extra = sorted((c.dataset, c.prompt, c.shots) for c in p.cells if c.checkpoint.id == "ft-products-32")
     assert extra == [("builtin_products", 1, 0), ("builtin_products", 1, 1)]  # no builtin_sports cells
-    after = {(c.checkpoint.id, c.dataset, c.prompt, c.shots): c.key for c in p.cells if c.checkpoint.id != "ft-products-32"}
-    assert after == before  # the other runs' cells (and keys) are untouched
-    assert p.jobs[0].config_hash == p0.jobs[0].config_hash
+    assert [c.key for c in p.cells if c.checkpoint.id != "ft-products-32"] == [c.key for c in p0.cells]
+    assert p.jobs[0].recipe_hash == p0.jobs[0].recipe_hash
     # a run's test_sets is not part of its fine-tuning config: the same checkpoint either way
     edit(path, lambda d: d["finetune"][1].update(test_sets=["sentiment"]))
-    assert gsuite.plan(path).jobs[1].config_hash == p.jobs[1].config_hash
+    assert plan(path).jobs[1].recipe_hash == p.jobs[1].recipe_hash
     msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(test_sets=["builtin_restaurants"]))
     assert "finetune[0].test_sets[0]" in msg and "not in eval.test_sets" in msg and "builtin_sports" in msg
+
+
+def test_recipe_hash_covers_what_changes_weights_and_replicates_share_a_seedless_hash(tmp_path, data_root):
+    path = make_suite(tmp_path, data_root)
+    edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-lr", "trainer": {
+        **d["finetune"][0]["trainer"], "learning_rate": 1.0e-4}}))
+    edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-seeds", "seeds": [1, 2]}))
+    edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-logging", "trainer": {
+        **d["finetune"][0]["trainer"], "logging_steps": 7, "save_steps": 3}}))
+    edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-procs", "trainer": {
+        **d["finetune"][0]["trainer"], "num_processes": 2}}))
+    jobs = {j.run: j for j in plan(path).jobs}
+    assert set(jobs) == {"ft-products", "ft-lr", "ft-seeds-seed1", "ft-seeds-seed2", "ft-logging", "ft-procs"}
+    # another learning rate or number of processes: another model, never a replicate
+    assert jobs["ft-lr"].replicate_hash != jobs["ft-products"].replicate_hash
+    assert jobs["ft-procs"].replicate_hash != jobs["ft-products"].replicate_hash
+    # two seeds of one recipe: two checkpoints, one seedless hash
+    assert jobs["ft-seeds-seed1"].recipe_hash != jobs["ft-seeds-seed2"].recipe_hash
+    assert jobs["ft-seeds-seed1"].replicate_hash == jobs["ft-seeds-seed2"].replicate_hash
+    # logging and checkpointing do not change the weights: the same recipe
+    assert jobs["ft-logging"].recipe_hash == jobs["ft-products"].recipe_hash
 
 
 def test_dry_run_does_no_work(tmp_path, data_root, monkeypatch, capsys):
@@ -257,25 +309,33 @@ def test_run_rerun_and_changed_settings(tmp_path, data_root, monkeypatch):
     c = Counter(monkeypatch)
     assert run(path, trainer) == 0
     assert trainer.calls == ["ft-products"] and c.loads == 2 and len(c.evaluated) == 7
-    cells = gsuite.load_cells(path)
+    cells = load_cells(path)
     assert len(cells) == 7
-    rec = next(x for x in cells if x["model"] == "ft-products" and x["dataset"] == "builtin_products" and x["shots"] == 1)
-    assert set(rec) == {"key", "suite", "model", "checkpoint", "base", "finetune", "task", "dataset", "domain", "prompt",
-                        "shots", "limit", "demo_seed", "n", "metrics", "items", "majority_rate", "wall_s", "provenance"}
-    assert rec["finetune"] == {"run": "ft-products", "task": "sentiment", "dataset": "builtin_products",
-                               "train_size": 100, "train_limit": 16, "method": "lora", "icl_shots": 0,
-                               "icl_demos": None, "seed": 42, "weight_deviation": 2.0e-4}
-    assert rec["n"] == 4 and rec["domain"] == "in" and rec["base"] == "tiny" and rec["demo_seed"] is None
-    assert "acc_first" in rec["metrics"] and not any("stderr" in k or "," in k for k in rec["metrics"])
-    assert len(rec["items"]["acc_first"]) == 4 and rec["metrics"]["acc_first"] == pytest.approx(
-        sum(rec["items"]["acc_first"]) / 4)
-    assert rec["majority_rate"] >= 0.5
-    prov = rec["provenance"]
-    assert prov["backend"] == "hf" and prov["lm_eval"] and prov["torch"] and len(prov["data_sha256"]) == 64
-    gen = next(x for x in cells if x["task"] == "summary" and x["model"] == "tiny")
-    assert gen["majority_rate"] is None and len(gen["items"]["rougeL"]) == 2 and gen["finetune"] is None
-    assert (out / "cells" / f"{rec['key']}.samples.jsonl").is_file()
-    assert set(gsuite.load_manifests(path)) == {"ft-products"}
+    rec = next(x for x in cells if x.model == "ft-products" and x.dataset == "builtin_products" and x.shots == 1)
+    job = plan(path).jobs[0]
+    man = json.loads((out / "checkpoints" / "ft-products" / "genft_manifest.json").read_text())
+    assert rec.finetune.model_dump() == {
+        "run": "ft-products", "name": "ft-products", "task": "sentiment", "dataset": "builtin_products",
+        "train_size": 100, "train_limit": 16, "method": "lora", "icl_shots": 0, "icl_demos": None, "seed": 42,
+        "num_processes": 1, "recipe_hash": job.recipe_hash, "replicate_hash": job.replicate_hash,
+        "weights_sha256": man["weights_sha256"], "weight_deviation": 2.0e-4}
+    assert rec.checkpoint.identity["weights"] == man["weights_sha256"] == weights_fingerprint(out / "checkpoints"
+                                                                                              / "ft-products")
+    assert rec.n == 4 and rec.domain == "in" and rec.base == "tiny" and rec.demo_seed is None
+    assert rec.doc_ids == [0, 1, 2, 3] and all(o in ("positive", "negative") for o in rec.outputs)
+    assert "acc_first" in rec.metrics and not any("stderr" in k or "," in k for k in rec.metrics)
+    assert rec.score == pytest.approx(sum(rec.items["acc_first"]) / 4)
+    # the predicted label of each item is the one its first-token score picked
+    assert [float(o == g) for o, g in zip(rec.outputs, [next(lab for lab in ("positive", "negative")
+                                                               if rec.items[f"gold_{lab}"][i]) for i in range(4)])] \
+        == rec.items["acc_first"]
+    assert rec.majority_rate >= 0.5
+    assert rec.provenance.backend == "hf" and rec.provenance.lm_eval and len(rec.provenance.data_sha256) == 64
+    gen = next(x for x in cells if x.task == "summary" and x.model == "tiny")
+    assert gen.majority_rate is None and len(gen.items["rougeL"]) == 2 and gen.finetune is None
+    assert len(gen.outputs) == 2 and all(isinstance(o, str) for o in gen.outputs)
+    assert (out / "cells" / f"{rec.key}.samples.jsonl").is_file()
+    assert set(gsuite.load_manifests(out)) == {"ft-products"}
     plan_json = json.loads((out / "plan.json").read_text())
     assert len(plan_json["cells"]) == 7 and all(x["done"] for x in plan_json["cells"])
 
@@ -294,7 +354,7 @@ def test_run_rerun_and_changed_settings(tmp_path, data_root, monkeypatch):
     assert sorted(c.evaluated) == [("genft_sentiment_builtin_products", 2, 4)] * 2
     after = snapshot(out)
     assert all(after[k] == v for k, v in before.items())
-    assert len(gsuite.load_cells(path)) == 9
+    assert len(load_cells(path)) == 9
 
     # a new limit for generation: only the generation cells (3) run again
     monkeypatch.undo()
@@ -304,39 +364,118 @@ def test_run_rerun_and_changed_settings(tmp_path, data_root, monkeypatch):
     assert sorted(t for t, _, _ in c.evaluated) == ["genft_summary_builtin_sports", "genft_summary_builtin_sports",
                                                     "genft_summary_builtin_sports_p2"]
     assert all(lim == 3 for _, _, lim in c.evaluated)
-    assert all(r["n"] == 3 for r in gsuite.load_cells(path) if r["task"] == "summary")
+    assert all(r.n == 3 for r in load_cells(path) if r.task == "summary")
 
     # a new learning rate: the fine-tune and its cells run again, the base model's cells do not
     monkeypatch.undo()
     c = Counter(monkeypatch)
     trainer = FakeTrainer()
     before = snapshot(out)
-    edit(path, lambda d: d["finetune"][0].update(learning_rate=1.0e-4))
+    edit(path, lambda d: d["finetune"][0]["trainer"].update(learning_rate=1.0e-4))
     assert run(path, trainer) == 0
     assert trainer.calls == ["ft-products"] and c.loads == 1 and len(c.evaluated) == 5
-    cells = gsuite.load_cells(path)
+    cells = load_cells(path)
     assert len(cells) == 9  # the plan's cells only: the old fine-tune's 5 cells dropped out
-    assert {r["finetune"]["weight_deviation"] for r in cells if r["finetune"]} == {1.0e-4}
-    base_keys = {r["key"] for r in cells if r["model"] == "tiny"}
+    assert {r.finetune.weight_deviation for r in cells if r.finetune} == {1.0e-4}
+    base_keys = {r.key for r in cells if r.model == "tiny"}
     assert all(before[f"{k}.json"] == snapshot(out)[f"{k}.json"] for k in base_keys)
+
+
+def test_retrained_weights_are_evaluated_again(tmp_path, data_root, monkeypatch):
+    """The same recipe trained again to other weights (a GPU's nondeterminism, a changed library) is another
+    checkpoint: its cells are never reused.  The same weights again: nothing runs."""
+    path = make_suite(tmp_path, data_root, test_sets=["builtin_products"], shots={"classification": [0]})
+    ck = tmp_path / "out" / "checkpoints" / "ft-products"
+    assert run(path, FakeTrainer(noise=0)) == 0
+    first = {r.model: r for r in load_cells(path)}
+    shutil.rmtree(ck)  # retrain, deterministically: the same weights
+    c = Counter(monkeypatch)
+    assert run(path, FakeTrainer(noise=0)) == 0
+    assert c.loads == 0 and {r.model: r.key for r in load_cells(path)} == {m: r.key for m, r in first.items()}
+    shutil.rmtree(ck)  # retrain to other weights
+    monkeypatch.undo()
+    c = Counter(monkeypatch)
+    assert run(path, FakeTrainer(noise=1)) == 0
+    assert c.loads == 1 and c.evaluated == [("genft_sentiment_builtin_products", 0, 4)]
+    again = {r.model: r for r in load_cells(path)}
+    assert again["tiny"].key == first["tiny"].key
+    assert again["ft-products"].key != first["ft-products"].key
+    assert again["ft-products"].finetune.recipe_hash == first["ft-products"].finetune.recipe_hash
+    assert again["ft-products"].finetune.weights_sha256 != first["ft-products"].finetune.weights_sha256
+
+
+def test_device_dtype_and_backend_are_in_the_key(tmp_path, data_root, monkeypatch):
+    path = make_suite(tmp_path, data_root, finetune=False, test_sets=["builtin_products"],
+                      shots={"classification": [0]})
+    assert run(path) == 0
+    (first,) = load_cells(path)
+    assert first.provenance.dtype == "float32" and first.material["device"] == "cpu"
+    # another device (a GPU, faked here): every cell is to run again, under another key
+    monkeypatch.setattr(gplan, "device_identity", lambda device: "cuda:NVIDIA H200")
+    p = plan(path)
+    assert [c.done for c in p.cells] == [False] and p.cells[0].key != first.key
+    monkeypatch.undo()
+    # another dtype, then another backend: evaluated again, each under its own key, the old cell kept
+    for change in ({"models": {"tiny": {"model": "tiny", "dtype": "bfloat16"}}}, {"eval": {"backend": "genft-hf"}}):
+        c = Counter(monkeypatch)
+        edit(path, lambda d: [d[k].update(v) for k, v in change.items()])
+        assert run(path) == 0 and c.loads == 1 and len(c.evaluated) == 1
+        (rec,) = load_cells(path)
+        assert rec.key != first.key and (tmp_path / "out" / "cells" / f"{first.key}.json").is_file()
+        monkeypatch.undo()
+    assert rec.provenance.dtype == "bfloat16" and rec.provenance.backend == "genft-hf"
+
+
+def test_a_truncated_or_foreign_cell_file_is_named_and_run_again(tmp_path, data_root, monkeypatch, capsys):
+    path = make_suite(tmp_path, data_root, finetune=False, test_sets=["builtin_products"],
+                      shots={"classification": [0, 1]})
+    assert run(path) == 0
+    recs = {r.shots: r for r in load_cells(path)}
+    cell = tmp_path / "out" / "cells" / f"{recs[0].key}.json"
+    good = cell.read_bytes()
+    cell.write_bytes(good[: len(good) // 2])  # a torn write (a copy cut short, a full disk)
+    with pytest.raises(store.StoreError, match=str(cell)):  # reading never skips it silently
+        load_cells(path)
+    assert cli_main(["suite", "run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cells: 2 (1 done, 1 to run)" in out and f"not counted, will be re-run: {cell}" in out
+    c = Counter(monkeypatch)
+    assert run(path) == 0 and c.evaluated == [("genft_sentiment_builtin_products", 0, 4)]
+    redone, old = json.loads(cell.read_text()), json.loads(good)
+    assert [redone[k] for k in ("key", "items", "outputs", "metrics")] == [old[k] for k in ("key", "items", "outputs",
+                                                                                           "metrics")]
+    monkeypatch.undo()
+    # a record under another cell's name, and a record missing items, are not done either
+    other = tmp_path / "out" / "cells" / f"{recs[1].key}.json"
+    cell.write_bytes(other.read_bytes())
+    rec = json.loads(good)
+    rec["items"]["acc_first"] = rec["items"]["acc_first"][:-1]
+    p = plan(path)
+    assert [c.problem is not None for c in p.cells if c.shots == 0] == [True] and "holds the record of cell" in \
+        p.cells[0].problem
+    cell.write_text(json.dumps(rec))
+    assert "items of the wrong length" in plan(path).cells[0].problem
 
 
 _KILL_SCRIPT = """
 import os, sys
 os.environ["OMP_NUM_THREADS"] = "1"
 import torch; torch.set_num_threads(1)
+import json
 from genft import suite as gsuite
-real = gsuite._write_atomic
+from genft.suite import store
+real = store.write_json
 count = [0]
-def write(path, data):
-    if path.name.endswith(".json") and not path.name.endswith(".samples.jsonl") and path.parent.name == "cells":
+def write(path, obj):
+    if path.name.endswith(".json") and path.parent.name == "cells":
         count[0] += 1
         if count[0] == 3:  # the 3rd cell: evaluated, samples written, its record half-written: die like kill -9
+            data = json.dumps(obj).encode()
             path.with_name("." + path.name + ".xyz.tmp").write_bytes(data[: len(data) // 2])
             os._exit(9)
-    return real(path, data)
-gsuite._write_atomic = write
-sys.exit(gsuite.run_suite(sys.argv[1], report=False))
+    return real(path, obj)
+store.write_json = write
+sys.exit(gsuite.run_suite(sys.argv[1]))
 """
 
 
@@ -361,21 +500,21 @@ def test_resume_after_kill_mid_cell(tmp_path, data_root, monkeypatch):
     (tmp_path / "ref").mkdir()
     ref = make_suite(tmp_path / "ref", data_root, out=tmp_path / "ref-out", finetune=False)
     assert run(ref) == 0
-    resumed = {r["key"]: (r["metrics"], r["items"]) for r in gsuite.load_cells(path)}
-    clean = {r["key"]: (r["metrics"], r["items"]) for r in gsuite.load_cells(ref)}
+    resumed = {r.key: (r.metrics, r.items, r.outputs) for r in load_cells(path)}
+    clean = {r.key: (r.metrics, r.items, r.outputs) for r in load_cells(ref)}
     assert resumed == clean and len(clean) == 3
 
 
 def test_random_demo_cells(tmp_path, data_root):
     path = make_suite(tmp_path, data_root, finetune=False, demos="both", demo_seeds=[1, 2],
                       test_sets=["builtin_products"], shots={"classification": [0, 2]})
-    p = gsuite.plan(path)
+    p = plan(path)
     assert sorted(((c.shots, c.demo_seed) for c in p.cells), key=str) == [(0, None), (2, 1), (2, 2), (2, None)]
     assert run(path) == 0
-    cells = {(r["shots"], r["demo_seed"]): r for r in gsuite.load_cells(path)}
-    assert len(cells) == 4 and cells[(2, 1)]["key"] != cells[(2, 2)]["key"]
+    cells = {(r.shots, r.demo_seed): r for r in load_cells(path)}
+    assert len(cells) == 4 and cells[(2, 1)].key != cells[(2, 2)].key
     ctx = lambda r: [json.loads(x)["arguments"] for x in  # noqa: E731
-                     (tmp_path / "out" / "cells" / f"{r['key']}.samples.jsonl").read_text().splitlines()]
+                     (tmp_path / "out" / "cells" / f"{r.key}.samples.jsonl").read_text().splitlines()]
     assert ctx(cells[(2, 1)]) != ctx(cells[(2, None)])  # seeded random demos differ from the first k
 
 
@@ -387,8 +526,8 @@ def test_group_shots_one_call_per_shot_count(tmp_path, data_root, monkeypatch):
                       test_sets=["builtin_products", "builtin_restaurants"], shots={"classification": [0, 1]})
     assert run(path) == 0
     assert sorted(map(sorted, calls)) == [["genft_sentiment_builtin_products", "genft_sentiment_builtin_restaurants"]] * 2
-    cells = gsuite.load_cells(path)
-    assert len(cells) == 4 and all(c["provenance"]["wall_s_shared_by"] == 2 and c["n"] == 4 for c in cells)
+    cells = load_cells(path)
+    assert len(cells) == 4 and all(c.provenance.wall_s_shared_by == 2 and c.n == 4 for c in cells)
 
 
 @pytest.mark.skipif(not (REPO / "finetune" / "sft.py").is_file(), reason="finetune/sft.py not there")
@@ -397,13 +536,15 @@ def test_real_trainer_agrees_on_the_config_hash(tmp_path, data_root):
     path = make_suite(tmp_path, data_root, test_sets=["builtin_products"], shots={"classification": [0]})
     edit(path, lambda d: d.update(threads=1))
     lines: list[str] = []
-    assert gsuite.run_suite(path, log=lines.append, report=False) == 0, "\n".join(lines[-30:])
-    man = gsuite.load_manifests(path)["ft-products"]
-    job = gsuite.plan(path).jobs[0]
-    assert job.status == "done" and man["config_hash"] == job.config_hash
+    assert gsuite.run_suite(path, log=lines.append) == 0, "\n".join(lines[-30:])
+    man = gsuite.load_manifests(tmp_path / "out")["ft-products"]
+    job = plan(path).jobs[0]
+    assert job.status == "done" and man["config_hash"] == job.recipe_hash and man["replicate_hash"] == job.replicate_hash
+    assert man["weights_sha256"] == weights_fingerprint(tmp_path / "out" / "checkpoints" / "ft-products")
+    assert man["config"]["num_processes"] == 1 and man["device"]["world_size"] == 1
     assert (tmp_path / "out" / "configs" / "ft-products.yaml").is_file()
     assert any("step 1/1" in x for x in lines)
-    cells = gsuite.load_cells(path)
-    assert len(cells) == 2 and {r["model"] for r in cells} == {"tiny", "ft-products"}
-    ft = next(r for r in cells if r["finetune"])
-    assert ft["finetune"]["weight_deviation"] > 0
+    cells = load_cells(path)
+    assert len(cells) == 2 and {r.model for r in cells} == {"tiny", "ft-products"}
+    ft = next(r for r in cells if r.finetune)
+    assert ft.finetune.weight_deviation > 0 and ft.finetune.weights_sha256 == man["weights_sha256"]

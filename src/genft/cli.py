@@ -86,23 +86,27 @@ def cmd_report(args) -> int:
 
 
 def cmd_suite_run(args) -> int:
-    from .suite import SuiteError, run_suite
+    """Run the suite, then (unless --no-report or --dry-run) write its report from the store."""
+    from .report import write_report
+    from .suite import run_suite
 
-    try:
-        return run_suite(args.suite, dry_run=args.dry_run, report=not args.no_report)
-    except SuiteError as e:
-        print(f"genft: error: {e}", file=sys.stderr)
-        return 2
+    rc = run_suite(args.suite, dry_run=args.dry_run)
+    if not args.dry_run and not args.no_report:
+        print(f"report: {write_report(args.suite)}")
+    return rc
+
+
+def cmd_suite_keys(args) -> int:
+    from .suite.schema import describe_keys
+
+    print("\n".join(describe_keys()))
+    return 0
 
 
 def cmd_suite_validate(args) -> int:
-    from .suite import SuiteError, load_suite
+    from .suite import load_suite
 
-    try:
-        s = load_suite(args.suite)
-    except SuiteError as e:
-        print(f"genft: error: {e}", file=sys.stderr)
-        return 2
+    s = load_suite(args.suite)
     print(f"{args.suite}: valid suite {s.name!r}: {len(s.models)} models, {len(s.runs)} fine-tuning runs, "
           f"{len(s.eval.test_sets)} test sets; output {s.output}")
     return 0
@@ -148,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = suite.add_parser("validate", help="check a suite file (loads no model, needs no data)")
     p.add_argument("suite")
     p.set_defaults(func=cmd_suite_validate)
+    p = suite.add_parser("keys", help="every key of a suite file with its help (from the schema)")
+    p.set_defaults(func=cmd_suite_keys)
     p = sub.add_parser("report", help="write a suite's report: reports/<suite>.md and its figures")
     p.add_argument("suite", help="the suite (its file, folder or name)")
     p.add_argument("--out-dir", default="reports", help="folder for the report (default: reports)")
@@ -158,11 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .data import DataError
     from .models import ModelError
+    from .suite import StoreError, SuiteError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ModelError, KeyError, FileNotFoundError) as e:
+    except (DataError, ModelError, SuiteError, StoreError, KeyError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"genft: error: {msg}", file=sys.stderr)
         return 2

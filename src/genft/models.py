@@ -163,6 +163,28 @@ def resolve(ref: str) -> str:
     return ref  # a hub id: loading it needs the hub, which the caller reports if it fails
 
 
+# What determines a model's outputs: weights, config and tokenizer.  Not: genft's own records, the trainer's
+# training_args.bin (it holds paths), adapters kept beside merged weights, optimizer checkpoints.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "config.json", "generation_config.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
+                "added_tokens.json", "chat_template.jinja")
+
+
+def weights_fingerprint(folder: str | os.PathLike) -> str:
+    """The identity of a model folder's weights: sha256 over the files that determine its outputs
+    (WEIGHT_FILES, top level only), by name and content.  Two folders with the same weights, config and
+    tokenizer have the same fingerprint wherever they lie; a retrained model with other weights does not."""
+    folder = Path(folder)
+    files = sorted({p for pat in WEIGHT_FILES for p in folder.glob(pat) if p.is_file()})
+    if not any(p.suffix in (".safetensors", ".bin") for p in files):
+        raise ModelError(f"{folder}: no weights (*.safetensors or pytorch_model*.bin) to fingerprint")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
 def fingerprint(folder: str | os.PathLike) -> str:
     """A content hash of a model folder's weights and config (for cache keys of checkpoints not trained here)."""
     folder = Path(folder)

@@ -33,8 +33,6 @@ Output folder OUT::
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -49,13 +47,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import data as gdata
-from .files import atomic_write
+from .files import fmt_duration, now_utc, read_json_or_none, sha256_json, write_json
+from .models import weights_fingerprint
 from .prompts import PROMPT_IDS, TARGET_DELIMITER, get_task, render_context, render_target
 
 MANIFEST = "genft_manifest.json"
 RUN_FILE = "genft_run.json"
 ADAPTER_DIR = "adapter"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: weights_sha256, replicate_hash
 ICL_DEMOS = ("fixed", "random")
 
 
@@ -71,10 +70,10 @@ class TruncationError(ValueError):
 
 
 @dataclass
-class FinetuneConfig:
-    """Every setting of a fine-tuning run.  Defaults are the study's recipe (STUDY.md section 4)."""
+class DataArguments:
+    """genft's own settings of a fine-tuning run: what it is trained on.  In a suite they are the run's own keys;
+    the trainer's and model's settings (TRL's names, the rest of FinetuneConfig) go under its `trainer:`."""
 
-    # --- genft data
     task: str | None = field(default=None, metadata={"help": "genft task: summary, question, sentiment, paraphrase, nli"})
     dataset: str | None = field(default=None, metadata={"help": "training data set (default: the task's training set)"})
     train_size: int = field(default=2000, metadata={"help": "training file train_<N>.jsonl of the data set"})
@@ -86,6 +85,12 @@ class FinetuneConfig:
                   "random: k items drawn per example (seeded) from the training items, never the example itself"},
     )
     prompt: int = field(default=1, metadata={"help": "prompt template id (the study trains with 1)"})
+
+
+@dataclass
+class FinetuneConfig(DataArguments):
+    """Every setting of a fine-tuning run.  Defaults are the study's recipe (STUDY.md section 4)."""
+
     data_dir: str | None = field(default=None, metadata={"help": "genft data folder (default: $GENFT_DATA_DIR, else ./data)"})
     # --- model (TRL ModelConfig names)
     model_name_or_path: str | None = field(default=None, metadata={"help": "genft model name, local folder or hub id"})
@@ -114,6 +119,11 @@ class FinetuneConfig:
     seed: int = field(default=42, metadata={"help": "random seed (training order, LoRA init, random demos)"})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on with a GPU, off on CPU)"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
+    num_processes: int | None = field(
+        default=None,
+        metadata={"help": "processes (GPUs) training together under `accelerate launch` (default: as launched, "
+                  "$WORLD_SIZE, else 1); part of the model's identity: effective batch = per-device batch x "
+                  "accumulation x processes"})
     # --- operational (not part of the config hash: they do not change the result)
     logging_steps: int = field(default=1, metadata={"help": "print progress / record loss every N steps"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume after an interruption)"})
@@ -127,6 +137,9 @@ class FinetuneConfig:
 OPERATIONAL = ("output_dir", "data_dir", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
                "torch_threads")
 FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
+# genft's own data settings (what is trained on); every other field is the trainer's / model's (TRL's names).
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataArguments))
+FIELD_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(FinetuneConfig)}
 
 
 def config_from_mapping(values: Mapping[str, Any], source: str = "config") -> FinetuneConfig:
@@ -206,6 +219,15 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     for name, ok in checks:
         if not ok:
             raise ConfigError(f"{name}: invalid value {getattr(cfg, name)!r}")
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if cfg.num_processes is None:
+        cfg.num_processes = launched
+    elif cfg.num_processes < 1:
+        raise ConfigError(f"num_processes: invalid value {cfg.num_processes!r}")
+    elif "WORLD_SIZE" in os.environ and cfg.num_processes != launched:
+        raise ConfigError(f"num_processes: the config says {cfg.num_processes} but this was launched with "
+                          f"{launched} processes; launch `accelerate launch --num_processes {cfg.num_processes}` "
+                          "or change the setting")
     if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype: {cfg.dtype!r}; expected float32, bfloat16 or float16")
     cfg.lora_target_modules = _norm_modules(cfg.lora_target_modules)
@@ -216,11 +238,13 @@ def config_dict(cfg: FinetuneConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: FinetuneConfig, data_files: Mapping[str, str]) -> str:
-    """sha256 over the settings that determine the trained model, and the training data's sha256s."""
-    keyed = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL}
-    blob = json.dumps({"config": keyed, "data": dict(sorted(data_files.items()))}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def config_hash(cfg: FinetuneConfig, data_files: Mapping[str, str], seed: bool = True) -> str:
+    """The recipe hash: sha256 over every setting that determines the trained model (learning rate, epochs,
+    LoRA settings, max length, precision, prompt, demonstrations, number of processes, ...; not output paths
+    or logging) and the training data's sha256s.  seed=False: the same without the seed, equal exactly for
+    replicates of one recipe."""
+    keyed = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL and (seed or k != "seed")}
+    return sha256_json({"config": keyed, "data": dict(sorted(data_files.items()))})
 
 
 # ---------------------------------------------------------------- data
@@ -422,17 +446,6 @@ def build_examples(
 # ---------------------------------------------------------------- output folder state
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
-
-
 def _diff(old: Mapping, new: Mapping) -> str:
     keys = sorted(set(old) | set(new))
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -445,8 +458,8 @@ def output_state(out: Path, chash: str, cfg: FinetuneConfig) -> str:
         return "new"
     if not out.is_dir():
         raise ConfigError(f"output_dir: {out} exists and is not a folder")
-    manifest = _read_json(out / MANIFEST)
-    run = manifest or _read_json(out / RUN_FILE)
+    manifest = read_json_or_none(out / MANIFEST)
+    run = manifest or read_json_or_none(out / RUN_FILE)
     if run is None:
         if any(out.iterdir()):
             raise ConfigError(f"output_dir: {out} is not empty and holds no genft run; choose another --output_dir")
@@ -463,11 +476,6 @@ def output_state(out: Path, chash: str, cfg: FinetuneConfig) -> str:
 
 
 # ---------------------------------------------------------------- progress
-
-
-def _fmt_time(s: float) -> str:
-    s = int(max(0, s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def make_progress_callback(log: Callable[[str], None] = print):
@@ -489,8 +497,8 @@ def make_progress_callback(log: Callable[[str], None] = print):
             tok = (state.num_input_tokens_seen or 0) - self.tok0
             left = (state.max_steps - state.global_step) * dt / done if done else float("nan")
             log(f"[genft] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.2f} loss {logs['loss']:.4f} "
-                f"lr {logs.get('learning_rate', 0):.2e} {tok / dt if dt else 0:.0f} tok/s elapsed {_fmt_time(dt)} "
-                f"left {_fmt_time(left) if math.isfinite(left) else '?'}")
+                f"lr {logs.get('learning_rate', 0):.2e} {tok / dt if dt else 0:.0f} tok/s elapsed {fmt_duration(dt)} "
+                f"left {fmt_duration(left) if math.isfinite(left) else '?'}")
 
     return Progress()
 
@@ -522,7 +530,7 @@ def device_settings(cfg: FinetuneConfig) -> dict:
     bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (gpu and torch.cuda.is_bf16_supported())
     return {"device": "cuda" if gpu else "cpu", "use_cpu": not gpu, "bf16": bf16, "dtype": cfg.dtype or "float32",
             "gpu": torch.cuda.get_device_name(0) if gpu else None, "torch_threads": torch.get_num_threads(),
-            "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+            "world_size": int(cfg.num_processes or 1)}
 
 
 def weight_deviation(base: Mapping[str, Any], model) -> dict:
@@ -575,13 +583,9 @@ def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
     # ---- everything checked: from here on the output folder is written
     out.mkdir(parents=True, exist_ok=True)
     if state == "new":
-        _write_json_atomic(out / RUN_FILE, {"config": config_dict(cfg), "config_hash": chash, "data": files,
-                                            "started_at": _now()})
+        write_json(out / RUN_FILE, {"config": config_dict(cfg), "config_hash": chash, "data": files,
+                                            "started_at": now_utc()})
     return _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log) -> dict:
@@ -682,6 +686,8 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
             "status": "finished",
             "config": config_dict(cfg),
             "config_hash": chash,
+            "replicate_hash": config_hash(cfg, files, seed=False),
+            "weights_sha256": weights_fingerprint(out),
             "model": {"name_or_path": cfg.model_name_or_path, "resolved": model_path, "parameters": n_params,
                       "trainable_parameters": trainable, "method": "lora" if cfg.use_peft else "full"},
             "data": {"task": cfg.task, "dataset": cfg.dataset, "files": files, "paths": paths,
@@ -712,10 +718,10 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
                 + ([f"pretrained={model_path},peft={out / ADAPTER_DIR}"] if cfg.use_peft else []),
             },
             "argv": sys.argv,
-            "finished_at": _now(),
+            "finished_at": now_utc(),
         }
-        _write_json_atomic(out / MANIFEST, manifest)  # LAST: its presence means "finished"
-        log(f"[genft] finished: {trainer.state.global_step} steps in {_fmt_time(wall)}, "
+        write_json(out / MANIFEST, manifest)  # LAST: its presence means "finished"
+        log(f"[genft] finished: {trainer.state.global_step} steps in {fmt_duration(wall)}, "
             f"{manifest['training']['tokens_per_s']} tok/s, final loss {manifest['training']['final_loss']}, "
             f"weight deviation {deviation['mean_abs_diff']:.3e}; model in {out}")
     if hasattr(trainer, "end"):

@@ -25,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..files import atomic_write, now_utc, read_json, read_json_or_none, sha256_json, write_json
 from ..prompts import get_task
+from ..training import MANIFEST
 
 RECORD_VERSION = 2
-MANIFEST = "genft_manifest.json"  # the fine-tuning manifest's file name (written last by finetune/sft.py)
 
 
 class StoreError(RuntimeError):

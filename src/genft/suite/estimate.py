@@ -1,0 +1,96 @@
+"""The time model: what a fine-tune or a cell is expected to take, calibrated by what this suite measured.
+
+The defaults are SmolLM2-135M on 2 CPU cores (genft-hf, 2 threads), measured in reports/study-cpu.md:
+classification 0.11-0.14 s/item at 0 and 2-3 shots; generation 0.5-1.6 s/item (20 items); LoRA training
+66-104 tokens/s.  One thread, or a machine shared with other work: about twice as long.  Once cells of a
+suite finish, the plan scales the defaults per task family by measured / estimated time (`calibrate`).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from .. import data as gdata
+from ..files import fmt_duration
+from ..prompts import get_task
+
+LOAD_S = 15.0  # one model load
+CLS_ITEM_S = 0.12  # per classification item at 0 shots, for two labels
+CLS_SHOT = {"hf": 1.0, "genft-hf": 0.05, "vllm": 0.05}  # extra cost per demonstration, x the 0-shot cost
+GEN_ITEM_S = 1.2  # per generated item (up to 60 new tokens) ...
+GEN_SHOT_S = 0.1  # ... plus per demonstration
+ONE_THREAD = 2.0  # the slowdown of one thread (the defaults are for 2)
+BACKEND_FACTOR = {"hf": 1.0, "genft-hf": 1.0, "vllm": 0.3}
+TRAIN_TOKENS_S = 85.0  # LoRA on SmolLM2-135M, 2 threads
+
+
+def slowdown(threads: int | None) -> float:
+    return ONE_THREAD if threads == 1 else 1.0
+
+
+def cell_seconds(task: str, shots: int, n: int, backend: str, threads: int | None) -> float:
+    """The default time of one cell: genft-hf scores the demonstrations' shared prefix once, so shots cost
+    it less than hf."""
+    spec = get_task(task)
+    if spec.is_classification:
+        per = CLS_ITEM_S * (1 + CLS_SHOT.get(backend, 1.0) * shots) * len(spec.labels) / 2
+    else:
+        per = GEN_ITEM_S + GEN_SHOT_S * shots
+    return n * per * BACKEND_FACTOR.get(backend, 1.0) * slowdown(threads)
+
+
+def training_tokens(cfg, root: Path) -> int:
+    """Rough training tokens (chars / 3.5 of prompt + target, demonstrations included), times epochs."""
+    path = gdata.dataset_dir(cfg.task, cfg.dataset, root) / f"train_{cfg.train_size}.jsonl"
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        n = min(len(lines), cfg.train_limit or len(lines))
+        per = sum(len(line) for line in lines[:n]) / max(n, 1)
+    else:  # data not there yet: typical item sizes in characters
+        n = min(cfg.train_size, cfg.train_limit or cfg.train_size)
+        per = 200 if gdata.all_datasets()[cfg.dataset].source == "builtin" else {"summary": 2000}.get(cfg.task, 400)
+    per *= 1 + (cfg.icl_shots or 0)
+    items = n * cfg.num_train_epochs
+    if cfg.max_steps and cfg.max_steps > 0:
+        items = cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    return int(items * min((per + 40) / 3.5, cfg.max_length))
+
+
+def calibrate(pairs: Iterable[tuple[str, float, float]]) -> dict[str, float]:
+    """(family, measured s, estimated s) of finished cells -> measured / estimated per family."""
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for family, measured, est in pairs:
+        sums[family][0] += measured
+        sums[family][1] += est
+    return {k: m / e for k, (m, e) in sums.items() if m > 0 and e > 0}
+
+
+def train_rate(measured_tps: Sequence[float], threads: int | None) -> float:
+    return sum(measured_tps) / len(measured_tps) if measured_tps else TRAIN_TOKENS_S / slowdown(threads)
+
+
+class Progress:
+    """Counts finished cells and prints one line per cell with the time left (re-calibrated as cells finish)."""
+
+    def __init__(self, cells: Sequence, ratios: Mapping[str, float], log: Callable[[str], None]):
+        self.total = len(cells)
+        self.done = 0
+        self.left = {id(c): c for c in cells}
+        self.ratios = dict(ratios)
+        self.measured: list[tuple[str, float, float]] = []
+        self.loads_left = len({c.checkpoint.id for c in cells})
+        self.log = log
+
+    def loaded(self) -> None:
+        self.loads_left = max(0, self.loads_left - 1)
+
+    def finished(self, cell, wall: float, value: float | None) -> None:
+        self.done += 1
+        self.left.pop(id(cell), None)
+        self.measured.append((cell.family, wall, cell.est_s))
+        self.ratios.update(calibrate(self.measured))
+        rest = sum(c.est_s * self.ratios.get(c.family, 1.0) for c in self.left.values()) + LOAD_S * self.loads_left
+        val = "n/a" if value is None else f"{value:.3f}"
+        self.log(f"[{self.done}/{self.total}] {cell.label()}: {cell.metric} {val} ({wall:.0f} s)"
+                 + (f", ~{fmt_duration(rest)} left" if self.left else ""))

@@ -1,0 +1,248 @@
+"""The seams where work happens: a `Trainer` makes one fine-tuned checkpoint, an `Executor` evaluates units of
+work (one checkpoint and its missing cells).  The local ones run here; an engine that runs elsewhere
+implements the same two interfaces and writes the same store (atomic files on a shared filesystem).
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from .. import harness
+from ..files import now_utc
+from ..metrics import clean_generation
+from ..prompts import TARGET_DELIMITER, get_task
+from . import store
+from .estimate import Progress
+from .planning import Cell, Checkpoint, FinetuneJob
+from .spec import REPO, Suite
+
+SFT_SCRIPT = REPO / "finetune" / "sft.py"
+Log = Callable[[str], None]
+
+
+class Trainer:
+    """Runs one fine-tuning job so that job.out_dir ends up holding the model and its manifest."""
+
+    def train(self, job: FinetuneJob, log: Log) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _die_with_parent() -> None:
+    """In the trainer's child process: end it when the suite process dies (even by kill -9), so that no
+    orphaned trainer keeps writing into a checkpoint folder that the next suite run resumes."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux / no glibc: best effort
+        pass
+
+
+def sft_command(job: FinetuneJob, script: Path = SFT_SCRIPT, python: str = sys.executable) -> list[str]:
+    """`python finetune/sft.py --config ...`, under `accelerate launch` when the recipe trains on several
+    processes (num_processes > 1)."""
+    n = int(job.config.get("num_processes") or 1)
+    launch = [python, "-m", "accelerate.commands.launch", "--num_processes", str(n)] if n > 1 else [python]
+    return launch + [str(script), "--config", str(job.config_path)]
+
+
+class SubprocessTrainer(Trainer):
+    """The real trainer: finetune/sft.py in a child process, its output streamed into the log."""
+
+    def __init__(self, script: Path = SFT_SCRIPT, python: str = sys.executable):
+        self.script = Path(script)
+        self.python = python
+
+    def train(self, job: FinetuneJob, log: Log) -> None:
+        if not self.script.is_file():
+            raise RuntimeError(f"{self.script}: the fine-tuning script is missing")
+        env = dict(os.environ)
+        if job.config.get("torch_threads"):
+            env["OMP_NUM_THREADS"] = str(job.config["torch_threads"])
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        cmd = sft_command(job, self.script, self.python)
+        log(f"  $ {' '.join(cmd)}")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
+                                cwd=str(REPO), preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        tail: list[str] = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n").split("\r")[-1]
+                if not line.strip() or "%|" in line:  # blank lines and progress bars
+                    continue
+                tail = (tail + [line])[-20:]
+                log(f"  | {line}")
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        if rc != 0:
+            raise RuntimeError(f"fine-tune {job.run} failed (exit {rc}): {' / '.join(tail[-3:])}; "
+                               f"re-run the suite to resume, or run `{' '.join(cmd)}` to see the error")
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalContext:
+    suite: Suite
+    log: Log
+    progress: Progress
+    device: str
+
+
+@dataclass
+class CheckpointWork:
+    """A unit of evaluation: one checkpoint (one model load) and its missing cells."""
+
+    checkpoint: Checkpoint
+    cells: list[Cell]
+
+
+class Executor:
+    """Evaluates units of work.  A distributed engine ships each CheckpointWork to a worker that calls
+    `evaluate_checkpoint`, which writes each finished cell into the store."""
+
+    def run(self, works: Sequence[CheckpointWork], ctx: EvalContext) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LocalExecutor(Executor):
+    """In this process, in order: one model load per checkpoint."""
+
+    def run(self, works: Sequence[CheckpointWork], ctx: EvalContext) -> None:
+        for work in works:
+            evaluate_checkpoint(work, ctx)
+
+
+def _random_demo_task(tm, name: str):
+    """The task with lm-eval's seeded random sampler instead of the study's first-k (demo_seed cells)."""
+    try:
+        return tm._factory.build(tm._entry(name), overrides={"fewshot_config": {"sampler": "default"}},
+                                 registry=tm._index)
+    except AttributeError as e:  # lm-eval's private TaskManager API moved
+        raise RuntimeError(f"random demonstrations need lm-eval 0.4.13's TaskManager internals ({e}); "
+                           "use demos: fixed") from None
+
+
+def _cost_weight(samples: list[dict], generation: bool) -> float:
+    """How much of a shared lm-eval call's wall time a cell gets: its context characters (+ generation)."""
+    w = 0.0
+    for s in samples:
+        for a in s.get("arguments") or []:
+            ctx = a[0] if isinstance(a, (list, tuple)) and a else ""
+            w += len(ctx) if isinstance(ctx, str) else 0
+        if generation:
+            w += 60 * 4 * 8  # 60 generated tokens cost about as much as a long context
+    return w or 1.0
+
+
+_VERSIONS: dict | None = None
+
+
+def _versions() -> dict:
+    global _VERSIONS
+    if _VERSIONS is None:
+        _VERSIONS = {}
+        for name in ("genft", "lm_eval", "torch", "transformers"):
+            try:
+                _VERSIONS[name] = md.version(name.replace("_", "-"))
+            except md.PackageNotFoundError:
+                _VERSIONS[name] = None
+    return _VERSIONS
+
+
+def _finetune_info(job: FinetuneJob, weights: str) -> store.FinetuneInfo:
+    c, man = job.config, job.manifest or {}
+    wd = man.get("weight_deviation")
+    return store.FinetuneInfo(
+        run=job.run, name=job.name, task=c["task"], dataset=c["dataset"], train_size=c["train_size"],
+        train_limit=c["train_limit"], method=job.method, icl_shots=c["icl_shots"],
+        icl_demos=c["icl_demos"] if c["icl_shots"] else None, seed=job.seed, num_processes=c["num_processes"],
+        recipe_hash=job.recipe_hash, replicate_hash=job.replicate_hash,
+        weights_sha256=weights,
+        weight_deviation=wd.get("mean_abs_diff") if isinstance(wd, Mapping) else wd)
+
+
+def make_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
+                shared: int) -> store.CellRecord:
+    """The store's record of one finished cell, from lm-eval's result and per-item samples."""
+    ck, spec = cell.checkpoint, get_task(cell.task)
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    metrics = {k.split(",", 1)[0]: float(v) for k, v in result.items()
+               if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    names = list(dict.fromkeys(m for s in samples for m in s.get("metrics") or []))
+    items = {m: [s.get(m) for s in samples] for m in names}
+    majority = None
+    if spec.is_classification:
+        outputs = [next((lab for lab in spec.labels if s.get(f"predfirst_{lab}")), "") for s in samples]
+        golds = [next((lab for lab in spec.labels if s.get(f"gold_{lab}")), None) for s in samples]
+        majority = max(golds.count(lab) for lab in spec.labels) / len(samples) if samples else None
+    else:
+        outputs = [clean_generation((s.get("filtered_resps") or [""])[0]) for s in samples]
+    material = cell.material or {}
+    return store.CellRecord(
+        key=cell.key, suite=suite.name,
+        checkpoint=store.CheckpointInfo(id=ck.id, kind=ck.kind, base=ck.base, path=ck.path, identity=ck.identity),
+        finetune=_finetune_info(ck.job, ck.identity["weights"]) if ck.job is not None else None,
+        task=cell.task, dataset=cell.dataset, domain=cell.domain, prompt=cell.prompt, shots=cell.shots,
+        limit=cell.limit, demo_seed=cell.demo_seed, n=len(samples), doc_ids=[int(s["doc_id"]) for s in samples],
+        metrics=metrics, items=items, outputs=outputs, majority_rate=majority, wall_s=round(wall, 3),
+        provenance=store.Provenance(
+            **_versions(), backend=suite.eval.backend, batch_size=suite.eval.batch_size, device=device,
+            dtype=ck.dtype, hostname=socket.gethostname(), time=now_utc(), wall_s_shared_by=shared,
+            data_sha256=material["test_sha256"], demos_sha256=material["demos_sha256"],
+            harness_hash=material["harness"], target_delimiter=TARGET_DELIMITER),
+        material=material)
+
+
+def evaluate_checkpoint(work: CheckpointWork, ctx: EvalContext) -> None:
+    """ONE model load for all the checkpoint's missing cells; one lm-eval call per (shots, demos, limit) group
+    (eval.group: shots) or per cell (eval.group: cell); each finished cell is written at once."""
+    suite, ck, ev = ctx.suite, work.checkpoint, ctx.suite.eval
+    for name in ("lm_eval.api.task", "lm_eval.evaluator"):  # per-cell noise ("Overwriting num_fewshot")
+        logging.getLogger(name).setLevel(logging.ERROR)
+    ctx.log(f"loading {ck.id} ({ck.path}) with {ev.backend} on {ctx.device} in {ck.dtype}")
+    t0 = time.time()
+    lm = harness.load_model(ck.path, ev.backend, batch_size=ev.batch_size, device=ctx.device, dtype=ck.dtype)
+    ctx.progress.loaded()
+    ctx.log(f"loaded {ck.id} in {time.time() - t0:.0f} s")
+    tm = harness.task_manager(ck.path, suite.data_dir)
+    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    for i, c in enumerate(work.cells):
+        gk = (c.shots, c.demo_seed, c.limit) if ev.group == "shots" else (c.shots, c.demo_seed, c.limit, i)
+        groups[gk].append(c)
+    for gk, cells in groups.items():
+        shots, dseed, limit = gk[:3]
+        specs = [_random_demo_task(tm, c.task_name) if dseed is not None else c.task_name for c in cells]
+        t1 = time.time()
+        res = harness.evaluate(lm, specs, num_fewshot=shots, limit=limit, pretrained=ck.path, data_root=suite.data_dir,
+                               log_samples=True, fewshot_random_seed=1234 if dseed is None else dseed, tm=tm)
+        wall = time.time() - t1
+        weights = {c.task_name: _cost_weight(res["samples"][c.task_name], c.family == "generation") for c in cells}
+        total_w = sum(weights.values())
+        for c in cells:
+            samples = sorted(res["samples"][c.task_name], key=lambda s: s["doc_id"])
+            cwall = wall * weights[c.task_name] / total_w
+            rec = make_record(c, suite, res["results"][c.task_name], samples, cwall, ctx.device, len(cells))
+            lines = "".join(json.dumps(s, default=str, ensure_ascii=False) + "\n" for s in samples)
+            store.write_cell(suite.output, rec, lines.encode("utf-8"))
+            ctx.progress.finished(c, cwall, rec.metrics.get(c.metric))
+    del lm
