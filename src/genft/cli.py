@@ -78,10 +78,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """Write the suite's markdown report and figures (reports/<suite>.md)."""
+    """Write the suite's markdown report, figures and evidence file (reports/<suite>.md, reports/<suite>/)."""
+    if bool(args.suite) == bool(args.cells):
+        print("genft: error: give a suite (file or output folder) or --cells FILE, not both", file=sys.stderr)
+        return 2
     from .report import write_report
+    from .suite.store import StoreError
 
-    print(write_report(args.suite, out_dir=args.out_dir))
+    try:
+        print(write_report(args.cells or args.suite, out_dir=args.out_dir))
+    except StoreError as e:
+        print(f"genft: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -155,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = suite.add_parser("keys", help="every key of a suite file with its help (from the schema)")
     p.set_defaults(func=cmd_suite_keys)
     p = sub.add_parser("report", help="write a suite's report: reports/<suite>.md and its figures")
-    p.add_argument("suite", help="the suite (its file, folder or name)")
+    p.add_argument("suite", nargs="?", help="the suite: its file or its output folder")
+    p.add_argument("--cells", help="rebuild from a report's evidence file (reports/<suite>/cells.jsonl.gz)")
     p.add_argument("--out-dir", default="reports", help="folder for the report (default: reports)")
     p.set_defaults(func=cmd_report)
     return parser

@@ -1,0 +1,91 @@
+"""What a cell's outputs say beyond its score: one-label answers, identical outputs between two arms,
+repeated generations, labels the first-token rule never picks.  Pure functions of `CellRecord`s."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..metrics import clean_generation
+from ..prompts import get_task
+from ..suite.store import CellRecord
+
+
+def outputs(rec: CellRecord) -> list[str]:
+    """Per item: the predicted label (first-token rule), or the generation as it is scored (stripped, then cut
+    at the first blank line)."""
+    if get_task(rec.task).is_classification:
+        return list(rec.outputs)
+    return [clean_generation(o) for o in rec.outputs]
+
+
+def label_distribution(rec: CellRecord, prefix: str) -> dict[str, float]:
+    """Share of the items given each label under one rule (`predfirst_`: first token, `pred_`: full label)."""
+    return {lab: float(np.mean(rec.items[prefix + lab])) for lab in get_task(rec.task).labels
+            if prefix + lab in rec.items}
+
+
+def top_label(recs: Sequence[CellRecord]) -> tuple[str, float] | None:
+    """The most frequent first-token prediction over the items of these replicates, and its share."""
+    if not recs or not get_task(recs[0].task).is_classification:
+        return None
+    counts = Counter(o for r in recs for o in r.outputs)
+    label, k = max(sorted(counts.items()), key=lambda kv: kv[1])
+    return label, k / sum(counts.values())
+
+
+def one_label(recs: Sequence[CellRecord], share: float) -> str | None:
+    """Why an arm carries no information: it answers one label on >= `share` of its items (pooled over its
+    replicates) and scores at or below the test set's majority rate; None when it is informative."""
+    top = top_label(recs)
+    if top is None or top[1] < share:
+        return None
+    score = float(np.mean([r.score for r in recs]))
+    majority = recs[0].majority_rate
+    if majority is not None and score > majority + 1e-9:
+        return None
+    return f"answers {top[0]!r} on {top[1]:.0%} (score {score:.3f} ≤ majority {majority:.3f})" if majority is not None \
+        else f"answers {top[0]!r} on {top[1]:.0%}"
+
+
+def same_output_share(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> float:
+    """a, b: per replicate, per item outputs on the same items.  The share of items on which every replicate of
+    both arms gives the same output."""
+    n = len(a[0])
+    same = sum(len({rows[i] for rows in (*a, *b)}) == 1 for i in range(n))
+    return same / n if n else float("nan")
+
+
+def repeated_share(rec: CellRecord) -> float:
+    """Generation: the share of items whose (non-empty) output is the cell's most frequent output, when that
+    output occurs on two or more items: a model repeating one text (often a demonstration's target) for
+    different inputs."""
+    outs = [o for o in outputs(rec)]
+    counts = Counter(o for o in outs if o)
+    if not counts:
+        return 0.0
+    text, k = max(sorted(counts.items()), key=lambda kv: kv[1])
+    return k / len(outs) if k > 1 else 0.0
+
+
+def copy_share(rec: CellRecord, demo_targets: Iterable[str]) -> float:
+    """Generation: the share of items whose output equals a demonstration's target."""
+    targets = {t.strip() for t in demo_targets}
+    outs = outputs(rec)
+    return sum(o in targets for o in outs) / len(outs) if outs else 0.0
+
+
+def never_first(recs: Sequence[CellRecord]) -> list[str]:
+    """Labels of a classification test set that the first-token rule never predicts in any of these cells while
+    the full-label rule does: the signature of two labels sharing their first token (the rule can then only
+    pick the first of them)."""
+    if not recs or not get_task(recs[0].task).is_classification:
+        return []
+    out = []
+    for lab in get_task(recs[0].task).labels:
+        first = sum(sum(r.items.get(f"predfirst_{lab}", [])) for r in recs)
+        full = sum(sum(r.items.get(f"pred_{lab}", [])) for r in recs)
+        if first == 0 and full > 0:
+            out.append(lab)
+    return out
