@@ -276,3 +276,22 @@ def test_harness_scores_a_gold_dash_item_wrong(tmp_path, tiny_model):
         scores = metrics.classification_scores(get_task("nli"), -1, lls)
         assert scores["acc"] == scores["acc_first"] == 0.0 and not any(scores[f"gold_{lab}"] for lab in
                                                                          get_task("nli").labels)
+
+
+@needs_release
+def test_xsum_4000_and_6000_are_checked_by_their_git_blob_ids(tmp_path):
+    """The copy genft's sums were computed from lacks XSum train_4000/6000; the pinned commit's tree gives their git
+    blob ids, so a release that holds them is checked too (and imports them), and a wrong one is refused."""
+    sums = data.release_sums()
+    assert len(sums["sha256"]) == 51 and set(sums["git_blob_sha1"]) == {
+        "summary/xsum_train_4000.json", "summary/xsum_train_6000.json"}
+    folder = tmp_path / "release"
+    shutil.copytree(STUDY_DATA, folder)
+    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        d.chmod(0o755)  # the shared copy is read-only
+    (folder / "summary" / "xsum_train_4000.json").write_text(json.dumps([{"input": "doc", "output": "sum"}]))
+    with pytest.raises(DataError, match=r"summary/xsum_train_4000.json does not match .* \(git blob sha1 "):
+        data.import_study(folder, tmp_path / "data", verify=True, **QUIET)
+    # git's own blob id of a released file equals what genft computes
+    assert study.git_blob_sha1(STUDY_DATA / "summary" / "xsum_train_2000.json") == \
+        "f73f7a06eb312073b352bc1fba2d3aa7c4957e0a"
