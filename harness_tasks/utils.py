@@ -50,7 +50,10 @@ def load(genft_task: str, genft_dataset: str, genft_prompt: int = 1, **metadata)
             row[TARGET] = render_target(spec, item)
             row[TASK] = spec.name
             if spec.is_classification:
-                row[GOLD] = spec.labels.index(item[spec.target])
+                # Study protocol: gold "-" (no annotator consensus) is no label index; -1 is never predicted, so the
+                # item counts wrong and stays in the denominator, as the study's accuracy counted it.
+                gold = item[spec.target]
+                row[GOLD] = spec.labels.index(gold) if gold in spec.labels else -1
                 firsts = [metrics.first_token_text(tokenizer, row[PROMPT], delimiter + lab, len(delimiter))
                           for lab in spec.labels]
                 # Choices: the full label words (lm-eval's rule), then each label's first token (the study's rule).

@@ -144,7 +144,7 @@ def test_summary_target_is_composed_from_document(root):
 
 def test_failed_write_leaves_no_partial_folder(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = data.file_sha256
+    real = data.layout.file_sha256
 
     def flaky(path):
         calls["n"] += 1
@@ -152,7 +152,7 @@ def test_failed_write_leaves_no_partial_folder(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(path)
 
-    monkeypatch.setattr(data, "file_sha256", flaky)
+    monkeypatch.setattr(data.layout, "file_sha256", flaky)  # where write_dataset looks it up
     with pytest.raises(OSError, match="disk full"):
         builtin.generate(tmp_path, log=lambda line: None)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() or (p.is_dir() and p.parent != tmp_path)]
@@ -166,7 +166,7 @@ def test_failed_regenerate_keeps_old_data(tmp_path, monkeypatch):
     def boom(path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "file_sha256", boom)
+    monkeypatch.setattr(data.layout, "file_sha256", boom)  # where write_dataset looks it up
     with pytest.raises(OSError):
         builtin.generate(tmp_path, log=lambda line: None)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}

@@ -14,8 +14,18 @@ def _add_data_dir(p):
 def cmd_data_import_study(args) -> int:
     from .data import data_dir, import_study
 
-    import_study(args.src, args.data_dir)
-    print(f"imported into {data_dir(args.data_dir)}")
+    import_study(args.src, args.data_dir, protocol=args.protocol, verify=args.verify)
+    print(f"imported into {data_dir(args.data_dir)} (protocol {args.protocol})")
+    return 0
+
+
+def cmd_data_build_hub(args) -> int:
+    from .data import data_dir
+    from .data.hub import build_hub
+
+    build_hub(args.sets, args.data_dir, sizes=args.sizes, test_size=args.test_size, seed=args.seed,
+              hub_dir=args.hub_dir, revision=args.revision, replace=args.replace)
+    print(f"built into {data_dir(args.data_dir)}")
     return 0
 
 
@@ -125,10 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="create data sets in the canonical layout").add_subparsers(dest="what", required=True)
-    p = data.add_parser("import-study", help="import the study's released splits (e.g. ../shared/paper-data)")
-    p.add_argument("src")
+    p = data.add_parser("import-study", help="import the study's released splits (downloads the pinned release "
+                        "when no source is given; every file is checked against genft's sha256 sums)")
+    p.add_argument("src", nargs="?", help="the release's data/ folder, its repository's .zip/.tar.gz archive, or an "
+                   "http(s) URL of one (default: download LHRYANG/Generalization_of_FT-LLM at commit f3718fc)")
+    p.add_argument("--protocol", choices=("clean", "study"), default="clean", help="clean: drop defective items "
+                   "(default); study: the study's exact test data (first 250 items, defective items kept)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None, help="check the sha256 sums "
+                   "(default: yes for downloads and archives, no for a folder)")
     _add_data_dir(p)
     p.set_defaults(func=cmd_data_import_study)
+    p = data.add_parser("build-hub", help="build the study's data sets from the public hub data sets they come from")
+    p.add_argument("sets", nargs="+", metavar="TASK/DATASET", help="e.g. summary/xsum; a task name (all its sets) "
+                   "or 'all'")
+    p.add_argument("--sizes", nargs="+", type=int, default=[2000, 4000, 6000],
+                   help="nested training sizes of training sets (default: 2000 4000 6000)")
+    p.add_argument("--test-size", type=int, default=500, help="test items (default 500)")
+    p.add_argument("--seed", type=int, default=42, help="the sampling seed, recorded in meta.json (default 42)")
+    p.add_argument("--hub-dir", help="read local stand-ins DIR/<hub id with / as __>[/<config>]/<split>.jsonl "
+                   "instead of the hub (default: $GENFT_HUB_DIR, else the hub)")
+    p.add_argument("--revision", help="a hub revision (branch, tag or commit) for every set (default: each set's own)")
+    p.add_argument("--replace", action="store_true", help="replace data sets that came from another source")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_data_build_hub)
     p = data.add_parser("builtin", help="write genft's small builtin data set (all five tasks, two domains each)")
     _add_data_dir(p)
     p.set_defaults(func=cmd_data_builtin)

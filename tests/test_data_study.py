@@ -1,0 +1,297 @@
+"""`genft data import-study` from archives and URLs (sha256-checked), offline errors, and the study protocol."""
+import contextlib
+import functools
+import http.server
+import io
+import json
+import shutil
+import socket
+import tarfile
+import threading
+import zipfile
+
+import pytest
+
+from conftest import STUDY_DATA
+from genft import data
+from genft.data import DataError, study
+
+needs_release = pytest.mark.skipif(not STUDY_DATA.is_dir(), reason=f"the study's data is not at {STUDY_DATA}")
+TOP = f"Generalization_of_FT-LLM-{data.STUDY_COMMIT}"  # GitHub's archive: one top-level folder, then data/
+QUIET = {"log": lambda *_: None}
+
+
+def _members():
+    """(archive path, bytes) of a GitHub archive of the release: the repository's files around data/."""
+    yield f"{TOP}/README.md", b"# the study's repository\n"
+    yield f"{TOP}/evaluate_cross.py", b"print('not imported')\n"
+    for path in sorted(p for p in STUDY_DATA.rglob("*") if p.is_file() and p.name != "README.md"):
+        yield f"{TOP}/data/{path.relative_to(STUDY_DATA).as_posix()}", path.read_bytes()
+
+
+def write_tar(path, edit=lambda name, blob: blob):
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        for name, blob in _members():
+            blob = edit(name, blob)
+            if blob is None:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def write_zip(path, extra=()):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, blob in [*_members(), *extra]:
+            zf.writestr(name, blob)
+    return path
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    if not STUDY_DATA.is_dir():
+        pytest.skip(f"the study's data is not at {STUDY_DATA}")
+    d = tmp_path_factory.mktemp("archives")
+    write_tar(d / "release.tar.gz")
+
+    def tamper(name, blob):  # one byte of one file changed: still valid JSON, a different label
+        return blob.replace(b'"entailment"', b'"neutral"', 1) if name.endswith("inference/rte_test_500.json") else blob
+
+    write_tar(d / "tampered.tar.gz", tamper)
+    write_tar(d / "missing.tar.gz", lambda n, b: None if n.endswith("inference/snli_test_500.json") else b)
+    write_zip(d / "release.zip")
+    return d
+
+
+@contextlib.contextmanager
+def serve(folder):
+    """An HTTP server on 127.0.0.1 for `folder`, in a thread, stopped on exit."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _nothing_written(root):
+    return not root.exists() or not any(root.rglob("*.jsonl"))
+
+
+def test_import_from_http_checks_every_sha256(archives, tmp_path, study_data):
+    root = tmp_path / "data"
+    with serve(archives) as url:
+        res = data.import_study(f"{url}/release.tar.gz", root, **QUIET)
+    assert len(res) == 18
+    meta = data.read_meta("nli", "mnli_m", root)
+    assert meta["release"] == {"repository": "LHRYANG/Generalization_of_FT-LLM", "commit": data.STUDY_COMMIT,
+                               "verified_files": len(data.release_sums()["sha256"])}
+    assert meta["source_folder"].endswith("/release.tar.gz") and meta["protocol"] == "clean"
+    # The same data as importing the folder: every file's content hash is equal.
+    for info in data.STUDY_DATASETS.values():
+        assert data.read_meta(info.task, info.name, root)["files"] == \
+            data.read_meta(info.task, info.name, study_data)["files"], info.name
+
+
+def test_a_tampered_file_fails_with_its_name_and_writes_nothing(archives, tmp_path):
+    root = tmp_path / "data"
+    with serve(archives) as url, pytest.raises(DataError, match=r"inference/rte_test_500.json does not match the "
+                                                                 r"study's release at f3718fc \(sha256 "):
+        data.import_study(f"{url}/tampered.tar.gz", root, **QUIET)
+    assert _nothing_written(root)
+    # An earlier import in the folder is left as it was.
+    data.import_study(archives / "release.tar.gz", root, **QUIET)
+    before = data.read_meta("nli", "rte", root)["files"]
+    with pytest.raises(DataError, match="rte_test_500.json does not match"):
+        data.import_study(archives / "tampered.tar.gz", root, **QUIET)
+    assert data.read_meta("nli", "rte", root)["files"] == before
+
+
+def test_a_missing_file_is_an_error_naming_it(archives, tmp_path):
+    with pytest.raises(DataError, match=r"missing.tar.gz: inference/snli_test_500.json is missing"):
+        data.import_study(archives / "missing.tar.gz", tmp_path / "data", **QUIET)
+    assert _nothing_written(tmp_path / "data")
+
+
+def test_zip_archive_and_unpacked_repository_folder(archives, tmp_path):
+    res = data.import_study(archives / "release.zip", tmp_path / "z", **QUIET)
+    assert len(res) == 18 and data.read_meta("summary", "xsum", tmp_path / "z")["release"]["verified_files"] == 51
+    # A clone / unpacked archive: the folder above data/ works too, and --verify checks it.
+    clone = tmp_path / "clone"
+    with zipfile.ZipFile(archives / "release.zip") as zf:
+        zf.extractall(clone)
+    data.import_study(clone / TOP, tmp_path / "c", verify=True, **QUIET)
+    assert data.read_meta("sentiment", "amazon", tmp_path / "c")["release"]["verified_files"] == 51
+
+
+def test_archive_members_outside_the_folder_are_refused(tmp_path):
+    bad_zip = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad_zip, "w") as zf:
+        zf.writestr("top/../../evil.txt", "x")
+    with pytest.raises(DataError, match=r"member 'top/../../evil.txt' would be written outside"):
+        data.import_study(bad_zip, tmp_path / "data", **QUIET)
+    bad_tar = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad_tar, "w:gz") as tf:
+        info = tarfile.TarInfo("../evil.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(DataError, match=r"member '../evil.txt' rejected"):
+        data.import_study(bad_tar, tmp_path / "data", **QUIET)
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
+    with pytest.raises(DataError, match="not a readable .zip or .tar.gz archive"):
+        (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
+        data.import_study(tmp_path / "junk.tar.gz", tmp_path / "data", **QUIET)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_offline_error_says_what_to_download_and_where(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{_closed_port()}/LHRYANG/Generalization_of_FT-LLM/tar.gz/{data.STUDY_COMMIT}"
+    monkeypatch.setattr(study, "STUDY_ARCHIVE_URL", url)
+    with pytest.raises(DataError) as e:
+        data.import_study(None, tmp_path / "data", **QUIET)
+    msg = str(e.value)
+    assert f"could not download {url}" in msg and f"curl -L -o study-release.tar.gz {url}" in msg
+    assert "genft data import-study path/to/study-release.tar.gz" in msg
+    assert not (tmp_path / "data").exists()
+
+
+@needs_release
+def test_http_404_and_cli_with_url(archives, tmp_path):
+    from genft import cli
+
+    with serve(archives) as url:
+        with pytest.raises(DataError, match=r"could not download .*/nope.tar.gz \(HTTP 404"):
+            data.import_study(f"{url}/nope.tar.gz", tmp_path / "x", **QUIET)
+        assert cli.main(["data", "import-study", f"{url}/release.tar.gz", "--data-dir", str(tmp_path / "d")]) == 0
+        assert cli.main(["data", "import-study", f"{url}/tampered.tar.gz", "--data-dir", str(tmp_path / "e")]) == 2
+    assert len(list((tmp_path / "d").glob("*/*/test.jsonl"))) == 18 and _nothing_written(tmp_path / "e")
+
+
+def test_no_verify_imports_a_modified_copy_on_purpose(archives, tmp_path):
+    data.import_study(archives / "tampered.tar.gz", tmp_path / "data", verify=False, **QUIET)
+    assert data.read_meta("nli", "rte", tmp_path / "data")["release"]["commit"] == "unknown (not verified)"
+
+
+# ---------------------------------------------------------------- the study protocol (faithful mode)
+
+
+@needs_release
+def test_study_protocol_keeps_defective_items_and_the_first_250(tmp_path):
+    root = tmp_path / "study"
+    data.import_study(STUDY_DATA, root, protocol="study", **QUIET)
+    released = json.loads((STUDY_DATA / "inference" / "multinli_test_500.json").read_text())
+    test = data.load_split("nli", "mnli_m", "test", root)
+    assert len(test) == 250
+    assert [it["label"] for it in test] == [it["output"] for it in released[:250]]  # same items, same order
+    assert sum(it["label"] == "-" for it in test) == 2
+    meta = data.read_meta("nli", "mnli_m", root)
+    assert meta["protocol"] == "study" and data.read_protocol("nli", "mnli_m", root) == "study"
+    assert meta["kept_defective"] == {"test": 2}
+    assert meta["study_cut"] == {"test": {"released": 500, "kept": 250}}
+    # The study's code cuts every test file at 250, CNN/DM's 382 included; demos and training sets are whole.
+    assert len(data.load_split("summary", "cnndm", "test", root)) == 250
+    tweetqa = data.load_split("question", "tweetqa", "test", root)
+    assert sum(any(not v.strip() for v in it.values()) for it in tweetqa) == 15  # empty texts kept
+    assert len(data.load_split("sentiment", "amazon", "train_6000", root)) == 5999
+    assert len(data.load_split("summary", "xsum", "train_2000", root)) == 2000  # the empty document is kept
+    assert data.data_protocols(root) == {f"{d.task}/{d.name}": "study" for d in data.STUDY_DATASETS.values()}
+
+
+@needs_release
+def test_a_data_folder_holds_one_protocol(tmp_path, study_data):
+    root = tmp_path / "study"
+    data.import_study(STUDY_DATA, root, protocol="study", **QUIET)
+    before = data.read_meta("nli", "mnli_m", root)["files"]
+    with pytest.raises(DataError, match=r"holds study-protocol data \(.*\); a data folder holds one protocol"):
+        data.import_study(STUDY_DATA, root, **QUIET)
+    assert data.read_meta("nli", "mnli_m", root)["files"] == before
+    with pytest.raises(DataError, match=r"holds clean-protocol data"):
+        data.import_study(STUDY_DATA, study_data, protocol="study", **QUIET)
+
+
+def test_study_protocol_still_rejects_real_errors(tmp_path):
+    root = tmp_path / "data"
+    folder = data.dataset_dir("nli", "mnli_m", root)
+    data.write_dataset("nli", "mnli_m", {"test": [{"premise": "a", "hypothesis": "b", "label": "-"},
+                                                   {"premise": "", "hypothesis": "b", "label": "neutral"}],
+                                         "demos": [{"premise": "a", "hypothesis": "b", "label": "neutral"}]},
+                       root, {"protocol": "study"})
+    assert len(data.load_split("nli", "mnli_m", "test", root)) == 2
+    (folder / "test.jsonl").write_text('{"premise": "a", "hypothesis": "b", "label": "maybe"}\n')
+    with pytest.raises(DataError, match=r"test.jsonl:1: unknown label 'maybe'"):
+        data.load_split("nli", "mnli_m", "test", root)
+    # The same defective item in a clean data set is an error on load.
+    clean = tmp_path / "clean"
+    with pytest.raises(DataError, match=r"unknown label '-'"):
+        data.write_dataset("nli", "mnli_m", {"test": [{"premise": "a", "hypothesis": "b", "label": "-"}]}, clean)
+
+
+def test_study_prompt_quirks():
+    ctx = "### Input:\nfine\n### Sentiment:"
+    # 0 shots: the literal "<s> " text; classification adds no special tokens (one BOS, from the text) ...
+    assert data.study_prompt_text(ctx, 0, "classification") == ("<s> " + ctx, False)
+    # ... generation goes through vLLM, which adds its own BOS (two in all).
+    assert data.study_prompt_text(ctx, 0, "generation") == ("<s> " + ctx, True)
+    # With demonstrations: no BOS at all for classification, vLLM's one for generation.
+    assert data.study_prompt_text(ctx, 2, "classification") == (ctx, False)
+    assert data.study_prompt_text(ctx, 2, "generation") == (ctx, True)
+    # The clean protocol has no quirk: the tokenizer's own special tokens.
+    assert data.study_prompt_text(ctx, 0, "classification", quirks=data.quirks_for("clean")) == (ctx, True)
+    assert data.quirks_for("study") == data.STUDY_QUIRKS and data.STUDY_QUIRKS.as_dict()["zero_shot_bos_text"]
+    with pytest.raises(DataError, match="unknown protocol 'paper'"):
+        data.quirks_for("paper")
+
+
+def test_harness_scores_a_gold_dash_item_wrong(tmp_path, tiny_model):
+    """The lm-eval loader gives gold "-" the index -1, which no rule predicts: counted wrong, as the study did."""
+    import sys
+
+    from conftest import REPO
+    from genft import metrics
+    from genft.prompts import get_task
+
+    sys.path.insert(0, str(REPO / "harness_tasks"))
+    import utils  # harness_tasks/utils.py
+
+    root = tmp_path / "data"
+    item = {"premise": "a", "hypothesis": "b"}
+    data.write_dataset("nli", "mnli_m", {"test": [{**item, "label": "-"}, {**item, "label": "neutral"}],
+                                         "demos": [{**item, "label": "neutral"}]}, root, {"protocol": "study"})
+    docs = utils.load("nli", "mnli_m", genft_data_dir=str(root), pretrained=tiny_model)["test"]
+    assert [d[utils.GOLD] for d in docs] == [-1, 1]
+    for lls in ([0.0, -1, -2, 0.0, -1, -2], [-2, -1, 0.0, -2, -1, 0.0]):
+        scores = metrics.classification_scores(get_task("nli"), -1, lls)
+        assert scores["acc"] == scores["acc_first"] == 0.0 and not any(scores[f"gold_{lab}"] for lab in
+                                                                         get_task("nli").labels)
+
+
+@needs_release
+def test_xsum_4000_and_6000_are_checked_by_their_git_blob_ids(tmp_path):
+    """The copy genft's sums were computed from lacks XSum train_4000/6000; the pinned commit's tree gives their git
+    blob ids, so a release that holds them is checked too (and imports them), and a wrong one is refused."""
+    sums = data.release_sums()
+    assert len(sums["sha256"]) == 51 and set(sums["git_blob_sha1"]) == {
+        "summary/xsum_train_4000.json", "summary/xsum_train_6000.json"}
+    folder = tmp_path / "release"
+    shutil.copytree(STUDY_DATA, folder)
+    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        d.chmod(0o755)  # the shared copy is read-only
+    (folder / "summary" / "xsum_train_4000.json").write_text(json.dumps([{"input": "doc", "output": "sum"}]))
+    with pytest.raises(DataError, match=r"summary/xsum_train_4000.json does not match .* \(git blob sha1 "):
+        data.import_study(folder, tmp_path / "data", verify=True, **QUIET)
+    # git's own blob id of a released file equals what genft computes
+    assert study.git_blob_sha1(STUDY_DATA / "summary" / "xsum_train_2000.json") == \
+        "f73f7a06eb312073b352bc1fba2d3aa7c4957e0a"
