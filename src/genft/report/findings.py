@@ -5,7 +5,7 @@ The rules (`RULES`, stated in the report) follow STUDY.md §7.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
