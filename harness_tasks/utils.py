@@ -68,4 +68,5 @@ def process_classification(doc, results):
 
 
 def process_generation(doc, results):
+    """The raw generation (the task sets no stop sequence), stripped then cut at the first blank line, scored."""
     return metrics.generation_scores(doc[TARGET], results[0])

@@ -1,9 +1,15 @@
 import math
+import sys
 
 import pytest
+from lm_eval.tasks._yaml_loader import load_yaml
 
+from conftest import REPO
 from genft import metrics
 from genft.prompts import get_task
+
+sys.path.insert(0, str(REPO / "harness_tasks"))
+import utils as task_utils  # noqa: E402  (harness_tasks/utils.py, the lm-eval tasks' scoring functions)
 
 
 def test_rules_differ_when_labels_split_into_several_tokens():
@@ -89,3 +95,19 @@ def test_first_token_text_on_the_tiny_tokenizer(tiny_model):
         whole = tok("### Inference:" + first, add_special_tokens=False)["input_ids"]
         ctx = tok("### Inference:", add_special_tokens=False)["input_ids"]
         assert len(whole) == len(ctx) + 1  # the prefix is exactly one token after the context
+
+
+def test_an_output_starting_with_a_blank_line_is_stripped_before_it_is_cut():
+    """The study strips, then cuts at the first blank line: a leading blank line must not empty the output."""
+    out = "\n\nWhat did he do?\n\n### Input: the next demo"
+    assert metrics.clean_generation(out) == "What did he do?"
+    assert metrics.generation_scores("What did he do?", out)["rougeL"] == 1.0
+
+
+def test_the_generation_tasks_do_not_cut_before_the_metric_strips():
+    """A stop sequence "\\n\\n" in the task would cut the raw output before it is stripped (lm-eval splits the
+    generation at the stop): the shared generation template sets none, and scoring strips, then cuts."""
+    cfg = load_yaml(REPO / "harness_tasks" / "_genft_generation.yaml", resolve_func=False)
+    assert cfg["generation_kwargs"]["until"] == [] and cfg["generation_kwargs"]["max_gen_toks"] == 60
+    doc = {task_utils.TARGET: "What did he do?"}
+    assert task_utils.process_generation(doc, ["\n\nWhat did he do?\n\nmore"])["rougeL"] == 1.0

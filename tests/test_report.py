@@ -121,7 +121,6 @@ def test_setting_tables_put_known_numbers_in_the_right_cells(tmp_path):
     assert "| FT builtin_products@2000 | 42 | sentiment/builtin_restaurants | out | P1 | 0 | — | 10 | 0.700 | 0.500 |" \
         in " ".join(app.split())
     labels = section(md, "## Classification")
-    row = table(labels, "## Classification: predicted labels vs accuracy")
     assert "positive 0.50, negative 0.50" in labels and "negative 1.00" in labels
     assert "0 of 7 classification cells answer one label" in labels  # first-token rule: no cell is one-label
 
@@ -276,3 +275,37 @@ def test_hierarchical_resampling_draws_seeds_then_items():
     seeds = rng.integers(0, 2, size=(500, 2))
     want = np.array([vals[seeds[r]].mean(axis=0)[items[r]].mean() for r in range(500)])
     assert m[:, 0] == pytest.approx(want)
+
+
+def test_the_evidence_file_rebuilds_the_same_report_byte_for_byte(tmp_path):
+    output = stored(tmp_path / "runs" / "synth", full_suite(), MANIFESTS)
+    settings = report.ReportSettings(one_label_share=0.8, n_resamples=500)
+    a = write_report(output, out_dir=tmp_path / "a", settings=settings)
+    evidence = tmp_path / "a" / "synth" / "cells.jsonl.gz"
+    assert main(["report", "--cells", str(evidence), "--out-dir", str(tmp_path / "b")]) == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert "500 resamples" in a.read_text() and "≥ 80% of the items" in a.read_text()  # settings travel too
+    name, recs, runs, stored_settings = report.read_evidence(evidence)
+    assert (name, len(recs), stored_settings) == ("synth", len(full_suite()), settings)
+    assert runs == {"sentiment-builtin_products-100-s42": {"training": {"wall_time_s": 60.0, "tokens_per_s": 10.0},
+                                                          "truncation": {"examples_demos_cut": 2}}}
+    assert evidence.stat().st_size < 20_000
+
+
+def test_a_bad_evidence_line_is_an_error_naming_file_and_line(tmp_path, capsys):
+    import gzip
+
+    write_report("synth", roundtrip(tmp_path, small_suite()), out_dir=tmp_path / "a")
+    evidence = tmp_path / "a" / "synth" / "cells.jsonl.gz"
+    lines = gzip.decompress(evidence.read_bytes()).decode().splitlines()
+    lines[2] = lines[2].replace('"n":10', '"n":9')
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    with pytest.raises(StoreError, match=rf"{bad}:3: not a valid cell record"):
+        report.read_evidence(bad)
+    assert main(["report", "--cells", str(bad), "--out-dir", str(tmp_path / "b")]) == 2
+    assert f"{bad}:3:" in capsys.readouterr().err
+    assert main(["report", "--out-dir", str(tmp_path / "b")]) == 2  # neither a suite nor --cells

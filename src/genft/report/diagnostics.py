@@ -3,7 +3,7 @@ repeated generations, labels the first-token rule never picks.  Pure functions o
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -20,10 +20,14 @@ def outputs(rec: CellRecord) -> list[str]:
     return [clean_generation(o) for o in rec.outputs]
 
 
+def _values(rec: CellRecord, name: str) -> list[float]:
+    return [v for v in rec.items.get(name, []) if v is not None]
+
+
 def label_distribution(rec: CellRecord, prefix: str) -> dict[str, float]:
     """Share of the items given each label under one rule (`predfirst_`: first token, `pred_`: full label)."""
-    return {lab: float(np.mean(rec.items[prefix + lab])) for lab in get_task(rec.task).labels
-            if prefix + lab in rec.items}
+    return {lab: float(np.mean(_values(rec, prefix + lab))) for lab in get_task(rec.task).labels
+            if _values(rec, prefix + lab)}
 
 
 def top_label(recs: Sequence[CellRecord]) -> tuple[str, float] | None:
@@ -61,19 +65,12 @@ def repeated_share(rec: CellRecord) -> float:
     """Generation: the share of items whose (non-empty) output is the cell's most frequent output, when that
     output occurs on two or more items: a model repeating one text (often a demonstration's target) for
     different inputs."""
-    outs = [o for o in outputs(rec)]
+    outs = outputs(rec)
     counts = Counter(o for o in outs if o)
     if not counts:
         return 0.0
-    text, k = max(sorted(counts.items()), key=lambda kv: kv[1])
+    k = max(counts.values())
     return k / len(outs) if k > 1 else 0.0
-
-
-def copy_share(rec: CellRecord, demo_targets: Iterable[str]) -> float:
-    """Generation: the share of items whose output equals a demonstration's target."""
-    targets = {t.strip() for t in demo_targets}
-    outs = outputs(rec)
-    return sum(o in targets for o in outs) / len(outs) if outs else 0.0
 
 
 def never_first(recs: Sequence[CellRecord]) -> list[str]:
@@ -84,8 +81,8 @@ def never_first(recs: Sequence[CellRecord]) -> list[str]:
         return []
     out = []
     for lab in get_task(recs[0].task).labels:
-        first = sum(sum(r.items.get(f"predfirst_{lab}", [])) for r in recs)
-        full = sum(sum(r.items.get(f"pred_{lab}", [])) for r in recs)
+        first = sum(sum(_values(r, f"predfirst_{lab}")) for r in recs)
+        full = sum(sum(_values(r, f"pred_{lab}")) for r in recs)
         if first == 0 and full > 0:
             out.append(lab)
     return out

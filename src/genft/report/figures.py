@@ -7,10 +7,10 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .model import TASK_ORDER, SuiteData  # noqa: E402
+from .model import TASK_ORDER, SuiteData
 
 
 def _fig_bytes(fig) -> bytes:

@@ -5,7 +5,7 @@ The rules (`RULES`, stated in the report) follow STUDY.md §7.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -26,9 +26,10 @@ RULES = [
     "A degenerate comparison (identical outputs on every item, or an arm answering one label at or below the "
     "majority rate) is shown, marked and left out of the vote; each part says how many were left out and why.",
     "Each comparison is tested with bootstrap p-values against its claim; the p-values of one part are adjusted "
-    "for multiplicity with Holm's method. A comparison *supports* the claim when its support test is significant "
-    "after adjustment, *contradicts* it when the opposite test is, shows *no difference* when an equivalence test "
-    "(inside ±margin) is, and is *undetermined* otherwise.",
+    "for multiplicity with Holm's method. A comparison shows *no difference* when its equivalence test (the "
+    "difference lies inside ±margin, two one-sided tests) is significant after adjustment, else *supports* the "
+    "claim when its support test is, *contradicts* it when the opposite test is, and is *undetermined* "
+    "otherwise.",
     "\"No difference\" never supports a directional claim (higher / lower): it counts against it. It supports an "
     "\"on par or better\" claim (non-inferiority: the difference lies above −margin).",
     "A part holds when more than half of its used comparisons support it, does not hold when more than half "
@@ -113,12 +114,12 @@ def judge_part(part: Part, s: SuiteData) -> Part:
         pe = holm(pe) if pe else None
         for i, e in enumerate(used):
             e.p = ps[i]
-            if ps[i] < st.alpha:
+            if pe is not None and pe[i] < st.alpha:
+                e.verdict_class = NO_DIFFERENCE  # inside ±margin: negligible, even where it excludes zero
+            elif ps[i] < st.alpha:
                 e.verdict_class = SUPPORTS
             elif pa[i] < st.alpha:
                 e.verdict_class = CONTRADICTS
-            elif pe is not None and pe[i] < st.alpha:
-                e.verdict_class = NO_DIFFERENCE
             else:
                 e.verdict_class = UNDETERMINED
     for e in fixed:

@@ -42,10 +42,10 @@ def build(name: str, records: Iterable[CellRecord], manifests: Mapping | None = 
     heat, shots, sizes = [], [], []
     for base in s.bases:
         pre = f"{slug(base)}-" if multi else ""
-        heat.append(add(f"{pre}heatmap-p1-0shot.png", lambda: figures.figure_heatmap(s, base)))
+        heat.append(add(f"{pre}heatmap-p1-0shot.png", lambda b=base: figures.figure_heatmap(s, b)))
         for task in TASK_ORDER:
-            shots.append(add(f"{pre}shots-{task}.png", lambda: figures.figure_shots(s, base, task)))
-        sizes.append(add(f"{pre}train-size.png", lambda: figures.figure_train_size(s, base)))
+            shots.append(add(f"{pre}shots-{task}.png", lambda b=base, t=task: figures.figure_shots(s, b, t)))
+        sizes.append(add(f"{pre}train-size.png", lambda b=base: figures.figure_train_size(s, b)))
 
     lines = sections.section_header(s)
     lines += sections.section_findings(s, findings(s))

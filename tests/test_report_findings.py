@@ -1,0 +1,262 @@
+"""The findings' rules, on records written and read by the real store: degenerate comparisons left out and
+counted, margins per metric, "no difference" never supporting a directional claim, replicates, the
+hierarchical bootstrap, Holm, the training-size trend, the weight-deviation tolerance, best over shots."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from report_records import ft, ok, record, roundtrip
+
+from genft.report import (DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_MEASURED, Margin, ReportSettings, SuiteData,
+                          findings, holm)
+from genft.report import diagnostics
+from genft.report.findings import CONTRADICTS, DEGENERATE, NO_DIFFERENCE, SUPPORTS
+
+
+def judged(tmp_path, recs, num, settings=None):
+    s = SuiteData("s", roundtrip(tmp_path, recs), settings=settings)
+    return next(f for f in findings(s) if f.num == num)
+
+
+def classes(part):
+    return [e.verdict_class for e in part.evidence]
+
+
+def alternating(n, labels=("yes", "no")):
+    return [labels[i % len(labels)] for i in range(n)]
+
+
+def right_on(gold, k, labels=("yes", "no"), last=False):
+    """Predictions right on the first (or last) k items, wrong on the others (the other label)."""
+    right = set(range(len(gold) - k, len(gold))) if last else set(range(k))
+    return [g if i in right else labels[1 - labels.index(g)] for i, g in enumerate(gold)]
+
+
+# ---------------------------------------------------------------- degenerate comparisons
+
+
+def test_one_label_arm_at_the_majority_floor_is_degenerate_above_it_is_not(tmp_path):
+    gold = alternating(20)
+    floor = record("paraphrase", "builtin_questions", "out", None, gold=gold, preds=["no"] * 20)
+    above = record("paraphrase", "builtin_questions", "out", None, shots=2, gold=["no"] * 18 + ["yes"] * 2,
+                   preds=["no"] * 19 + ["yes"])
+    read = {r.key: r for r in roundtrip(tmp_path, [floor, above])}
+    floor, above = read[floor.key], read[above.key]
+    assert diagnostics.one_label([floor], 0.9) == "answers 'no' on 100% (score 0.500 ≤ majority 0.500)"
+    assert diagnostics.one_label([above], 0.9) is None  # 95% 'no' but 0.95 > the 0.90 majority rate
+
+
+def test_degenerate_comparisons_are_shown_marked_left_out_and_counted(tmp_path):
+    """Finding 3b (classification-tuned on par or better out-of-domain): one comparison against an arm that
+    answers one label, one with identical outputs, one informative."""
+    n = 200
+    gold = alternating(n)
+    f = ft("paraphrase", "builtin_people")
+    recs = [
+        record("paraphrase", "builtin_questions", "out", None, shots=0, gold=gold, preds=right_on(gold, 120)),
+        record("paraphrase", "builtin_questions", "out", f, shots=0, gold=gold, preds=["no"] * n),  # one label
+        record("paraphrase", "builtin_questions", "out", None, shots=2, gold=gold, preds=right_on(gold, 100)),
+        record("paraphrase", "builtin_questions", "out", f, shots=2, gold=gold, preds=right_on(gold, 100)),  # same
+        record("paraphrase", "builtin_questions", "out", None, shots=4, gold=gold, preds=right_on(gold, 100)),
+        record("paraphrase", "builtin_questions", "out", f, shots=4, gold=gold, preds=right_on(gold, 190)),
+    ]
+    fd = judged(tmp_path, recs, 3)
+    part = fd.parts[1]
+    assert classes(part) == [DEGENERATE, DEGENERATE, SUPPORTS]
+    assert part.verdict == HOLDS  # 1 of 1 used comparison; the two degenerate ones do not vote
+    assert part.counts.startswith("used 1 of 3 comparisons")
+    assert "left out 2 degenerate (identical outputs on every item 1, one label 1)" in part.counts
+    one, same = part.evidence[0], part.evidence[1]
+    assert one.degenerate.startswith("one label: FT builtin_people@2000 answers 'no' on 100%")
+    assert same.comp.same_outputs == 1.0 and same.degenerate == "identical outputs on every item"
+    assert same.comp.text() == "+0.000 [+0.000, +0.000] ≡"
+
+
+def test_every_comparison_degenerate_is_inconclusive_not_a_verdict(tmp_path):
+    gold = alternating(40)
+    f = ft("paraphrase", "builtin_people")
+    recs = [record("paraphrase", "builtin_questions", "out", m, gold=gold, preds=right_on(gold, 30)) for m in (None, f)]
+    part = judged(tmp_path, recs, 3).parts[1]
+    assert part.verdict == f"{INCONCLUSIVE} (every comparison degenerate)"
+
+
+# ---------------------------------------------------------------- margins and "no difference"
+
+
+def near_equal_generation(tmp_path, settings=None):
+    """Finding 3a (generation-tuned below base, a directional claim): ROUGE-L 0.100 vs 0.101 on 100 items."""
+    rng = np.random.default_rng(0)
+    base = 0.1 + rng.normal(0, 0.01, 100)
+    f = ft("summary", "builtin_sports")
+    recs = [record("summary", "builtin_weather", "out", None, rouge=base),
+            record("summary", "builtin_weather", "out", f, rouge=base - 0.001)]
+    return judged(tmp_path, recs, 3, settings).parts[0]
+
+
+def test_no_difference_counts_against_a_directional_claim_never_for_it(tmp_path):
+    part = near_equal_generation(tmp_path)
+    # the margin is relative for ROUGE-L: 20% of the base's ~0.10; the difference, -0.001, lies inside it:
+    # negligible, although its interval excludes zero
+    e = part.evidence[0]
+    assert e.margin == pytest.approx(0.2 * e.comp.b) and e.comp.hi < 0
+    assert classes(part) == [NO_DIFFERENCE] and part.verdict == DOES_NOT_HOLD
+    # with a margin of 0.0001 ROUGE-L the same difference is a real one: "lower" is supported
+    tight = ReportSettings(margins={"rougeL": Margin(kind="absolute", value=0.0001)})
+    assert classes(near_equal_generation(tmp_path, tight)) == [SUPPORTS]
+
+
+def test_margins_are_per_metric_and_set_in_the_settings(tmp_path):
+    rng = np.random.default_rng(1)
+    f = ft("sentiment", "builtin_products")
+    n = 400
+    base = rng.integers(0, 2, n)
+    same_mean = base.copy()
+    same_mean[:40] = 1 - same_mean[:40]  # 40 answers flipped: some up, some down, the mean nearly unchanged
+    gold = ["positive" if i % 2 else "negative" for i in range(n)]
+
+    def preds(correct):
+        return [g if c else ("negative" if g == "positive" else "positive") for g, c in zip(gold, correct)]
+
+    recs = [record("sentiment", "builtin_restaurants", "out", None, gold=gold, preds=preds(base)),
+            record("sentiment", "builtin_restaurants", "out", f, gold=gold, preds=preds(same_mean))]
+    # "on par or better": the interval's lower bound lies above -0.05 (5 accuracy points): supported
+    assert classes(judged(tmp_path, recs, 3).parts[1]) == [SUPPORTS]
+    # a margin of 0.001 for acc_first: the same data can no longer show parity
+    tight = ReportSettings(margins={"acc_first": Margin(kind="absolute", value=0.001),
+                                    "rougeL": Margin(kind="relative", value=0.2)})
+    assert classes(judged(tmp_path, recs, 3, tight).parts[1]) == ["undetermined"]
+    with pytest.raises(KeyError, match="no equivalence margin for metric 'acc_first'"):
+        judged(tmp_path, recs, 3, ReportSettings(margins={"rougeL": Margin(kind="absolute", value=0.01)}))
+
+
+def test_an_equivalent_comparison_does_not_support_greater(tmp_path):
+    """Finding 1 (FT 0-shot above the base's best with demos): equal within the margin -> no difference,
+    which counts against the claim; never as support."""
+    n = 400
+    gold = alternating(n)
+    f = ft("paraphrase", "builtin_people")
+    base = right_on(gold, 300)
+    mixed = list(base)
+    for i in range(0, 40, 2):  # swap 20 right answers for 20 wrong ones elsewhere: same accuracy
+        mixed[i] = "no" if gold[i] == "yes" else "yes"
+        j = 300 + i
+        mixed[j] = gold[j]
+    recs = [record("paraphrase", "builtin_people", "in", None, shots=2, gold=gold, preds=base),
+            record("paraphrase", "builtin_people", "in", f, shots=0, gold=gold, preds=mixed)]
+    fd = judged(tmp_path, recs, 1)
+    assert classes(fd.parts[0]) == [NO_DIFFERENCE]
+    assert fd.verdict == DOES_NOT_HOLD
+    assert "0 support, 0 contradict, 1 no difference" in fd.parts[0].counts
+
+
+# ---------------------------------------------------------------- replicates and intervals
+
+
+def test_two_seeds_resample_seeds_then_items_one_seed_says_so(tmp_path):
+    n = 100
+    gold = alternating(n)
+    s1, s2 = ft("paraphrase", "builtin_people", seed=1), ft("paraphrase", "builtin_people", seed=2)
+    one = ft("paraphrase", "builtin_people", seed=1, lr=1e-3)
+    recs = [record("paraphrase", "builtin_questions", "out", None, gold=gold, preds=right_on(gold, 50)),
+            record("paraphrase", "builtin_questions", "out", s1, gold=gold, preds=right_on(gold, 60)),
+            record("paraphrase", "builtin_questions", "out", s2, gold=gold, preds=right_on(gold, 90)),
+            record("paraphrase", "builtin_questions", "out", one, gold=gold, preds=right_on(gold, 75))]
+    part = judged(tmp_path, recs, 3).parts[1]
+    by = {e.group.seeds.__len__(): e for e in part.evidence}
+    two, single = by[2], by[1]
+    assert two.comp.est.variance_text == "2 seeds, then items" and single.comp.est.variance_text == "1 seed: items only"
+    assert two.comp.diff == pytest.approx(0.25) and single.comp.diff == pytest.approx(0.25)
+    # the seeds disagree (0.60 vs 0.90): the interval carries that spread, the one-seed interval cannot
+    assert (two.comp.hi - two.comp.lo) > 1.5 * (single.comp.hi - single.comp.lo)
+    assert "(2 seeds)" in two.comp.text() and "seeds" not in single.comp.text()
+
+
+def test_holm_adjusts_step_down():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+    assert holm([0.001, 0.2, 0.01, 0.04]) == pytest.approx([0.004, 0.2, 0.03, 0.08])
+
+
+def test_a_part_with_many_comparisons_is_holm_adjusted(tmp_path):
+    """Four out-of-domain shot counts, each barely above the base: significant alone, not after Holm."""
+    n = 60
+    gold = alternating(n)
+    f = ft("paraphrase", "builtin_people")
+    recs = []
+    for k in (0, 2, 4, 6):
+        recs.append(record("paraphrase", "builtin_questions", "out", None, shots=k, gold=gold,
+                           preds=right_on(gold, 30)))
+        recs.append(record("paraphrase", "builtin_questions", "out", f, shots=k, gold=gold,
+                           preds=right_on(gold, 30)[:30] + [g for g in gold[30:38]] + right_on(gold, 0)[38:]))
+    part = judged(tmp_path, recs, 4 - 1).parts[1]
+    raw = [e.comp.est.p_above(-e.margin) for e in part.evidence]
+    assert "Holm-adjusted over 4" in part.counts
+    assert [e.p for e in part.evidence] == pytest.approx(holm(raw))
+
+
+# ---------------------------------------------------------------- the study's own comparisons
+
+
+def size_series(tmp_path, scores, n=200):
+    gold = alternating(n)
+    recs = [record("paraphrase", "builtin_people", "in", None, gold=gold, preds=right_on(gold, n // 2))]
+    for size, k in zip((64, 128, 256), scores):
+        recs.append(record("paraphrase", "builtin_people", "in", ft("paraphrase", "builtin_people", size), gold=gold,
+                           preds=right_on(gold, k, last=size == 128)))
+    return judged(tmp_path, recs, 2)
+
+
+def test_training_size_is_judged_as_a_trend(tmp_path):
+    # 2K -> 4K up, 4K -> 6K flat: the old rule said "holds" (one flat step); the trend is clearly upward
+    up = size_series(tmp_path, (100, 160, 162))
+    assert classes(up.parts[0]) == [CONTRADICTS] and up.verdict == DOES_NOT_HOLD
+    assert "64: 0.500 → 128: 0.800 → 256: 0.810" in up.parts[0].evidence[0].what
+    flat = size_series(tmp_path, (150, 150, 148))
+    assert classes(flat.parts[0]) == [SUPPORTS] and flat.verdict == HOLDS
+
+
+def test_weight_deviation_has_a_tolerance(tmp_path):
+    def verdict_for(icl_wd):
+        plain = ft("summary", "builtin_sports", wd=1.0e-4)
+        icl = ft("summary", "builtin_sports", icl=1, wd=icl_wd)
+        recs = [record("summary", "builtin_sports", "in", m, rouge=[0.3, 0.4]) for m in (None, plain, icl)]
+        fd = judged(tmp_path, recs, 6)
+        return classes(fd.parts[0]), fd.verdict, fd.parts[0].evidence[0].cells[-1]
+
+    assert verdict_for(0.8e-4) == ([SUPPORTS], HOLDS, "0.800")
+    assert verdict_for(1.018e-4)[0] == [NO_DIFFERENCE]  # equal within ±5%: not a contradiction
+    assert verdict_for(2e-4)[:2] == ([CONTRADICTS], DOES_NOT_HOLD)
+
+
+def test_fticl_is_judged_best_over_shots(tmp_path):
+    """FTICL 0.30 / 0.60 at 0 / 2 shots, plain FT 0.50 / 0.20: best 0.60 vs best 0.50."""
+    n = 200
+    gold = alternating(n)
+    plain, icl = ft("paraphrase", "builtin_people"), ft("paraphrase", "builtin_people", icl=2)
+    recs = [record("paraphrase", "builtin_people", "in", None, gold=gold, preds=right_on(gold, 100))]
+    for m, scores in ((icl, (60, 120)), (plain, (100, 40))):
+        for k, right in zip((0, 2), scores):
+            recs.append(record("paraphrase", "builtin_people", "in", m, shots=k, gold=gold,
+                               preds=right_on(gold, right)))
+    part = judged(tmp_path, recs, 5).parts[2]
+    [e] = part.evidence
+    assert (e.comp.a, e.comp.b) == (pytest.approx(0.6), pytest.approx(0.5))
+    assert e.comp.diff == pytest.approx(0.1)
+    assert "best FTICL − best FT" in e.what and "[0, 2]-shot" in e.what
+    assert classes(part) == [CONTRADICTS]  # FTICL is better, not worse, in-domain
+
+
+def test_cross_task_near_zero_and_prompt2(tmp_path):
+    f = ft("sentiment", "builtin_products")
+    n = 100
+    recs = [record("summary", "builtin_sports", "in", None, prompt=p, rouge=[0.3] * n) for p in (1, 2)]
+    recs += [record("summary", "builtin_sports", "in", f, prompt=1, rouge=[0.0] * n, outputs=["positive"] * n),
+             record("summary", "builtin_sports", "in", f, prompt=2, rouge=[0.15] * n)]
+    fd = judged(tmp_path, recs, 4)
+    assert [p.verdict for p in fd.parts] == [HOLDS, HOLDS, NOT_MEASURED]
+    assert fd.verdict.startswith(INCONCLUSIVE) and "cells missing: part c" in fd.verdict
+
+
+def test_missing_cells_say_not_measured(tmp_path):
+    s = SuiteData("s", roundtrip(tmp_path, [record("sentiment", "builtin_products", "in", None, correct=ok(10, 5))]))
+    assert [f.verdict for f in findings(s)] == [NOT_MEASURED] * 6
