@@ -51,11 +51,11 @@ def record(task, dataset, domain, finetune=None, prompt=1, shots=0, demo_seed=No
         majority = None
         outputs = outputs or [f"output {i} scoring {v:.6f}" for i, v in enumerate(rouge)]
     n = len(outputs)
-    material = {"suite": suite, "model": model, "task": task, "dataset": dataset, "prompt": prompt, "shots": shots,
+    material = {"suite": suite, "protocol": "clean", "model": model, "task": task, "dataset": dataset, "prompt": prompt, "shots": shots,
                 "demo_seed": demo_seed, "n": n}
     identity = {"weights": finetune.weights_sha256 if finetune else "base-weights"}
     return CellRecord(
-        key=store.key_of(material), suite=suite,
+        key=store.key_of(material), suite=suite, protocol="clean",
         checkpoint=CheckpointInfo(id=model, kind="finetuned" if finetune else "base", base=BASE,
                                   path=f"/ckpt/{model}", identity=identity),
         finetune=finetune, task=task, dataset=dataset, domain=domain, prompt=prompt, shots=shots, limit=None,

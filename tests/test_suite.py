@@ -548,3 +548,37 @@ def test_real_trainer_agrees_on_the_config_hash(tmp_path, data_root):
     assert len(cells) == 2 and {r.model for r in cells} == {"tiny", "ft-products"}
     ft = next(r for r in cells if r.finetune)
     assert ft.finetune.weight_deviation > 0 and ft.finetune.weights_sha256 == man["weights_sha256"]
+
+
+def test_runs_differing_in_a_hyper_parameter_are_two_models_in_the_report(tmp_path, data_root):
+    """Replicates are exactly the checkpoints of one recipe (the seedless recipe hash): two runs that differ
+    only in learning rate are two models; two seeds of one recipe are one model with two replicates."""
+    from genft.report import SuiteData, write_report
+
+    path = make_suite(tmp_path, data_root, test_sets=["builtin_products"], shots={"classification": [0]})
+    edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-lr", "trainer": {
+        **d["finetune"][0]["trainer"], "learning_rate": 1.0e-4}}))
+    edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-rep", "seeds": [1, 2]}))
+    assert run(path, FakeTrainer()) == 0
+    records = load_cells(path)
+    assert len(records) == 5  # the base model and four checkpoints, one cell each
+    s = SuiteData("t", records)
+    groups = sorted(sorted(g.runs) for g in s.groups.values() if not g.is_base)
+    assert groups == [["ft-lr"], ["ft-products", "ft-rep-seed1", "ft-rep-seed2"]]
+    md = write_report(path, out_dir=tmp_path / "reports").read_text()
+    assert "×3 seeds" in md
+
+
+def test_data_protocol_and_report_settings_are_checked(tmp_path, data_root):
+    msg = _bad(tmp_path, data_root, lambda d: d.update(report={"one_label_share": 2}))
+    assert "report.one_label_share" in msg and "less than or equal to 1" in msg
+    msg = _bad(tmp_path, data_root, lambda d: d.update(report={"margins": {"rougeL": {"kind": "ratio", "value": 1}}}))
+    assert "report.margins.rougeL.kind" in msg
+    path = make_suite(tmp_path, data_root, finetune=False)
+    s = gsuite.load_suite(path)
+    assert s.protocol == "clean" and s.report.margins["rougeL"].kind == "relative"
+    assert plan(path).cells[0].material["protocol"] == "clean"
+    # the builtin data is clean-protocol data: a study-protocol suite refuses it, naming the set
+    edit(path, lambda d: d["data"].update(protocol="study"))
+    with pytest.raises(gsuite.SuiteError, match="builtin_products .* was written under the clean protocol"):
+        plan(path)

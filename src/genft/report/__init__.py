@@ -11,7 +11,7 @@ from __future__ import annotations
 from .evidence import read_evidence
 from .findings import DOES_NOT_HOLD, FINDINGS, HOLDS, INCONCLUSIVE, NOT_MEASURED, findings
 from .model import SuiteData
-from .settings import Margin, ReportSettings
+from ..suite.report_settings import Margin, ReportSettings
 from .stats import holm, paired_bootstrap
 from .write import build, load, write_report
 

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 from pydantic import ValidationError
 
 from ..suite.store import CellRecord, StoreError
-from .settings import ReportSettings
+from ..suite.report_settings import ReportSettings
 
 EVIDENCE_VERSION = 1
 FILE_NAME = "cells.jsonl.gz"

@@ -22,7 +22,7 @@ from ..data import all_datasets
 from ..prompts import TASKS, get_task
 from ..suite.store import CellRecord, FinetuneInfo
 from . import diagnostics
-from .settings import ReportSettings
+from ..suite.report_settings import ReportSettings
 from .stats import Arm, Estimate, estimate
 
 TASK_ORDER = list(TASKS)

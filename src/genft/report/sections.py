@@ -31,6 +31,8 @@ def section_header(s: SuiteData) -> list[str]:
     demo_seeds = uniq(c.demo_seed for c in s.cells)
     rows = [
         ["suite", s.name],
+        ["data protocol", join(c.protocol for c in s.cells) + " (clean: defective items dropped and counted; "
+                          "study: the study's first 250 items, defective items kept and scored wrong)"],
         ["base models", join(s.bases)],
         ["fine-tuned runs", str(len(runs))],
         ["genft", join(p.genft for p in prov)],

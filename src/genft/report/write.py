@@ -16,7 +16,7 @@ from . import figures, sections, tables
 from .evidence import FILE_NAME, _training_facts, evidence_bytes, read_evidence
 from .findings import findings
 from .model import TASK_ORDER, SuiteData
-from .settings import ReportSettings
+from ..suite.report_settings import ReportSettings
 
 
 def slug(s: str) -> str:
@@ -79,16 +79,16 @@ def build(name: str, records: Iterable[CellRecord], manifests: Mapping | None = 
 
 def load(source: str | os.PathLike) -> tuple[str, list[CellRecord], dict, ReportSettings | None]:
     """(suite name, records, manifests, settings) from an evidence file (`*.jsonl.gz`), a suite's output folder,
-    or a suite file (its output folder is `load_suite(path).output`)."""
+    or a suite file (its output folder is `load_suite(path).output`, its settings the suite's `report:` block)."""
     p = Path(source)
     if p.name.endswith(".jsonl.gz"):
         return read_evidence(p)
-    name = None
+    name = settings = None
     if not p.is_dir():
         suite = load_suite(p)
-        p, name = Path(suite.output), suite.name
+        p, name, settings = Path(suite.output), suite.name, suite.report
     records, _ = store.load_finished(p)
-    return name or _name_of(p, records), records, store.load_manifests(p), None
+    return name or _name_of(p, records), records, store.load_manifests(p), settings
 
 
 def _name_of(source: str | os.PathLike, records: list[CellRecord]) -> str:

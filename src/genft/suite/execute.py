@@ -199,7 +199,7 @@ def make_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], 
         outputs = [clean_generation((s.get("filtered_resps") or [""])[0]) for s in samples]
     material = cell.material or {}
     return store.CellRecord(
-        key=cell.key, suite=suite.name,
+        key=cell.key, suite=suite.name, protocol=suite.protocol,
         checkpoint=store.CheckpointInfo(id=ck.id, kind=ck.kind, base=ck.base, path=ck.path, identity=ck.identity),
         finetune=_finetune_info(ck.job, ck.identity["weights"]) if ck.job is not None else None,
         task=cell.task, dataset=cell.dataset, domain=cell.domain, prompt=cell.prompt, shots=cell.shots,

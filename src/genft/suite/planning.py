@@ -212,11 +212,13 @@ def harness_hash(task: str, dataset: str, prompt: int) -> str:
     return h.hexdigest()
 
 
-def cell_key_material(checkpoint: Checkpoint, device: str, backend: str, task: str, dataset: str, test_sha: str,
-                      demos_sha: str, prompt: int, shots: int, limit: int | None, demo_seed: int | None) -> dict:
+def cell_key_material(checkpoint: Checkpoint, device: str, backend: str, protocol: str, task: str, dataset: str,
+                      test_sha: str, demos_sha: str, prompt: int, shots: int, limit: int | None,
+                      demo_seed: int | None) -> dict:
     """Everything that determines a cell's numbers; its sha256 is the cell key."""
     return {
         "cell_version": store.RECORD_VERSION,
+        "protocol": protocol,
         "checkpoint": checkpoint.identity,
         "dtype": checkpoint.dtype,
         "device": device,
@@ -259,6 +261,18 @@ def needed_datasets(suite: Suite) -> list[TestSet]:
 def missing_datasets(suite: Suite) -> list[str]:
     return [f"{t}/{d}" for t, d in needed_datasets(suite)
             if not (gdata.dataset_dir(t, d, suite.data_dir) / "test.jsonl").is_file()]
+
+
+def check_protocol(suite: Suite) -> None:
+    """Every data set the suite reads was written under the suite's protocol (data.protocol)."""
+    for t, d in needed_datasets(suite):
+        if (gdata.dataset_dir(t, d, suite.data_dir) / "test.jsonl").is_file():
+            have = gdata.read_protocol(t, d, suite.data_dir)
+            if have != suite.protocol:
+                raise SuiteError(f"{suite.path}: data.protocol is {suite.protocol} but {t}/{d} in {suite.data_dir} "
+                                 f"was written under the {have} protocol; import the study's data with "
+                                 f"`genft data import-study --protocol {suite.protocol} --data-dir DIR` into another "
+                                 "folder and point data.data_dir at it")
 
 
 # ---------------------------------------------------------------- the plan
@@ -309,6 +323,7 @@ def plan(suite: Suite, provision: bool = False, fingerprints: dict | None = None
     (data missing, a model not provisioned, a checkpoint not trained) are planned as to do."""
     root = suite.data_dir
     missing = missing_datasets(suite)
+    check_protocol(suite)
     cache = fingerprints if fingerprints is not None else {}
     device = resolve_device(suite.eval.device)
     device_id = device_identity(device)
@@ -373,8 +388,8 @@ def _cell(suite: Suite, ck: Checkpoint, device_id: str, task: str, ds: str, prom
           limit: int | None, dseed: int | None, n: int | None, sha: tuple[str, str] | None) -> Cell:
     key = material = None
     if ck.identity is not None and ck.dtype is not None and sha is not None:
-        material = cell_key_material(ck, device_id, suite.eval.backend, task, ds, sha[0], sha[1], prompt, shots,
-                                     limit, dseed)
+        material = cell_key_material(ck, device_id, suite.eval.backend, suite.protocol, task, ds, sha[0], sha[1],
+                                     prompt, shots, limit, dseed)
         key = store.key_of(material)
     rec, problem = store.check_cell(suite.output, key, n) if key else (None, None)
     est = estimate.cell_seconds(task, shots, n or limit or 500, suite.eval.backend, suite.threads)
@@ -416,7 +431,8 @@ def describe(p: Plan) -> list[str]:
         lines.append(f"    {j.run}: {what} [{j.status}{est}]")
     todo = p.todo_cells
     lines.append(f"  cells: {len(p.cells)} ({len(p.cells) - len(todo)} done, {len(todo)} to run) over "
-                 f"{len(p.checkpoints)} checkpoints; device {p.device}, backend {s.eval.backend}")
+                 f"{len(p.checkpoints)} checkpoints; device {p.device}, backend {s.eval.backend}, "
+                 f"{s.protocol} protocol")
     for ck in p.checkpoints:
         cs = [c for c in p.cells if c.checkpoint is ck]
         left = [c for c in cs if not c.done]
@@ -427,7 +443,8 @@ def describe(p: Plan) -> list[str]:
         lines.append(f"  not counted, will be re-run: {problem}")
     if p.missing_data:
         how = "`genft data builtin`" if s.source == "builtin" else (
-            f"import from {s.study_src}" if s.study_src else "`genft data import-study`")
+            f"import from {s.study_src}" if s.study_src else
+            f"`genft data import-study{' --protocol study' if s.protocol == 'study' else ''} --data-dir {s.data_dir}`")
         lines.append(f"  data missing in {s.data_dir}: {', '.join(p.missing_data)} (run: {how})")
     unknown = sum(1 for c in p.cells if c.key is None)
     if unknown:

@@ -35,11 +35,14 @@ def ensure_data(suite: Suite, log: Log) -> None:
         generate(suite.data_dir, log=lambda *_: None)
     elif suite.study_src is not None:
         log(f"data: importing the study's release from {suite.study_src} into {suite.data_dir}")
-        gdata.import_study(suite.study_src, suite.data_dir, log=lambda *_: None)
+        gdata.import_study(suite.study_src, suite.data_dir, log=lambda *_: None, protocol=suite.protocol)
     else:
+        flag = " --protocol study" if suite.protocol == "study" else ""
         raise SuiteError(f"{suite.path}: data sets missing in {suite.data_dir}: {', '.join(missing)}; run "
-                         f"`genft data import-study SOURCE --data-dir {suite.data_dir}` (SOURCE: the study's released "
-                         "data folder or archive) or set data.study_src in the suite")
+                         f"`genft data import-study{flag} --data-dir {suite.data_dir}` (downloads the study's release "
+                         "at its pinned commit, every file sha256-checked; offline, pass its folder or archive), or "
+                         f"`genft data build-hub all --data-dir {suite.data_dir}` (clean protocol, from the public hub data "
+                         "sets), or set data.study_src in the suite")
     still = planning.missing_datasets(suite)
     if still:
         raise SuiteError(f"{suite.path}: data sets still missing in {suite.data_dir}: {', '.join(still)}")

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..harness import BACKENDS
 from ..training import DATA_FIELDS, FIELD_HELP, DataArguments, FinetuneConfig
+from .report_settings import ReportSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # sft.py settings the suite decides itself: a run may not set them (a recipe's values are replaced).
@@ -56,7 +57,11 @@ class DataSection(_Section):
     source: Literal["builtin", "study"] = Field("study", description="builtin: genft's generated data; study: "
                                                 "the study's release (`genft data import-study`)")
     data_dir: str | None = Field(None, description="data folder (default: $GENFT_DATA_DIR, else ./data)")
-    study_src: str | None = Field(None, description="study only: import the release from here when sets are missing")
+    study_src: str | None = Field(None, description="study only: import the release from here (a folder, a .zip / "
+                                  ".tar.gz archive or its URL) when sets are missing")
+    protocol: Literal["clean", "study"] = Field("clean", description="clean: defective items dropped (counted); "
+                                                "study: the study's exact protocol (its first 250 test items, "
+                                                "defective items kept and scored wrong); part of every cell's key")
 
 
 class ModelSection(_Section):
@@ -137,6 +142,8 @@ class SuiteFile(_Section):
     finetune: list[RunSection] = Field(default_factory=list, description="fine-tuning runs")
     eval: EvalSection = Field(default_factory=EvalSection)
     output: str | OutputSection | None = Field(None, description="default runs/<name>")
+    report: ReportSettings = Field(default_factory=ReportSettings, description="how the report judges findings "
+                                   "(equivalence margins, degenerate arms, tolerances); every key optional")
 
 
 # ---------------------------------------------------------------- locations and errors

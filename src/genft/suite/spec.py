@@ -13,6 +13,7 @@ from .. import data as gdata
 from ..models import NAMED
 from ..prompts import FAMILIES, PROMPT_IDS, TASKS
 from ..training import ConfigError, config_from_mapping, load_yaml_config, validate
+from .report_settings import ReportSettings
 from .schema import NAME_PATTERN, SUITE_MANAGED, EvalSection, ModelSection, RunSection, SuiteError, SuiteFile, Where, parse
 
 REPO = Path(__file__).resolve().parents[3]
@@ -77,6 +78,7 @@ class Suite:
     name: str
     description: str
     source: str
+    protocol: str
     data_dir: Path
     study_src: Path | None
     models: dict[str, ModelSpec]
@@ -84,6 +86,7 @@ class Suite:
     eval: EvalSpec
     output: Path
     threads: int | None
+    report: ReportSettings
 
     @property
     def cells_dir(self) -> Path:
@@ -354,9 +357,11 @@ def _resolve(f: SuiteFile, w: Where, path: Path) -> Suite:
         w, f.finetune[r.index].test_sets, ("finetune", r.index, "test_sets"), pool, "test set (not in eval.test_sets)"))
         for r in runs]
     out = f.output.dir if not isinstance(f.output, str) and f.output is not None else f.output
-    return Suite(path=path.resolve(), name=f.name, description=f.description, source=d.source, data_dir=root,
+    return Suite(path=path.resolve(), name=f.name, description=f.description, source=d.source, protocol=d.protocol,
+                 data_dir=root,
                  study_src=study_src, models=models, runs=tuple(runs), eval=ev,
-                 output=Path(out or f"runs/{f.name}").expanduser().resolve(), threads=f.threads)
+                 output=Path(out or f"runs/{f.name}").expanduser().resolve(), threads=f.threads,
+                 report=f.report)
 
 
 def _with_test_sets(r: RunSpec, test_sets: tuple[TestSet, ...]) -> RunSpec:

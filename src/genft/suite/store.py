@@ -102,6 +102,8 @@ class CellRecord(_Record):
     record_version: Literal[2] = RECORD_VERSION
     key: str
     suite: str
+    protocol: Literal["clean", "study"] = Field(description="the data protocol: clean (defective items dropped) or "
+                                                "study (the study's exact protocol)")
     checkpoint: CheckpointInfo
     finetune: FinetuneInfo | None
     task: str
@@ -125,8 +127,9 @@ class CellRecord(_Record):
     def _consistent(self) -> "CellRecord":
         if key_of(self.material) != self.key:
             raise ValueError("key is not the sha256 of the record's key material")
-        if self.task != self.material.get("task") or self.dataset != self.material.get("dataset"):
-            raise ValueError("task/dataset differ from the key material")
+        if (self.task, self.dataset, self.protocol) != tuple(self.material.get(k) for k in ("task", "dataset",
+                                                                                            "protocol")):
+            raise ValueError("task/dataset/protocol differ from the key material")
         if len(self.doc_ids) != self.n or len(self.outputs) != self.n:
             raise ValueError(f"n is {self.n} but doc_ids has {len(self.doc_ids)} and outputs {len(self.outputs)}")
         short = {m: len(v) for m, v in self.items.items() if len(v) != self.n}

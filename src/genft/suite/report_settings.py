@@ -1,7 +1,7 @@
 """How the report judges a finding: equivalence margins, the degenerate-arm rule, tolerances, resampling.
 
 The suite's `report:` block is parsed into `ReportSettings`; a suite without the block gets the defaults
-below.  This module imports only pydantic, so the suite schema may import it without importing the report.
+below.  It lives with the suite schema (the report reads it; the suite never imports the report).
 """
 from __future__ import annotations
 
