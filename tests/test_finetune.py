@@ -345,3 +345,49 @@ def test_cli_bad_yaml_key_exits_nonzero_and_writes_nothing(tmp_path, tiny_model,
     assert p.returncode == 2, p.stderr[-2000:]
     assert "lora_rank" in p.stderr and "bad.yaml" in p.stderr
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def test_weight_deviation_from_saved_files_equals_the_in_memory_one(full_run, tiny_model):
+    """Sharded runs (FSDP, ZeRO-3) compute the deviation from the saved checkpoint; on an ordinary run the two
+    ways agree."""
+    cfg, man = full_run
+    d = training.weight_deviation_from_files(tiny_model, Path(cfg.output_dir), torch.float32)
+    assert d["parameters"] == man["weight_deviation"]["parameters"]
+    assert d["mean_abs_diff"] == pytest.approx(man["weight_deviation"]["mean_abs_diff"], rel=1e-6)
+    assert d["mean_abs_diff"] > 0
+
+
+def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_model, data_root, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` runs data parallel on CPU too (gloo): the manifest
+    records 2 processes, the effective batch doubles, the checkpoint loads, and num_processes is part of the
+    recipe hash (one process with the same config is another model)."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "finetune" / "sft.py"),
+           "--task", "sentiment", "--dataset", "amazon", "--train_size", "16", "--data_dir", str(data_root),
+           "--model_name_or_path", tiny_model, "--output_dir", str(out), "--max_steps", "2",
+           "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_length", "128",
+           "--torch_threads", "1", "--save_steps", "100"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29533"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    man = json.loads((out / "genft_manifest.json").read_text())
+    assert man["config"]["num_processes"] == 2 and man["device"]["world_size"] == 2
+    assert man["training"]["effective_batch_size"] == 2 * 1 * 2 and man["training"]["global_steps"] == 2
+    assert man["training"]["epochs"] == pytest.approx(0.5)  # 2 steps x 4 examples of 16: both processes trained
+    assert man["weights_sha256"] and man["weight_deviation"]["mean_abs_diff"] > 0
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)  # a valid checkpoint
+    single = _cfg(tiny_model, data_root, tmp_path / "one", max_steps=2, per_device_train_batch_size=2,
+                  max_length=128)
+    files = training.load_training_items(training.validate(single))[2]
+    assert training.config_hash(single, files) != man["config_hash"]
+    # a config that asks for 2 processes, launched as one (accelerate's --cpu runs one process): refused
+    two = _cfg(tiny_model, data_root, tmp_path / "two", num_processes=2)
+    with pytest.raises(ConfigError, match="num_processes: the config says 2 but this launch runs 1"):
+        training.run(two, log=_quiet)
+    assert not (tmp_path / "two").exists()

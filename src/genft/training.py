@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import data as gdata
-from .files import fmt_duration, now_utc, read_json_or_none, sha256_json, write_json
+from .files import fmt_duration, now_utc, read_json_or_none, sha256_file, sha256_json, write_json
 from .models import weights_fingerprint
 from .prompts import PROMPT_IDS, TARGET_DELIMITER, get_task, render_context, render_target
 
@@ -124,6 +124,10 @@ class FinetuneConfig(DataArguments):
         metadata={"help": "processes (GPUs) training together under `accelerate launch` (default: as launched, "
                   "$WORLD_SIZE, else 1); part of the model's identity: effective batch = per-device batch x "
                   "accumulation x processes"})
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "an accelerate config file for sharded training (finetune/accelerate/fsdp.yaml, "
+                  "deepspeed-zero3.yaml); the suite launches sft.py with it; its content is part of the identity"})
     # --- operational (not part of the config hash: they do not change the result)
     logging_steps: int = field(default=1, metadata={"help": "print progress / record loss every N steps"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume after an interruption)"})
@@ -135,7 +139,7 @@ class FinetuneConfig(DataArguments):
 # Settings that do not change the trained model: excluded from the config hash, so that changing them does
 # not make a finished run look different.
 OPERATIONAL = ("output_dir", "data_dir", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
-               "torch_threads")
+               "torch_threads", "accelerate_config")  # (the accelerate config's CONTENT is hashed, not its path)
 FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 # genft's own data settings (what is trained on); every other field is the trainer's / model's (TRL's names).
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataArguments))
@@ -219,15 +223,16 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     for name, ok in checks:
         if not ok:
             raise ConfigError(f"{name}: invalid value {getattr(cfg, name)!r}")
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if cfg.num_processes is None:
-        cfg.num_processes = launched
+        cfg.num_processes = launched_processes()
     elif cfg.num_processes < 1:
         raise ConfigError(f"num_processes: invalid value {cfg.num_processes!r}")
-    elif "WORLD_SIZE" in os.environ and cfg.num_processes != launched:
-        raise ConfigError(f"num_processes: the config says {cfg.num_processes} but this was launched with "
-                          f"{launched} processes; launch `accelerate launch --num_processes {cfg.num_processes}` "
-                          "or change the setting")
+    if cfg.accelerate_config is not None and cfg.use_peft:
+        raise ConfigError("accelerate_config: sharded training (FSDP, ZeRO-3) is for full fine-tuning; LoRA runs "
+                          "train data parallel: set num_processes instead")
+    if cfg.accelerate_config is not None and not Path(cfg.accelerate_config).is_file():
+        raise ConfigError(f"accelerate_config: {cfg.accelerate_config}: no such file (genft ships "
+                          "finetune/accelerate/ddp.yaml, fsdp.yaml and deepspeed-zero3.yaml)")
     if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype: {cfg.dtype!r}; expected float32, bfloat16 or float16")
     cfg.lora_target_modules = _norm_modules(cfg.lora_target_modules)
@@ -238,12 +243,19 @@ def config_dict(cfg: FinetuneConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def launched_processes() -> int:
+    """How many processes train together in this launch ($WORLD_SIZE, set by accelerate / torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def config_hash(cfg: FinetuneConfig, data_files: Mapping[str, str], seed: bool = True) -> str:
     """The recipe hash: sha256 over every setting that determines the trained model (learning rate, epochs,
     LoRA settings, max length, precision, prompt, demonstrations, number of processes, ...; not output paths
     or logging) and the training data's sha256s.  seed=False: the same without the seed, equal exactly for
     replicates of one recipe."""
     keyed = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL and (seed or k != "seed")}
+    if cfg.accelerate_config:
+        keyed["accelerate_config_sha256"] = sha256_file(Path(cfg.accelerate_config))
     return sha256_json({"config": keyed, "data": dict(sorted(data_files.items()))})
 
 
@@ -550,10 +562,28 @@ def weight_deviation(base: Mapping[str, Any], model) -> dict:
             "tensors_changed": n_changed}
 
 
+def weight_deviation_from_files(base_path: str, out: Path, dtype, trust_remote_code: bool = False) -> dict:
+    """weight_deviation between the base model's and the saved checkpoint's weights, both loaded on the CPU:
+    for sharded training (FSDP, ZeRO-3), where no process holds the whole model in memory."""
+    from transformers import AutoModelForCausalLM
+
+    def load(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                    device_map="cpu")
+
+    base = {n: p.detach() for n, p in load(base_path).named_parameters()}
+    return weight_deviation(base, load(str(out)))
+
+
 def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
     """Train (or resume, or skip a finished run).  Returns the manifest.  Raises ConfigError / DataError /
     TruncationError for bad settings before anything is written."""
     cfg = validate(cfg)
+    if cfg.num_processes != launched_processes():
+        raise ConfigError(
+            f"num_processes: the config says {cfg.num_processes} but this launch runs {launched_processes()} "
+            f"process(es); launch `accelerate launch --multi_gpu --num_processes {cfg.num_processes} finetune/sft.py "
+            "...` (on CPU too: data parallel with gloo; accelerate's --cpu runs ONE process), or change the setting")
     if cfg.torch_threads:
         import torch
 
@@ -597,8 +627,9 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
 
     dtype = getattr(torch, dev["dtype"])
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    base = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
-    n_params = sum(p.numel() for p in base.values())
+    sharded = bool(cfg.accelerate_config)  # no process holds the whole model: deviation from the saved files
+    base = {} if sharded else {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+    n_params = sum(p.numel() for p in model.parameters())
 
     peft_config = None
     if cfg.use_peft:
@@ -665,6 +696,8 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     loss_curve = [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h]
 
     manifest = None
+    if not cfg.use_peft:
+        trainer.save_model(str(out))  # on every process: a sharded model is gathered; only the main one writes
     if trainer.is_world_process_zero():
         if cfg.use_peft:
             adapter_dir = out / ADAPTER_DIR
@@ -675,9 +708,9 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
             tokenizer.save_pretrained(str(out))
             final = merged
         else:
-            trainer.save_model(str(out))
             final = trainer.model
-        deviation = weight_deviation(base, final)
+        deviation = (weight_deviation_from_files(model_path, out, dtype, cfg.trust_remote_code) if sharded
+                     else weight_deviation(base, final))
         if not cfg.keep_checkpoints:
             for ck in out.glob("checkpoint-*"):
                 shutil.rmtree(ck, ignore_errors=True)

@@ -8,6 +8,7 @@ import importlib.metadata as md
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import yaml
+
 from .. import harness
-from ..files import now_utc
+from ..files import atomic_write, fmt_duration, now_utc, read_json_or_none
 from ..metrics import clean_generation
 from ..prompts import TARGET_DELIMITER, get_task
+from ..training import FIELDS, MANIFEST
 from . import store
 from .estimate import Progress
 from .planning import Cell, Checkpoint, FinetuneJob
@@ -37,6 +41,39 @@ class Trainer:
         raise NotImplementedError
 
 
+def write_config(job: FinetuneJob) -> None:
+    """<output>/configs/<run>.yaml: the sft.py config the trainer runs (the suite file is the source of truth)."""
+    cfg = {k: job.config[k] for k in FIELDS if k in job.config}
+    header = (f"# Written by `genft suite run` for run {job.run}; the suite file is the source of truth.\n"
+              f"# recipe hash {job.recipe_hash}\n")
+    atomic_write(job.config_path, (header + yaml.safe_dump(cfg, sort_keys=False)).encode("utf-8"))
+
+
+def finetune(job: FinetuneJob, trainer: Trainer, log: Log) -> str | None:
+    """Make one fine-tuned checkpoint: clear a folder that holds another run, write the config, train, check
+    the manifest's recipe hash against the plan's.  Returns None when done, else why it failed."""
+    if job.status == "retrain":
+        log(f"fine-tune {job.run}: {job.out_dir} holds a run with another config or data: removing it, retraining")
+        trash = job.out_dir.with_name(f".{job.run}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        job.out_dir.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    write_config(job)
+    t0 = time.time()
+    try:
+        trainer.train(job, log)
+    except (RuntimeError, OSError) as e:
+        return str(e)
+    man = read_json_or_none(job.out_dir / MANIFEST)
+    if not man:
+        return f"the trainer exited without writing {job.out_dir / MANIFEST}"
+    if man.get("config_hash") != job.recipe_hash:
+        return (f"its manifest's recipe hash {str(man.get('config_hash'))[:12]} differs from the suite's "
+                f"{str(job.recipe_hash)[:12]} (the suite and finetune/sft.py disagree on the config)")
+    log(f"fine-tune {job.run} done in {fmt_duration(time.time() - t0)}")
+    return None
+
+
 def _die_with_parent() -> None:
     """In the trainer's child process: end it when the suite process dies (even by kill -9), so that no
     orphaned trainer keeps writing into a checkpoint folder that the next suite run resumes."""
@@ -50,10 +87,16 @@ def _die_with_parent() -> None:
 
 
 def sft_command(job: FinetuneJob, script: Path = SFT_SCRIPT, python: str = sys.executable) -> list[str]:
-    """`python finetune/sft.py --config ...`, under `accelerate launch` when the recipe trains on several
-    processes (num_processes > 1)."""
+    """`python finetune/sft.py --config ...`; under `accelerate launch` when the recipe trains on several
+    processes (num_processes > 1: data parallel, on GPUs or, with gloo, on CPU cores) or names an accelerate
+    config file (FSDP, DeepSpeed ZeRO-3: finetune/accelerate/*.yaml)."""
     n = int(job.config.get("num_processes") or 1)
-    launch = [python, "-m", "accelerate.commands.launch", "--num_processes", str(n)] if n > 1 else [python]
+    acfg = job.config.get("accelerate_config")
+    if n == 1 and not acfg:
+        return [python, str(script), "--config", str(job.config_path)]
+    launch = [python, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1"]
+    launch += ["--config_file", str(acfg)] if acfg else ["--multi_gpu", "--mixed_precision", "no",
+                                                         "--dynamo_backend", "no"]
     return launch + [str(script), "--config", str(job.config_path)]
 
 

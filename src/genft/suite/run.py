@@ -1,27 +1,25 @@
 """Running a suite: validate, plan, fine-tune what is missing, plan again (the new checkpoints' cell keys are
-known once their weights are), evaluate what is missing, keep the index.  It never writes the report: the
+known once their weights are), evaluate what is missing, keep the index.  Locally, in this process; or as
+units on a cluster engine (`cluster`), which the driver only orders.  It never writes the report: the
 command line does that after `run_suite` (the suite does not import the report).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from .. import data as gdata
 from ..builtin import generate
-from ..files import atomic_write, fmt_duration, now_utc, read_json_or_none
-from ..training import FIELDS, MANIFEST
-from . import planning
-from . import store
+from ..files import fmt_duration, now_utc
+from . import planning, store
+from .cluster import ClusterExecutor, make_executor
 from .estimate import Progress
-from .execute import CheckpointWork, EvalContext, Executor, LocalExecutor, SubprocessTrainer, Trainer
+from .execute import CheckpointWork, EvalContext, Executor, LocalExecutor, SubprocessTrainer, Trainer, finetune
 from .schema import SuiteError
 from .spec import Suite, load_suite
+from .units import units_of
 
 Log = Callable[[str], None]
 
@@ -48,44 +46,17 @@ def ensure_data(suite: Suite, log: Log) -> None:
         raise SuiteError(f"{suite.path}: data sets still missing in {suite.data_dir}: {', '.join(still)}")
 
 
-def _write_config(job: planning.FinetuneJob) -> None:
-    cfg = {k: job.config[k] for k in FIELDS if k in job.config}
-    header = (f"# Written by `genft suite run` for run {job.run}; the suite file is the source of truth.\n"
-              f"# recipe hash {job.recipe_hash}\n")
-    atomic_write(job.config_path, (header + yaml.safe_dump(cfg, sort_keys=False)).encode("utf-8"))
-
-
 def run_finetunes(p: planning.Plan, trainer: Trainer, log: Log) -> list[str]:
-    """Train what is missing; returns the runs that failed (their cells are skipped)."""
+    """Train what is missing, in order; returns the runs that failed (their cells are skipped)."""
     failed = []
     todo = p.todo_jobs
     for i, job in enumerate(todo, 1):
-        if job.status == "retrain":
-            log(f"fine-tune {job.run}: {job.out_dir} holds a run with another config or data: removing it, retraining")
-            trash = job.out_dir.with_name(f".{job.run}.old")
-            shutil.rmtree(trash, ignore_errors=True)
-            job.out_dir.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        _write_config(job)
         log(f"fine-tune [{i}/{len(todo)}] {job.run} ({'resuming' if job.status == 'resume' else 'new'}; "
             f"~{fmt_duration(job.est_s)})")
-        t0 = time.time()
-        try:
-            trainer.train(job, log)
-        except (RuntimeError, OSError) as e:
-            log(f"fine-tune {job.run} FAILED: {e}")
+        error = finetune(job, trainer, log)
+        if error:
+            log(f"fine-tune {job.run} FAILED: {error}")
             failed.append(job.run)
-            continue
-        man = read_json_or_none(job.out_dir / MANIFEST)
-        if not man:
-            log(f"fine-tune {job.run} FAILED: the trainer exited without writing {job.out_dir / MANIFEST}")
-            failed.append(job.run)
-        elif man.get("config_hash") != job.recipe_hash:
-            log(f"fine-tune {job.run} FAILED: its manifest's recipe hash {str(man.get('config_hash'))[:12]} differs "
-                f"from the suite's {str(job.recipe_hash)[:12]} (the suite and finetune/sft.py disagree on the config)")
-            failed.append(job.run)
-        else:
-            log(f"fine-tune {job.run} done in {fmt_duration(time.time() - t0)}")
     return failed
 
 
@@ -97,11 +68,16 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor | None = None,
-              trainer: Trainer | None = None, log: Log = print) -> int:
-    """Validate, plan and print the plan; unless dry_run: fine-tune and evaluate what is missing.
+def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor | ClusterExecutor | None = None,
+              trainer: Trainer | None = None, log: Log = print, engine: str | None = None) -> int:
+    """Validate, plan and print the plan; unless dry_run: fine-tune and evaluate what is missing, here
+    (the local executor) or on the engine of the suite's `executor:` block (`engine` overrides its kind).
     Returns 0 when every cell is finished, 1 when something failed (finished cells are kept)."""
     suite = load_suite(path)
+    if engine is not None:
+        suite = dataclasses.replace(suite, executor=suite.executor.model_copy(update={"kind": engine}))
+    if executor is None:
+        executor = make_executor(suite.executor)
     if dry_run:
         for line in planning.describe(planning.plan(suite)):
             log(line)
@@ -118,11 +94,13 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
         for line in planning.describe(p):
             log(line)
         failed: list[str] = []
-        if p.todo_jobs:
+        if p.todo_jobs and not isinstance(executor, ClusterExecutor):
             failed = run_finetunes(p, trainer or SubprocessTrainer(), log)
             p = planning.plan(suite, provision=True, fingerprints=cache)  # the trained weights' identities
         store.save_fingerprint_cache(suite.output, cache)
         store.write_index(suite.output, planning.plan_index(p, now_utc()))
+        if isinstance(executor, ClusterExecutor):
+            return _run_elsewhere(suite, p, executor, cache, log)
         todo = [c for c in p.todo_cells if c.checkpoint.id not in failed]
         if todo:
             unknown = [c for c in todo if c.key is None]
@@ -148,6 +126,23 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
         if failed:
             log(f"FAILED fine-tunes: {', '.join(failed)}; their cells were skipped; re-run the suite to retry")
             return 1
+    return 0
+
+
+def _run_elsewhere(suite: Suite, p: planning.Plan, executor: ClusterExecutor, cache: dict, log: Log) -> int:
+    """The plan's units on a cluster engine; then what the shared store holds is the result."""
+    units = units_of(p)
+    failed = executor.run_units(suite.path, units, suite.output, log) if units else []
+    n = store.clean_temp(suite.output)  # what killed attempts left: never a cell
+    if n:
+        log(f"removed {n} temporary files left by killed attempts")
+    p = planning.plan(suite, provision=True, fingerprints=cache)
+    store.write_index(suite.output, planning.plan_index(p, now_utc()))
+    left = p.todo_cells
+    if failed or left:
+        log(f"{len(failed)} units failed ({', '.join(failed) or 'none'}), {len(left)} cells not finished; "
+            "re-run the suite to retry")
+        return 1
     return 0
 
 

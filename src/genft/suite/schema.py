@@ -129,6 +129,33 @@ class EvalSection(_Section):
                                             "cell: one call per cell (finer resume, exact per-cell times)")
 
 
+class Resources(_Section):
+    """What one unit (one fine-tune, or one checkpoint's evaluation) asks the engine for."""
+
+    gpus: int = Field(0, ge=0, description="GPUs (a fine-tune on several processes needs num_processes of them)")
+    cpus: int = Field(1, ge=1, description="CPU cores")
+    memory_gb: float | None = Field(None, gt=0, description="memory (default: the engine's)")
+    time_min: int = Field(240, ge=1, description="Slurm: the job's time limit in minutes")
+
+
+class ExecutorSection(_Section):
+    kind: Literal["local", "ray", "slurm"] = Field("local", description="local: in this process; ray: Ray tasks "
+                                                  "(pip install 'genft[ray]'); slurm: Slurm jobs through submitit "
+                                                  "(pip install 'genft[slurm]'); `genft suite run --executor` wins")
+    retries: int = Field(2, ge=0, description="times a failed or killed unit is run again")
+    finetune: Resources = Field(default_factory=Resources, description="resources of a fine-tuning unit")
+    evaluate: Resources = Field(default_factory=Resources, description="resources of an evaluation unit")
+    address: str | None = Field(None, description="ray: a running cluster (auto, or host:port); default: start a "
+                                "local one on this machine")
+    cluster: Literal["slurm", "local", "debug"] = Field("slurm", description="slurm: submit to Slurm; local: "
+                                                        "submitit's local executor (jobs as processes here)")
+    partition: str | None = Field(None, description="slurm: partition")
+    account: str | None = Field(None, description="slurm: account")
+    log_dir: str | None = Field(None, description="slurm: submitit's folder of job scripts and logs (default "
+                                "<output>/slurm)")
+    poll_s: float = Field(10.0, gt=0, description="slurm: seconds between looks at the jobs")
+
+
 class OutputSection(_Section):
     dir: str | None = Field(None, description="the output folder")
 
@@ -142,6 +169,7 @@ class SuiteFile(_Section):
     finetune: list[RunSection] = Field(default_factory=list, description="fine-tuning runs")
     eval: EvalSection = Field(default_factory=EvalSection)
     output: str | OutputSection | None = Field(None, description="default runs/<name>")
+    executor: ExecutorSection = Field(default_factory=ExecutorSection, description="where units of work run")
     report: ReportSettings = Field(default_factory=ReportSettings, description="how the report judges findings "
                                    "(equivalence margins, degenerate arms, tolerances); every key optional")
 

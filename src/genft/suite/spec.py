@@ -14,7 +14,7 @@ from ..models import NAMED
 from ..prompts import FAMILIES, PROMPT_IDS, TASKS
 from ..training import ConfigError, config_from_mapping, load_yaml_config, validate
 from .report_settings import ReportSettings
-from .schema import NAME_PATTERN, SUITE_MANAGED, EvalSection, ModelSection, RunSection, SuiteError, SuiteFile, Where, parse
+from .schema import NAME_PATTERN, SUITE_MANAGED, EvalSection, ExecutorSection, ModelSection, RunSection, SuiteError, SuiteFile, Where, parse
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -87,6 +87,7 @@ class Suite:
     output: Path
     threads: int | None
     report: ReportSettings
+    executor: ExecutorSection
 
     @property
     def cells_dir(self) -> Path:
@@ -361,7 +362,7 @@ def _resolve(f: SuiteFile, w: Where, path: Path) -> Suite:
                  data_dir=root,
                  study_src=study_src, models=models, runs=tuple(runs), eval=ev,
                  output=Path(out or f"runs/{f.name}").expanduser().resolve(), threads=f.threads,
-                 report=f.report)
+                 report=f.report, executor=f.executor)
 
 
 def _with_test_sets(r: RunSpec, test_sets: tuple[TestSet, ...]) -> RunSpec:
