@@ -11,8 +11,8 @@ what the study's evaluation code (evaluate_cross.py and indicator_cross.py at th
   they are (an empty TweetQA reference scores ROUGE 0);
 - RTE 2-way, scored over the three NLI labels (not_entailment -> "neutral", as released).
 
-Prompt quirks that change scores are toggles (`StudyQuirks`), applied by the evaluation code that tokenizes;
-`study_prompt_text` is the reference implementation at the text level.
+Prompt quirks that change scores are toggles (`StudyQuirks`), applied to every request of a study-protocol suite by
+genft.protocol_lm (the BOS written into the text, tokenizers told to add none); `study_prompt_text` is the rule.
 """
 from __future__ import annotations
 

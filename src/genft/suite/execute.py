@@ -24,6 +24,7 @@ from .. import harness
 from ..files import atomic_write, fmt_duration, now_utc, read_json_or_none
 from ..metrics import clean_generation
 from ..prompts import TARGET_DELIMITER, get_task
+from ..protocol_lm import with_protocol
 from ..training import FIELDS, MANIFEST
 from . import store
 from .estimate import Progress
@@ -276,7 +277,8 @@ def evaluate_checkpoint(work: CheckpointWork, ctx: EvalContext) -> None:
         shots, dseed, limit = gk[:3]
         specs = [_random_demo_task(tm, c.task_name) if dseed is not None else c.task_name for c in cells]
         t1 = time.time()
-        res = harness.evaluate(lm, specs, num_fewshot=shots, limit=limit, pretrained=ck.path, data_root=suite.data_dir,
+        res = harness.evaluate(with_protocol(lm, suite.protocol, shots), specs, num_fewshot=shots, limit=limit,
+                               pretrained=ck.path, data_root=suite.data_dir,
                                log_samples=True, fewshot_random_seed=1234 if dseed is None else dseed, tm=tm)
         wall = time.time() - t1
         weights = {c.task_name: _cost_weight(res["samples"][c.task_name], c.family == "generation") for c in cells}
