@@ -25,7 +25,8 @@ def ft(task, dataset, size=2000, icl=0, seed=42, method="full", wd=1e-4, demos="
 
 
 def record(task, dataset, domain, finetune=None, prompt=1, shots=0, demo_seed=None, correct=None, preds=None,
-           gold=None, full_preds=None, rouge=None, outputs=None, suite="synth", doc_ids=None) -> CellRecord:
+           gold=None, full_preds=None, rouge=None, outputs=None, suite="synth", doc_ids=None,
+           demo_targets=None) -> CellRecord:
     """One cell.  Classification: `correct` (0/1 per item) or explicit gold/preds (first-token rule) and
     full_preds (full-label rule); generation: `rouge` per item and optionally the outputs."""
     spec = TASKS[task]
@@ -61,6 +62,7 @@ def record(task, dataset, domain, finetune=None, prompt=1, shots=0, demo_seed=No
         finetune=finetune, task=task, dataset=dataset, domain=domain, prompt=prompt, shots=shots, limit=None,
         demo_seed=demo_seed, n=n, doc_ids=list(doc_ids or range(n)),
         metrics={k: float(np.mean(v)) for k, v in items.items()}, items=items, outputs=outputs,
+        demo_targets=demo_targets if demo_targets is not None else ([] if shots == 0 else None),
         majority_rate=majority, wall_s=2.0,
         provenance=Provenance(genft="0.1.0", lm_eval="0.4.13", torch="2.13.0", transformers="5.24.0",
                               backend="genft-hf", batch_size=8, device="cpu", dtype="float32", hostname="box",

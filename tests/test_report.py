@@ -309,3 +309,19 @@ def test_a_bad_evidence_line_is_an_error_naming_file_and_line(tmp_path, capsys):
     assert main(["report", "--cells", str(bad), "--out-dir", str(tmp_path / "b")]) == 2
     assert f"{bad}:3:" in capsys.readouterr().err
     assert main(["report", "--out-dir", str(tmp_path / "b")]) == 2  # neither a suite nor --cells
+
+
+def test_generations_that_copy_a_demonstration_are_counted(tmp_path):
+    """The share of generations that are, word for word, a demonstration's target (the PeerRead 1-shot
+    failure: the model repeats the demo's title for every document)."""
+    demo = "Arsenal beat Chelsea 2-1."
+    outs = [demo, "Rain in the north.", f" {demo} ", "A draw in Leeds."]
+    recs = [record("summary", "builtin_sports", "in", shots=1, rouge=[0.1, 0.2, 0.3, 0.4], outputs=outs,
+                   demo_targets=[demo]),
+            record("summary", "builtin_sports", "in", shots=0, rouge=[0.1, 0.2, 0.3, 0.4], outputs=outs)]
+    md, _ = build("synth", roundtrip(tmp_path, recs), figures_=False)
+    header, _ = table(section(md, "## Generation"), "## Generation: repeated and identical outputs")
+    rows = [[c.strip() for c in ln.strip().strip("|").split(" | ")]
+            for ln in section(md, "## Generation").splitlines() if ln.startswith(f"| {BASE} ")]
+    by_shots = {r[header.index("shots")]: r[header.index("copies a demo")] for r in rows}
+    assert by_shots == {"1": "0.50", "0": "—"}  # " Arsenal ... " counts (stripped); 0 shots: nothing to copy

@@ -516,6 +516,16 @@ def test_random_demo_cells(tmp_path, data_root):
     ctx = lambda r: [json.loads(x)["arguments"] for x in  # noqa: E731
                      (tmp_path / "out" / "cells" / f"{r.key}.samples.jsonl").read_text().splitlines()]
     assert ctx(cells[(2, 1)]) != ctx(cells[(2, None)])  # seeded random demos differ from the first k
+    # the record says which demonstrations every item got: the first k's targets, none, or unknown (random)
+    demos = [d["label"] for d in gdata_load("sentiment", "builtin_products", data_root)[:2]]
+    assert cells[(2, None)].demo_targets == demos and cells[(0, None)].demo_targets == []
+    assert cells[(2, 1)].demo_targets is None
+
+
+def gdata_load(task, dataset, root):
+    from genft.data import load_split
+
+    return load_split(task, dataset, "demos", root)
 
 
 def test_group_shots_one_call_per_shot_count(tmp_path, data_root, monkeypatch):

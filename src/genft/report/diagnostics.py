@@ -73,6 +73,16 @@ def repeated_share(rec: CellRecord) -> float:
     return k / len(outs) if k > 1 else 0.0
 
 
+def demo_copy_share(rec: CellRecord) -> float | None:
+    """Generation: the share of items whose output is, word for word, the target of one of the demonstrations
+    the item was given (None where the record does not say which demonstrations: random demos, 0 shots)."""
+    if not rec.demo_targets:
+        return None
+    targets = {t.strip() for t in rec.demo_targets if t.strip()}
+    outs = outputs(rec)
+    return sum(o.strip() in targets for o in outs) / len(outs) if outs else None
+
+
 def never_first(recs: Sequence[CellRecord]) -> list[str]:
     """Labels of a classification test set that the first-token rule never predicts in any of these cells while
     the full-label rule does: the signature of two labels sharing their first token (the rule can then only

@@ -184,8 +184,9 @@ def section_generations(s: SuiteData) -> list[str]:
              "Per generation cell: *repeated* = the share of items whose output (stripped, cut at the first blank "
              "line) is the cell's most frequent output, when that occurs on two or more items (a model repeating "
              "one text, typically a demonstration's target, for different inputs); *same as base* = the share of "
-             "items on which a fine-tuned model's output equals the base model's. The cell records do not carry "
-             "the demonstrations' texts, so a direct copy-of-a-demonstration check is not possible here.", ""]
+             "items on which a fine-tuned model's output equals the base model's; *copies a demo* = the share of "
+             "items whose output is, word for word, the target of one of its demonstrations (cells with the study's "
+             "first-k demonstrations; — at 0 shots and for random demonstrations).", ""]
     rows = []
     for c in s.cells:
         if task_kind(c.task) != "generation":
@@ -194,11 +195,12 @@ def section_generations(s: SuiteData) -> list[str]:
         comp = s.vs_base(cond)
         seed = f" (seed {c.finetune.seed})" if c.finetune and len(s.group_of(c).seeds) > 1 else ""
         rows.append([s.group_of(c).label + seed, f"{c.task}/{c.dataset}", f"P{c.prompt}", str(c.shots),
-                     fmt(c.score), fmt(diagnostics.repeated_share(c), 2),
+                     fmt(c.score), fmt(diagnostics.repeated_share(c), 2), fmt(diagnostics.demo_copy_share(c), 2),
                      fmt(comp.same_outputs, 2) if comp is not None else "—"])
     if not rows:
         return lines + ["Not measured in this suite: no generation cells.", ""]
-    return lines + [table(rows, ["model", "test set", "prompt", "shots", "ROUGE-L", "repeated", "same as base"]), ""]
+    return lines + [table(rows, ["model", "test set", "prompt", "shots", "ROUGE-L", "repeated", "copies a demo",
+                                 "same as base"]), ""]
 
 
 def section_appendix(s: SuiteData) -> list[str]:

@@ -20,10 +20,11 @@ from typing import Callable, Mapping, Sequence
 
 import yaml
 
+from .. import data as gdata
 from .. import harness
 from ..files import atomic_write, fmt_duration, now_utc, read_json_or_none
 from ..metrics import clean_generation
-from ..prompts import TARGET_DELIMITER, get_task
+from ..prompts import TARGET_DELIMITER, get_task, render_target
 from ..protocol_lm import with_protocol
 from ..training import FIELDS, MANIFEST
 from . import store
@@ -242,13 +243,16 @@ def make_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], 
     else:
         outputs = [clean_generation((s.get("filtered_resps") or [""])[0]) for s in samples]
     material = cell.material or {}
+    demos = None if cell.demo_seed is not None and cell.shots else [
+        render_target(spec, d).strip() for d in gdata.load_split(cell.task, cell.dataset, "demos", suite.data_dir)
+        [:cell.shots]]
     return store.CellRecord(
         key=cell.key, suite=suite.name, protocol=suite.protocol,
         checkpoint=store.CheckpointInfo(id=ck.id, kind=ck.kind, base=ck.base, path=ck.path, identity=ck.identity),
         finetune=_finetune_info(ck.job, ck.identity["weights"]) if ck.job is not None else None,
         task=cell.task, dataset=cell.dataset, domain=cell.domain, prompt=cell.prompt, shots=cell.shots,
         limit=cell.limit, demo_seed=cell.demo_seed, n=len(samples), doc_ids=[int(s["doc_id"]) for s in samples],
-        metrics=metrics, items=items, outputs=outputs, majority_rate=majority, wall_s=round(wall, 3),
+        metrics=metrics, items=items, outputs=outputs, demo_targets=demos, majority_rate=majority, wall_s=round(wall, 3),
         provenance=store.Provenance(
             **_versions(), backend=suite.eval.backend, batch_size=suite.eval.batch_size, device=device,
             dtype=ck.dtype, hostname=socket.gethostname(), time=now_utc(), wall_s_shared_by=shared,

@@ -118,6 +118,8 @@ class CellRecord(_Record):
     metrics: dict[str, float] = Field(description="lm-eval's aggregate per metric")
     items: dict[str, list[float | None]] = Field(description="per-item values per metric, in doc_ids order")
     outputs: list[str] = Field(description="per item: the predicted label (first-token rule) or the generation")
+    demo_targets: list[str] | None = Field(None, description="the targets of the demonstrations every item was "
+                                           "given (the study's first k; [] at 0 shots; None for random demos)")
     majority_rate: float | None = Field(description="share of the most frequent gold label (classification)")
     wall_s: float
     provenance: Provenance
