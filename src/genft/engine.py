@@ -354,6 +354,7 @@ def greedy_decode(
             hidden = forward(ids_t, pos_t, state, cache)[0]
             toks = next_tokens(hidden[torch.tensor([b - 1 for _, b in spans], device=hidden.device)]).tolist()
             count("forward_tokens", len(ids))
+            count("prefill_calls", 1)
             new = cache.new_kv()
             if cache.bufs is None:
                 cache.allocate(new, cap, max_len)
