@@ -456,13 +456,13 @@ def _samples(results, task):
     return results["samples"][task]
 
 
-def _compare_cells(smollm2, study_data, peft=None, cells=()):
+def _compare_cells(smollm2, study_data, peft=None, cells=(), **fast_args):
     from genft import harness
 
     tm = harness.task_manager(smollm2, study_data)
     args = {"peft": peft} if peft else {}
     hf = harness.load_model(smollm2, backend="hf", batch_size=4, **args)
-    fast = harness.load_model(smollm2, backend="genft-hf", batch_size=4, **args)
+    fast = harness.load_model(smollm2, backend="genft-hf", batch_size=4, **args, **fast_args)
     for task, shots, limit in cells:
         a = harness.evaluate(hf, [task], num_fewshot=shots, limit=limit, tm=tm, log_samples=True)
         b = harness.evaluate(fast, [task], num_fewshot=shots, limit=limit, tm=tm, log_samples=True)
@@ -479,6 +479,8 @@ def _compare_cells(smollm2, study_data, peft=None, cells=()):
         for key, val in ra.items():
             if isinstance(val, float) and "stderr" not in key:
                 assert val == pytest.approx(rb[key], abs=1e-9), (task, shots, key)
+    assert not fast._fast_reason  # genft-hf's own path ran (no delegation to HFLM)
+    return fast
 
 
 CELLS = [("genft_sentiment_amazon", 0, 10), ("genft_sentiment_amazon", 4, 10), ("genft_nli_mnli_m", 5, 10),
@@ -499,3 +501,39 @@ def test_smollm2_lora_study_data_matches_hf(smollm2, smollm2_lora, study_data):
         pytest.skip("genft.harness / harness_tasks not available")
     _compare_cells(smollm2, study_data, peft=smollm2_lora,
                    cells=[("genft_nli_mnli_m", 3, 8), ("genft_summary_xsum", 1, 3)])
+
+
+# The suites' generation cells: genft's builtin summary/question sets and the study's XSum/SocialIQA, at 0 and k
+# shots.  Four decode slots for more items than that: rows finish at different steps and others refill.
+GEN_CELLS = [("genft_summary_xsum", 0, 6), ("genft_summary_xsum", 1, 6), ("genft_question_socialiqa", 0, 8),
+             ("genft_question_socialiqa", 2, 8), ("genft_summary_builtin_sports", 0, 6),
+             ("genft_summary_builtin_weather", 2, 6), ("genft_question_builtin_social", 0, 6),
+             ("genft_question_builtin_science", 2, 6)]
+
+
+@pytest.fixture(scope="module")
+def gen_data(study_data):
+    """The study's data plus genft's builtin sets in one folder."""
+    from genft.builtin import generate
+
+    generate(study_data, log=lambda *_: None)
+    return study_data
+
+
+@pytest.mark.slow
+def test_smollm2_generation_matches_hf(smollm2, gen_data):
+    if not _harness_ready():
+        pytest.skip("genft.harness / harness_tasks not available")
+    torch.set_num_threads(int(os.environ.get("GENFT_TEST_THREADS", "1")))
+    fast = _compare_cells(smollm2, gen_data, cells=GEN_CELLS, gen_batch_size=4)
+    assert fast.stats["prefill_calls"] > len(GEN_CELLS) and fast.stats["prefix_forwards"] >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_smollm2_generation_matches_hf_ci(smollm2, study_data):
+    """CI's share of the check above: SocialIQA with two demonstrations, 5 items through 2 decode slots."""
+    if not _harness_ready():
+        pytest.skip("genft.harness / harness_tasks not available")
+    fast = _compare_cells(smollm2, study_data, cells=[("genft_question_socialiqa", 2, 5)], gen_batch_size=2)
+    assert fast.stats["prefill_calls"] >= 3 and fast.stats["prefix_forwards"] == 1

@@ -20,6 +20,8 @@ only masked, which is why a cached prefix stays valid for sliding-window layers.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,14 +279,6 @@ class RowCache(Cache):
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         return self.span + query_length, 0
 
-    @property
-    def is_sliding(self):
-        return [False] * max(1, len(self.new) or len(self.bufs or ()))
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
-
 
 # --------------------------------------------------------------------------- greedy decoding with refill
 
@@ -312,9 +306,6 @@ def greedy_decode(
     of at most `prefill_tokens` tokens (a longer row alone).  Every row sees exactly [prefix | its own tokens]
     at positions p, p+1, ..., so its greedy tokens do not depend on which rows share its batch.
     """
-    import time
-    from collections import deque
-
     p = 0 if not prefix else int(prefix[0][0].shape[2])
     n = len(rows)
     out: list[list[int]] = [[] for _ in range(n)]
