@@ -353,7 +353,7 @@ def greedy_decode(
             for r, tok in zip(take, toks):
                 m = len(rows[r])
                 out[r].append(int(tok))
-                if not finished(out[r]):
+                if len(out[r]) < max_new and not finished(out[r]):
                     s = len(slot_row)
                     for (kb, vb), (k, v) in zip(cache.bufs, new):
                         kb[s, :, :m] = k[0, :, start : start + m]
@@ -383,7 +383,7 @@ def greedy_decode(
             r = slot_row[s]
             lens[s] += 1
             out[r].append(int(tok))
-            if finished(out[r]):
+            if len(out[r]) >= max_new or finished(out[r]):
                 done.append(s)
             else:
                 pending[s] = int(tok)
