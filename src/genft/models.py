@@ -107,6 +107,22 @@ The team won the match on Saturday. The food was great and the service was slow.
 """
 
 
+def _tiny_sizes(tok) -> dict:
+    """The tiny test models' shared config: sizes and the tokenizer's special ids."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+
+
 def _build_tiny(out: Path) -> dict:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -122,19 +138,7 @@ def _build_tiny(out: Path) -> dict:
     bpe.train_from_iterator(TINY_CORPUS.splitlines(), trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(**_tiny_sizes(tok), num_hidden_layers=2)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -148,22 +152,13 @@ def _build_tiny_swa(out: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(prepare("tiny"))
     torch.manual_seed(0)
     config = Gemma2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
+        **_tiny_sizes(tok),
         num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=16,
-        max_position_embeddings=4096,
         sliding_window=16,  # test contexts (demonstrations) are several times longer
         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
         attn_logit_softcapping=50.0,
         final_logit_softcapping=30.0,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
     )
     model = Gemma2ForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
