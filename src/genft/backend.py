@@ -147,6 +147,8 @@ class GenftHFLM(HFLM):
     """HFLM with shared-prefix KV reuse; a drop-in for lm-eval's `hf` model (same model_args, same scores).
 
     Extra model_args: `prefix_min_tokens` (default 8): shortest common token prefix worth sharing;
+    `gen_batch_size` (default max(batch_size, 32)): rows generate_until decodes at once (each row's KV buffer
+    holds its prompt after the shared prefix plus max_gen_toks: lower it if memory is short);
     `fast` (default True): False delegates everything to HFLM (for A/B checks).
     """
 
