@@ -58,9 +58,9 @@ CELLS = [
     ("genft_sentiment_amazon", 0, 100), ("genft_sentiment_amazon", 4, 60), ("genft_nli_mnli_m", 5, 40),
 ]
 QUICK = [
-    ("genft_summary_xsum", 0, 8), ("genft_summary_xsum", 1, 8),
+    ("genft_summary_xsum", 0, 6), ("genft_summary_xsum", 1, 6),
     ("genft_question_socialiqa", 0, 8), ("genft_question_socialiqa", 2, 8),
-    ("genft_nli_mnli_m", 5, 16),
+    ("genft_nli_mnli_m", 5, 12),
 ]
 
 
