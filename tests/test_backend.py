@@ -2,7 +2,10 @@
 
 Fast tests use a tiny random Llama whose weights are re-drawn with a larger scale ("lively"), so that greedy
 outputs vary from token to token (the stock tiny model repeats one token) and stop sequences get exercised.
-Slow tests (-m slow) compare the two backends with SmolLM2-135M on the study's real test sets.
+The same checks run on genft's tiny sliding-window model (`tiny-swa`: Gemma-2-style, 16-token windows mixed
+with full layers, softcaps), whose test contexts are several windows long.
+Slow tests (-m slow) compare the two backends with SmolLM2-135M on the study's real test sets and on the
+suites' generation cells.
 """
 from __future__ import annotations
 
