@@ -12,9 +12,9 @@ same `model_args` (pretrained, peft, dtype, device, batch_size, ...), same token
   attention (`genft.engine`, switched on only for this backend's forward calls) lets every row attend to it
   without copying it per row, and applies causal masks and sliding windows from absolute positions, so a
   cached prefix stays exact for sliding-window layers too (keys are masked, never dropped).
-* loglikelihood: requests are grouped by context.  One batch row per distinct context holds the context's
-  suffix (after the shared prefix) followed by a trie of all its continuations' tokens but the last, with a
-  "tree" visibility matrix (every continuation token sees the context and its own trie ancestors) and
+* loglikelihood: requests are grouped by context.  Each distinct context contributes its suffix (after the
+  shared prefix) followed by a trie of all its continuations' tokens but the last; a batch of contexts is
+  packed into one sequence (no padding) with a block-diagonal "tree" visibility matrix (every continuation token sees the context and its own trie ancestors) and
   matching position ids.  So every item is ONE forward pass, whatever its number of labels and whether
   they are one token ("ent") or several ("entailment"); the vocabulary projection (lm_head) and the
   log-softmax run only at the scored positions.
@@ -346,7 +346,6 @@ class GenftHFLM(HFLM):
     def _score_rows(self, rows, ctxs, conts, p, kv) -> dict:
         """One forward pass for a batch of distinct contexts and all their continuations (tree attention)."""
         device = self.device
-        batch = len(rows)
         layouts = []  # per row: tokens, positions, parents (-1 = causal suffix), scored index lists
         for r in rows:
             suffix = list(ctxs[r][p:])
@@ -369,32 +368,33 @@ class GenftHFLM(HFLM):
                     idx.append(par)
                 scored[cont] = idx
             layouts.append((tokens, positions, s, parent, scored))
-        q_len = max(len(t[0]) for t in layouts)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((batch, q_len), pad_id, dtype=torch.long)
-        pos = torch.zeros((batch, q_len), dtype=torch.long)
-        allowed = torch.zeros((batch, q_len, q_len), dtype=torch.bool)  # among the row's own tokens
-        for b, (tokens, positions, s, parent, _) in enumerate(layouts):
+        # The rows are packed into ONE sequence (no padding): each row's tokens see the shared prefix and their
+        # own row only (block-diagonal visibility; RowState adds the sliding window where a layer has one).
+        offsets, total = [], 0
+        for tokens, *_ in layouts:
+            offsets.append(total)
+            total += len(tokens)
+        ids = torch.empty((1, total), dtype=torch.long)
+        pos = torch.empty((1, total), dtype=torch.long)
+        allowed = torch.zeros((1, total, total), dtype=torch.bool)
+        for (tokens, positions, s, parent, _), o in zip(layouts, offsets):
             n = len(tokens)
-            ids[b, :n] = torch.tensor(tokens)
-            pos[b, :n] = torch.tensor(positions)
-            allowed[b, :s, :s] = torch.ones(s, s, dtype=torch.bool).tril()
+            ids[0, o : o + n] = torch.tensor(tokens)
+            pos[0, o : o + n] = torch.tensor(positions)
+            allowed[0, o : o + s, o : o + s] = torch.ones(s, s, dtype=torch.bool).tril()
             if n > s:
-                allowed[b, s:n, :s] = True  # continuation tokens see the whole context
+                allowed[0, o + s : o + n, o : o + s] = True  # continuation tokens see the whole context
                 for j, par in enumerate(parent):  # ... and their own trie path
-                    q = s + j
-                    allowed[b, q, q] = True
+                    q = o + s + j
+                    allowed[0, q, q] = True
                     while par != -1:
-                        allowed[b, q, par] = True
+                        allowed[0, q, o + par] = True
                         par = parent[par - s]
-            for q in range(n, q_len):  # padding queries see themselves (no empty softmax rows)
-                allowed[b, q, q] = True
-        # Everyone sees the shared prefix (within a sliding window where the layer has one: RowState applies it).
         pos = pos.to(device)
         state = RowState("masked", q_pos=pos, prefix=kv, allowed=allowed.to(device))
-        self.stats["forward_tokens"] += sum(len(t[0]) for t in layouts)
+        self.stats["forward_tokens"] += total
         with rows_attention(self._causal_lm()):
-            hidden = self._rows_forward(ids.to(device), pos, state, None)
+            hidden = self._rows_forward(ids.to(device), pos, state, None)[0]
 
         # lm_head only where a continuation token is scored (deduplicated).
         flat: dict[tuple[int, int], int] = {}
@@ -402,9 +402,8 @@ class GenftHFLM(HFLM):
             for idx in scored.values():
                 for q in idx:
                     flat.setdefault((b, q), len(flat))
-        sel_b = torch.tensor([k[0] for k in flat], device=device)
-        sel_q = torch.tensor([k[1] for k in flat], device=device)
-        logprobs = F.log_softmax(self._head(hidden[sel_b, sel_q]), dim=-1, dtype=self.softmax_dtype)
+        sel = torch.tensor([offsets[b] + q for b, q in flat], device=device)
+        logprobs = F.log_softmax(self._head(hidden[sel]), dim=-1, dtype=self.softmax_dtype)
         greedy = logprobs.argmax(dim=-1)
 
         out = {}

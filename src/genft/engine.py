@@ -169,6 +169,13 @@ def rows_attention_forward(
         out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
         return out.transpose(1, 2).contiguous(), None
 
+    if bsz == 1:  # one (packed) row: the prefix is joined to its keys, no copy per row to save
+        k, v = key, value
+        if prefix is not None:
+            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+        vis = state.visible(key.shape[2], sliding_window)[:, None]  # [1, 1, q, p + n]
+        return _attend(query, k, v, vis, scale, softcap).transpose(1, 2).contiguous(), None
+
     kv_heads = key.shape[1]
     groups = heads // kv_heads
     # Heads h = kv * groups + g share kv head `kv` (transformers' repeat_kv layout).
