@@ -1,56 +1,179 @@
 #!/usr/bin/env python
-"""Evaluation speed: lm-eval's `hf` model vs genft's `genft-hf` (shared-prefix KV reuse) on the same cells.
+"""Evaluation speed on the suites' cells: genft's `genft-hf`, lm-eval's `hf`, and the study's own method.
 
-Both backends load the same checkpoint (SmolLM2-135M by default), run the same genft harness tasks with the
-same batch size and thread count, and must give identical scores: per item the same log-likelihoods (within
-1e-4) and greedy flags, the same generated texts, the same metrics.  Items/s (model time: the backend's
-loglikelihood / generate_until calls, as lm-eval makes them) and the speed-up go to reports/benchmarks.md.
+Every backend loads the same checkpoint (SmolLM2-135M by default) once and runs the same genft harness cells
+(same items, same demonstrations, same thread count).  Each cell is run `--reps` times (>= 3) with the order
+of the backends rotated every time, and the median model time is reported (model time: the backend's
+`loglikelihood` / `generate_until` calls, as lm-eval makes them).
 
-    python benchmarks/eval_speed.py                      # default cells, 2 threads
-    python benchmarks/eval_speed.py --threads 1 --quick  # a busy machine / a smoke run
+Backends:
+  genft-hf  genft's backend (shared demonstration prefix kept once, one pass per item over its labels, lm_head
+            at scored positions only, greedy decoding with refill); must give `hf`'s results exactly: per item
+            the same generated texts, log-likelihoods within --tol with the same greedy flags, same metrics.
+  hf        lm-eval's own `hf` model at --batch-size (its defaults otherwise).
+  study     the study's method: classification by the label's first token at the first generated position
+            (one plain forward per context, full logits, batch --batch-size, left-padded); generation by
+            transformers' greedy `generate` (batch --batch-size, max_gen_toks new tokens, no early stop),
+            cut at the stop sequences.  Its classification scores are first-token scores, not `hf`'s.
+
+Roofline.  The machine's fp32 matmul FLOP/s (a 2048^3 sgemm) and memory read bandwidth (a 256 MiB sum) are
+measured at the same thread count.  For each cell the least work it needs is counted from its requests: the
+prefill FLOPs 2 * (non-embedding parameters) * (distinct prompt tokens: the cell's shared demonstration prefix
+once plus each item's own tokens) plus the lm_head at one position per item, and for generation the greedy
+tokens each item needs (its output re-tokenized, plus one for the stop, at most max_gen_toks), each costing
+max(2 * parameters / FLOP/s, weight bytes / (8 * bandwidth)): a decoding step of a batch of 8 reads every
+weight once.  `% roofline` is that bound's time over the measured time; `% matmul` (classification) is the
+prefill FLOPs over the measured time as a share of the measured FLOP/s.
+
+    python benchmarks/eval_speed.py                              # default cells, 2 threads, 3 runs each
+    python benchmarks/eval_speed.py --quick --threads 1          # a busy machine / a smoke run
+    python benchmarks/eval_speed.py --backends genft-hf --json out.json   # one backend, machine-readable
 
 Data: $GENFT_DATA_DIR or --data-dir; if neither holds data, the study's release (../shared/paper-data or
---study-data) is imported into a temporary folder first.
+--study-data) is imported into a temporary folder, and genft's builtin sets are written next to it.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ("genft-hf", "hf", "study")
 
-# (task, shots, items, kind)
+# (task, shots, items): the suites' generation cells (XSum, PeerRead, SocialIQA, TweetQA at 0 and k shots)
+# and classification cells.
 CELLS = [
-    ("genft_sentiment_amazon", 0, 100, "0-shot classification"),
-    ("genft_sentiment_amazon", 4, 60, "k-shot classification"),
-    ("genft_nli_mnli_m", 5, 40, "k-shot classification"),
-    ("genft_summary_xsum", 2, 10, "k-shot generation"),
-    ("genft_question_socialiqa", 2, 16, "k-shot generation"),
+    ("genft_summary_xsum", 0, 20), ("genft_summary_xsum", 1, 20),
+    ("genft_summary_peerread", 0, 10), ("genft_summary_peerread", 1, 10),
+    ("genft_question_socialiqa", 0, 20), ("genft_question_socialiqa", 2, 20),
+    ("genft_question_tweetqa", 0, 20), ("genft_question_tweetqa", 2, 20),
+    ("genft_sentiment_amazon", 0, 100), ("genft_sentiment_amazon", 4, 60), ("genft_nli_mnli_m", 5, 40),
 ]
 QUICK = [
-    ("genft_sentiment_amazon", 0, 20, "0-shot classification"),
-    ("genft_nli_mnli_m", 5, 10, "k-shot classification"),
-    ("genft_summary_xsum", 2, 4, "k-shot generation"),
+    ("genft_summary_xsum", 0, 6), ("genft_summary_xsum", 1, 6),
+    ("genft_question_socialiqa", 0, 8), ("genft_question_socialiqa", 2, 8),
+    ("genft_nli_mnli_m", 5, 12),
 ]
 
 
 def _parse_cell(text: str):
-    task, shots, items, *kind = text.split(":")
-    return task, int(shots), int(items), kind[0] if kind else ("generation" if "summary" in task or "question" in task else "classification")
+    task, shots, items = text.split(":")
+    return task, int(shots), int(items)
+
+
+# --------------------------------------------------------------------------- the study's method
+
+
+def study_model(pretrained: str, batch_size: int, **kwargs):
+    """An lm-eval model doing what the study's code did (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+    from lm_eval.models.huggingface import HFLM
+
+    class StudyLM(HFLM):
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            generation_kwargs.pop("temperature", None)
+            generation_kwargs["do_sample"] = False
+            return self.model.generate(input_ids=context, max_length=max_length,
+                                       pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs)
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            pairs = [self._encode_pair(*r.args) for r in requests]
+            contexts = sorted({tuple(c) for c, _ in pairs}, key=lambda c: -len(c))
+            first: dict[tuple, torch.Tensor] = {}
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            for start in range(0, len(contexts), self.batch_size):
+                chunk = contexts[start : start + self.batch_size]
+                width = max(len(c) for c in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for i, c in enumerate(chunk):
+                    ids[i, width - len(c) :] = torch.tensor(c)
+                    mask[i, width - len(c) :] = 1
+                with torch.no_grad():
+                    logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                for i, c in enumerate(chunk):
+                    first[c] = F.log_softmax(logits[i, -1].float(), dim=-1)
+            out = []
+            for c, cont in pairs:
+                lp = first[tuple(c)]
+                out.append((float(lp[cont[0]]), bool(int(lp.argmax()) == cont[0])))
+            return out
+
+    return StudyLM(pretrained=pretrained, batch_size=batch_size, device="cpu", **kwargs)
+
+
+# --------------------------------------------------------------------------- machine and work
+
+
+def machine_peaks(threads: int) -> dict:
+    """fp32 matmul FLOP/s (2048^3) and memory read bandwidth (256 MiB sum), best of 5, at `threads`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    x = torch.randn(64 * 1024 * 1024)
+
+    def best(f):
+        f()
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    return {"flops": 2 * 2048**3 / best(lambda: a @ b), "bandwidth": x.numel() * 4 / best(x.sum)}
+
+
+def model_sizes(lm) -> dict:
+    """Non-embedding parameters (prefill FLOPs per token / 2), lm_head parameters, and bytes read per step."""
+    model = lm.model
+    head = model.get_output_embeddings().weight
+    embed = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    body = total - embed.numel() - (0 if head is embed else head.numel())
+    bytes_ = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"body": body, "head": head.numel(), "bytes": bytes_}
+
+
+def cell_work(tok, requests, outputs, max_gen_toks: int) -> dict:
+    """The least work a cell needs: distinct prompt tokens (shared prefix once), items, greedy tokens."""
+    contexts = list(dict.fromkeys(r.args[0] for r in requests))
+    encs = [tok(c)["input_ids"] for c in contexts]
+    lcp = min(len(e) for e in encs)
+    for e in encs[1:]:
+        lcp = min(lcp, next((i for i, (x, y) in enumerate(zip(encs[0], e)) if x != y), min(len(encs[0]), len(e))))
+    prompt_tokens = lcp + sum(len(e) - lcp for e in encs)
+    gen = sum(min(max_gen_toks, len(tok(o, add_special_tokens=False)["input_ids"]) + 1) for o in outputs) if outputs else 0
+    return {"prompt_tokens": prompt_tokens, "contexts": len(contexts), "gen_tokens": gen}
+
+
+def bound_seconds(work: dict, sizes: dict, peaks: dict) -> tuple[float, float]:
+    """(prefill seconds, decoding seconds) at the machine's measured peaks."""
+    prefill = (2 * sizes["body"] * work["prompt_tokens"] + 2 * sizes["head"] * work["contexts"]) / peaks["flops"]
+    per_token = max(2 * (sizes["body"] + sizes["head"]) / peaks["flops"], sizes["bytes"] / (8 * peaks["bandwidth"]))
+    return prefill, work["gen_tokens"] * per_token
+
+
+# --------------------------------------------------------------------------- comparing outputs
 
 
 def _timed(lm, bucket: dict):
-    """Time the model calls lm-eval makes (instance attributes shadow the class methods)."""
+    """Time the model calls lm-eval makes (instance attributes shadow the class methods); keep the requests."""
     for name in ("loglikelihood", "generate_until"):
         orig = getattr(lm, name)
 
         def wrapper(requests, *args, _orig=orig, **kwargs):
+            bucket["requests"] = list(requests)
             t0 = time.perf_counter()
             try:
                 return _orig(requests, *args, **kwargs)
@@ -61,50 +184,57 @@ def _timed(lm, bucket: dict):
     return lm
 
 
-def _compare(task, a, b, tol):
-    """Per-item equality of two lm-eval runs (log_samples=True); returns (identical, max |d logprob|, note)."""
-    sa, sb = a["samples"][task], b["samples"][task]
-    if len(sa) != len(sb):
-        return False, float("nan"), f"{len(sa)} vs {len(sb)} samples"
-    max_d, bad = 0.0, []
-    for x, y in zip(sorted(sa, key=lambda s: s["doc_id"]), sorted(sb, key=lambda s: s["doc_id"])):
-        for ra, rb in zip(x["resps"], y["resps"]):
-            va, vb = ra[0], rb[0]
-            if isinstance(va, str):
-                if va != vb:
-                    bad.append(f"doc {x['doc_id']}: text differs")
+def _responses(res: dict, task: str) -> list:
+    return [s["resps"] for s in sorted(res["samples"][task], key=lambda s: s["doc_id"])]
+
+
+def _same(a: list, b: list, tol: float) -> tuple[bool, float]:
+    """Per-item equality of two runs' responses: texts exactly, log-likelihoods within tol + greedy flags."""
+    max_d = 0.0
+    if len(a) != len(b):
+        return False, float("nan")
+    for ra, rb in zip(a, b):
+        for x, y in zip(ra, rb):
+            if isinstance(x[0], str):
+                if x[0] != y[0]:
+                    return False, max_d
             else:
-                d = abs(float(va[0]) - float(vb[0]))
+                d = abs(float(x[0][0]) - float(y[0][0]))
                 max_d = max(max_d, d)
-                if d > tol or bool(va[1]) != bool(vb[1]):
-                    bad.append(f"doc {x['doc_id']}: logprob {va} vs {vb}")
-    ma, mb = a["results"][task], b["results"][task]
-    for key, val in ma.items():
-        if isinstance(val, (int, float)) and "stderr" not in key and key != "samples" and mb.get(key) != val:
-            bad.append(f"metric {key}: {val} vs {mb.get(key)}")
-    return not bad, max_d, "; ".join(bad[:3])
+                if d > tol or bool(x[0][1]) != bool(y[0][1]):
+                    return False, max_d
+    return True, max_d
 
 
-def _metric_summary(res: dict) -> str:
-    keep = ("acc,none", "acc_first,none", "acc_norm,none", "rougeL,none")
-    vals = [f"{k.split(',')[0]} {res[k]:.3f}" for k in keep if isinstance(res.get(k), float)]
-    return ", ".join(vals)
+def _metric(res: dict) -> str:
+    for key in ("rougeL,none", "acc_first,none", "acc,none"):
+        if isinstance(res.get(key), float):
+            return f"{key.split(',')[0]} {res[key]:.3f}"
+    return ""
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m", help="a genft model name or a model folder")
-    ap.add_argument("--peft", default=None, help="a LoRA adapter folder (both backends)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a busy 2-core machine)")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--cell", action="append", default=None, metavar="TASK:SHOTS:ITEMS[:KIND]",
-                    help="a cell to run (repeatable); default: %s" % ", ".join(f"{t}:{s}:{n}" for t, s, n, _ in CELLS))
-    ap.add_argument("--quick", action="store_true", help="three small cells (a smoke run)")
+    ap.add_argument("--batch-size", type=int, default=8, help="every backend's batch size (the suites' 8)")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ", ".join(BACKENDS))
+    ap.add_argument("--reps", type=int, default=3, help="runs per cell and backend (median reported; >= 3)")
+    ap.add_argument("--cell", action="append", default=None, metavar="TASK:SHOTS:ITEMS",
+                    help="a cell (repeatable); default: %s" % ", ".join(f"{t}:{s}:{n}" for t, s, n in CELLS))
+    ap.add_argument("--quick", action="store_true", help="five small cells")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--study-data", default=str(REPO.parent / "shared" / "paper-data"))
     ap.add_argument("--tol", type=float, default=1e-4)
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks.md"))
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks.md"), help="the Markdown report ('' = none)")
+    ap.add_argument("--json", default=None, help="also write the raw figures here")
     args = ap.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if set(backends) - set(BACKENDS) or not backends:
+        ap.error(f"--backends: choose from {', '.join(BACKENDS)}")
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -123,73 +253,103 @@ def main(argv=None) -> int:
 
     root = data_dir(args.data_dir)
     if not (root / "sentiment").is_dir():
+        from genft.builtin import generate
         from genft.data import import_study
 
         root = Path(tempfile.mkdtemp(prefix="genft-bench-data-"))
         print(f"importing the study's data from {args.study_data} into {root}", flush=True)
         import_study(Path(args.study_data), root, log=lambda *_: None)
+        generate(root, log=lambda *_: None)
     pretrained = resolve(args.model)
     cells = [_parse_cell(c) for c in args.cell] if args.cell else (QUICK if args.quick else CELLS)
+    peaks = machine_peaks(args.threads)
+    print(f"machine: {peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s read", flush=True)
     load_before = os.getloadavg()
     tm = harness.task_manager(pretrained, root)
 
-    extra = {"peft": args.peft} if args.peft else {}
-    timers = {b: {"seconds": 0.0} for b in ("hf", "genft-hf")}
-    lms = {b: _timed(harness.load_model(pretrained, backend=b, batch_size=args.batch_size, **extra), timers[b])
-           for b in ("hf", "genft-hf")}
+    timers = {b: {"seconds": 0.0} for b in backends}
+    lms = {}
+    for b in backends:
+        lm = (study_model(pretrained, args.batch_size) if b == "study"
+              else harness.load_model(pretrained, backend=b, batch_size=args.batch_size))
+        lms[b] = _timed(lm, timers[b])
+    any_lm = next(iter(lms.values()))
+    sizes = model_sizes(any_lm)
 
-    rows, failures = [], []
+    raw, rows, failures = [], [], []
     started = time.time()
-    for task, shots, items, kind in cells:
-        out, secs = {}, {}
-        for backend in ("genft-hf", "hf"):
-            timers[backend]["seconds"] = 0.0
-            t0 = time.perf_counter()
-            out[backend] = harness.evaluate(lms[backend], [task], num_fewshot=shots, limit=items, tm=tm, log_samples=True)
-            wall = time.perf_counter() - t0
-            secs[backend] = timers[backend]["seconds"]
-            print(f"{task} {shots}-shot x{items} {backend}: model {secs[backend]:.1f}s, wall {wall:.1f}s", flush=True)
-        n = len(out["hf"]["samples"][task])
-        same, max_d, note = _compare(task, out["hf"], out["genft-hf"], args.tol)
-        if not same:
-            failures.append(f"{task} {shots}-shot: {note}")
-        hf_ips, g_ips = n / secs["hf"], n / secs["genft-hf"]
-        rows.append([
-            task, shots, kind, n,
-            f"{hf_ips:.2f}", f"{g_ips:.2f}", f"{g_ips / hf_ips:.1f}x",
-            ("yes" if same else "NO") + ("" if isinstance(out["hf"]["samples"][task][0]["resps"][0][0], str) else f" (max d {max_d:.1e})"),
-            _metric_summary(out["hf"]["results"][task]),
-        ])
+    for task, shots, items in cells:
+        secs = {b: [] for b in backends}
+        resp, res, reqs = {}, {}, {}
+        for rep in range(args.reps):
+            order = backends[rep % len(backends):] + backends[: rep % len(backends)]
+            for b in order:
+                timers[b]["seconds"] = 0.0
+                r = harness.evaluate(lms[b], [task], num_fewshot=shots, limit=items, tm=tm, log_samples=True)
+                secs[b].append(timers[b]["seconds"])
+                got = _responses(r, task)
+                if b in resp and not _same(resp[b], got, args.tol)[0]:
+                    failures.append(f"{task} {shots}-shot: {b} differs between its own runs")
+                resp[b], res[b], reqs[b] = got, r["results"][task], timers[b]["requests"]
+                print(f"{task} {shots}-shot x{items} run {rep + 1} {b}: {secs[b][-1]:.1f}s", flush=True)
+        n = len(next(iter(resp.values())))
+        generation = isinstance(next(iter(resp.values()))[0][0][0], str)
+        first = next(iter(reqs.values()))
+        outputs = [x[0][0] for x in next(iter(resp.values()))] if generation else []
+        max_gen = first[0].args[1].get("max_gen_toks", 256) if generation else 0
+        work = cell_work(any_lm.tokenizer, first, outputs, max_gen)
+        t_pre, t_dec = bound_seconds(work, sizes, peaks)
+        for b in backends:
+            med = statistics.median(secs[b])
+            same = ""
+            if b == "genft-hf" and "hf" in resp:
+                ok, max_d = _same(resp["hf"], resp[b], args.tol)
+                same = ("yes" if ok else "NO") + ("" if generation else f" (max d {max_d:.1e})")
+                if not ok:
+                    failures.append(f"{task} {shots}-shot: genft-hf differs from hf")
+            share = (t_pre + t_dec) / med
+            flops_share = "" if generation else f"{100 * t_pre / med:.0f}%"
+            rows.append([task, shots, n, b, f"{n / med:.2f}", " / ".join(f"{s:.1f}" for s in secs[b]),
+                         f"{100 * share:.0f}%", flops_share, same, _metric(res[b])])
+            raw.append({"task": task, "shots": shots, "items": n, "backend": b, "seconds": secs[b],
+                        "items_per_s": n / med, "roofline_share": share, "work": work,
+                        "bound_prefill_s": t_pre, "bound_decode_s": t_dec, "identical_to_hf": same})
     total = time.time() - started
     load_after = os.getloadavg()
 
-    headers = ["task", "shots", "cell", "items", "hf items/s", "genft-hf items/s", "speed-up", "identical scores",
-               "scores (both)"]
+    headers = ["task", "shots", "items", "backend", "items/s (median)", "model s per run", "% roofline",
+               "% matmul FLOP/s", "same as hf", "score"]
     info = [
         ["date", dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")],
-        ["model", f"{args.model} ({pretrained})" + (f" + LoRA {args.peft}" if args.peft else "")],
+        ["model", f"{args.model} ({pretrained}); {sizes['body'] / 1e6:.1f}M non-embedding + {sizes['head'] / 1e6:.1f}M lm_head parameters"],
         ["machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}"],
-        ["torch threads", str(args.threads)],
-        ["batch size", str(args.batch_size)],
+        ["measured peaks", f"{peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s memory read ({args.threads} threads)"],
+        ["torch threads / batch size / runs", f"{args.threads} / {args.batch_size} / {args.reps} (backend order rotated per run)"],
         ["load average before / after", f"{load_before[0]:.2f} / {load_after[0]:.2f} (1 min; other users share the CPUs)"],
         ["versions", f"torch {torch.__version__}, transformers {transformers.__version__}, lm-eval {lm_eval.__version__}"],
         ["benchmark wall time", f"{total / 60:.1f} min"],
     ]
     text = "\n".join([
-        "# Evaluation speed: `hf` vs `genft-hf`",
+        "# Evaluation speed: `genft-hf`, `hf` and the study's method",
         "",
-        "Generated by `python benchmarks/eval_speed.py` (" + " ".join(sys.argv[1:]) + "). Both backends run the",
-        "same genft harness cells (study data, first-k demonstrations, same batch size and threads); items/s",
-        "counts model time (the lm-eval `loglikelihood` / `generate_until` calls). 'identical scores' means the",
-        "same greedy texts, log-likelihoods within " + f"{args.tol:g}" + " with the same greedy flags, and the same metrics.",
+        "Generated by `python benchmarks/eval_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`.",
+        "Same cells, same items, same threads for every backend; items/s is the median of the runs' model time",
+        "(lm-eval's `loglikelihood` / `generate_until` calls). '% roofline': the cell's least work at the machine's",
+        "measured matmul FLOP/s (prefill) and memory bandwidth (decoding, a batch of 8 per weight read) over the",
+        "measured time (see the script's docstring). 'same as hf': identical greedy texts, or log-likelihoods",
+        f"within {args.tol:g} with the same greedy flags, on every item.",
         "",
         tabulate(rows, headers=headers, tablefmt="github"),
         "",
         tabulate(info, headers=["", ""], tablefmt="github"),
         "",
     ] + ([f"**Differences:** {'; '.join(failures)}", ""] if failures else []))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"peaks": peaks, "sizes": sizes, "threads": args.threads,
+                                               "cells": raw, "failures": failures}, indent=1))
     print(text)
     return 1 if failures else 0
 

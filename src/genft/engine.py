@@ -1,0 +1,409 @@
+"""genft's own attention and KV layout for `genft-hf`: a shared prefix kept once, rows with their own lengths.
+
+transformers' attention interface lets a model's attention layers call a registered function instead of
+sdpa/eager.  `genft-hf` registers `genft_rows` and switches a model to it only inside `rows_attention(model)`,
+for its own forward calls; every other caller of the model (lm-eval's `hf` code paths, training) is untouched.
+
+What the function computes is ordinary softmax attention (the model's own scaling, attention-logit softcap
+and sliding window), but over a layout that transformers' caches cannot express:
+
+* a shared prefix (batch 1, p tokens, computed once) that every row attends to without being copied per row;
+* per row, its own keys: in `prefill` a packed sequence of several rows (segment ids keep them apart, so a
+  short row costs what it is, not the longest row's length); in `decode` a preallocated buffer where each row
+  has its own length and a new token is written at that row's end; in `masked` an explicit visibility matrix
+  (the loglikelihood trie).
+
+The visibility of every (query, key) pair is computed from absolute positions, so a sliding window
+(`kv_pos > q_pos - window`, transformers' rule) applies exactly whatever the layout: keys are never dropped,
+only masked, which is why a cached prefix stays valid for sliding-window layers.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATTN_NAME = "genft_rows"
+
+
+@dataclass
+class RowState:
+    """What `rows_attention_forward` needs beyond the query/key/value tensors, for one forward call.
+
+    mode "prefill": batch 1; the call's T keys are a packed sequence of segments `spans`, `q_pos` [T] absolute
+    positions; a query sees the prefix and the earlier keys of its own segment.
+    mode "decode": batch A, one query per row; `lens` [A] = keys per row (the new one included), `q_pos` [A].
+    mode "masked": batch B, queries [B, q]; `allowed` [B, q, q] visibility among the call's keys, `q_pos` [B, q].
+    """
+
+    mode: str
+    q_pos: torch.Tensor
+    prefix: list | None = None  # per layer (key, value) [1, kv_heads, p, head_dim], or None
+    spans: list[tuple[int, int]] | None = None  # prefill: [start, end) of each packed segment
+    lens: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None
+    calls: int = 0  # attention layers that ran with this state (the probe checks that every layer did)
+    _masks: dict = field(default_factory=dict)  # (kind, window) -> bool mask, shared by the layers of one call
+
+    @property
+    def p(self) -> int:
+        return 0 if not self.prefix else int(self.prefix[0][0].shape[2])
+
+    def row_mask(self, n_keys: int, window: int | None) -> torch.Tensor:
+        """Visibility of the call's own keys: [B, q, n_keys] (bool)."""
+        key = ("row", window, n_keys)
+        if key not in self._masks:
+            if self.mode == "decode":
+                t = torch.arange(n_keys, device=self.q_pos.device)
+                m = (t[None, :] < self.lens[:, None])[:, None, :]  # [A, 1, n_keys]
+                k_pos, q_pos = (self.p + t)[None, None, :], self.q_pos[:, None, None]
+            else:
+                m = self.allowed  # [B, q, q]
+                k_pos, q_pos = self.q_pos[:, None, :], self.q_pos[:, :, None]
+            if window is not None:
+                m = m & (k_pos > q_pos - window)
+            self._masks[key] = m
+        return self._masks[key]
+
+    def segment_mask(self, a: int, b: int, window: int | None) -> torch.Tensor:
+        """Prefill: visibility of [prefix | segment a:b] for the segment's queries, [1, 1, b - a, p + b - a]."""
+        key = ("seg", a, b, window)
+        if key not in self._masks:
+            q_pos = self.q_pos[a:b]
+            k_pos = torch.cat([torch.arange(self.p, device=q_pos.device), q_pos])
+            m = k_pos[None, :] <= q_pos[:, None]
+            if window is not None:
+                m = m & (k_pos[None, :] > q_pos[:, None] - window)
+            self._masks[key] = m[None, None]
+        return self._masks[key]
+
+    def visible(self, n_keys: int, window: int | None) -> torch.Tensor:
+        """Visibility of [prefix | the call's own keys]: [B|1, q, p + n_keys] (bool), built once per call."""
+        key = ("all", window, n_keys)
+        if key not in self._masks:
+            m = self.row_mask(n_keys, window)
+            if self.p:
+                pm = self.prefix_mask(window)
+                if pm is None:
+                    pm = torch.ones((1, 1, self.p), dtype=torch.bool, device=m.device)
+                b = max(m.shape[0], pm.shape[0])
+                m = torch.cat([pm.expand(b, m.shape[1], -1), m.expand(b, -1, -1)], dim=-1)
+            self._masks[key] = m
+        return self._masks[key]
+
+    def prefix_mask(self, window: int | None) -> torch.Tensor | None:
+        """Visibility of the shared prefix: None (all visible) or [B or 1, q, p] (bool)."""
+        if window is None or self.p == 0:
+            return None
+        key = ("prefix", window)
+        if key not in self._masks:
+            k_pos = torch.arange(self.p, device=self.q_pos.device)
+            q = self.q_pos if self.q_pos.dim() == 2 else self.q_pos[None] if self.mode == "prefill" else self.q_pos[:, None]
+            self._masks[key] = k_pos[None, None, :] > q[:, :, None] - window
+        return self._masks[key]
+
+
+def _attend(query, key, value, visible, scale, softcap, causal: bool = False) -> torch.Tensor:
+    """Softmax attention of query [B, heads, q, d] over key/value [B, kv_heads, n, d] (kv heads shared by
+    consecutive query heads, as repeat_kv lays them out); visible [B|1, 1, q, n] bool or None with causal."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=None if causal else visible, is_causal=causal, scale=scale,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
+    bsz, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    q = query.reshape(bsz, kv_heads, groups * q_len, dim)
+    scores = torch.matmul(q, key.transpose(2, 3)).float() * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if causal:
+        visible = torch.ones(q_len, key.shape[2], dtype=torch.bool, device=q.device).tril(key.shape[2] - q_len)[None, None]
+    scores = scores.view(bsz, kv_heads, groups, q_len, -1).masked_fill(~visible[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(bsz, kv_heads, groups * q_len, -1)
+    return torch.matmul(probs, value).view(bsz, heads, q_len, dim)
+
+
+def rows_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    genft_rows: RowState | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention over [shared prefix | the call's own keys] with masks from `genft_rows` (see RowState).
+
+    query [B, heads, q, d]; key/value [B, kv_heads, n, d] (what the RowCache returned for this layer).
+    Returns [B, q, heads, d] as transformers' attention functions do.
+    """
+    state = genft_rows
+    if state is None:
+        raise RuntimeError("genft_rows attention called without a RowState: use genft.engine.rows_attention")
+    for name in ("s_aux", "sinks"):
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"genft_rows attention: attention sinks ({name}) are not supported")
+    state.calls += 1
+    bsz, heads, q_len, dim = query.shape
+    scale = dim**-0.5 if scaling is None else scaling
+    prefix = state.prefix[module.layer_idx] if state.prefix else None
+    if state.mode == "prefill":  # batch 1, one packed segment after another: attention per segment
+        outs = []
+        for a, b in state.spans:
+            k, v = key[:, :, a:b], value[:, :, a:b]
+            if prefix is not None:
+                k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+            causal = prefix is None and sliding_window is None
+            vis = None if causal else state.segment_mask(a, b, sliding_window)
+            outs.append(_attend(query[:, :, a:b], k, v, vis, scale, softcap, causal))
+        out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        return out.transpose(1, 2).contiguous(), None
+
+    if bsz == 1:  # one (packed) row: the prefix is joined to its keys, no copy per row to save
+        k, v = key, value
+        if prefix is not None:
+            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+        vis = state.visible(key.shape[2], sliding_window)[:, None]  # [1, 1, q, p + n]
+        return _attend(query, k, v, vis, scale, softcap).transpose(1, 2).contiguous(), None
+
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    # Heads h = kv * groups + g share kv head `kv` (transformers' repeat_kv layout).
+    q = query.reshape(bsz, kv_heads, groups * q_len, dim)
+    parts = []
+    pre = None
+    if prefix is not None:
+        pk, pv = prefix
+        p = pk.shape[2]
+        # One GEMM per kv head for the whole batch: [kv, B*g*q, d] @ [kv, d, p].
+        qp = q.transpose(0, 1).reshape(kv_heads, bsz * groups * q_len, dim)
+        pre = torch.bmm(qp, pk[0].transpose(1, 2)).view(kv_heads, bsz, groups * q_len, p).transpose(0, 1)
+        parts.append(pre)
+    own = torch.matmul(q, key.transpose(2, 3))  # [B, kv, g*q, n]
+    parts.append(own)
+    scores = torch.cat(parts, dim=-1) if len(parts) > 1 else own
+    scores = scores.float() * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    n = key.shape[2]
+    visible = state.visible(n, sliding_window)  # [B|1, q, p + n]
+    scores = scores.view(bsz, kv_heads, groups, q_len, -1)
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(bsz, kv_heads, groups * q_len, -1)
+    out = torch.matmul(probs[..., -n:], value)
+    if pre is not None:
+        pp = probs[..., :p].transpose(0, 1).reshape(kv_heads, bsz * groups * q_len, p)
+        out = out + torch.bmm(pp, pv[0]).view(kv_heads, bsz, groups * q_len, dim).transpose(0, 1)
+    out = out.view(bsz, heads, q_len, dim).transpose(1, 2).contiguous()
+    return out, None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, rows_attention_forward)
+
+
+_register()
+
+
+@contextlib.contextmanager
+def rows_attention(model: torch.nn.Module):
+    """Within the block, every attention module of `model` calls `rows_attention_forward`; restored after."""
+    configs = {}
+    for mod in model.modules():
+        cfg = getattr(mod, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            configs[id(cfg)] = cfg
+    saved = [(cfg, cfg._attn_implementation_internal) for cfg in configs.values()]
+    try:
+        for cfg, _ in saved:
+            cfg._attn_implementation_internal = ATTN_NAME
+        yield
+    finally:
+        for cfg, old in saved:
+            cfg._attn_implementation_internal = old
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+from transformers.cache_utils import Cache  # noqa: E402
+
+
+class RowCache(Cache):
+    """The per-row part of the KV layout (the shared prefix lives in RowState.prefix).
+
+    In "prefill"/"masked" calls `update` keeps the call's new keys/values (`new[layer]`) and returns them.
+    In "decode" calls it writes each row's new key at that row's length in preallocated buffers
+    [capacity, kv_heads, max_len, d] and returns the buffers of the active rows up to the longest row.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(layers=[])
+        self.new: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.bufs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.mode = "prefill"
+        self.active = 0
+        self.write_at: torch.Tensor | None = None  # [active] positions of the new keys (decode)
+        self.span = 0  # keys returned per row in decode (the longest active row)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.mode != "decode":
+            self.new[layer_idx] = (key_states, value_states)
+            return key_states, value_states
+        kb, vb = self.bufs[layer_idx]
+        rows = torch.arange(self.active, device=kb.device)
+        kb[rows, :, self.write_at] = key_states[:, :, 0]
+        vb[rows, :, self.write_at] = value_states[:, :, 0]
+        return kb[: self.active, :, : self.span], vb[: self.active, :, : self.span]
+
+    def new_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The last prefill call's keys/values, one (key, value) per layer in layer order."""
+        if sorted(self.new) != list(range(len(self.new))):
+            raise RuntimeError(f"genft RowCache: layers {sorted(self.new)} updated; expected 0..n-1")
+        return [self.new[i] for i in range(len(self.new))]
+
+    def allocate(self, like: list[tuple[torch.Tensor, torch.Tensor]], capacity: int, max_len: int) -> None:
+        self.bufs = []
+        for k, v in like:
+            self.bufs.append((k.new_zeros((capacity, k.shape[1], max_len, k.shape[3])),
+                              v.new_zeros((capacity, v.shape[1], max_len, v.shape[3]))))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.span
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.span + query_length, 0
+
+
+# --------------------------------------------------------------------------- greedy decoding with refill
+
+
+def greedy_decode(
+    forward,
+    next_tokens,
+    rows: list[list[int]],
+    prefix: list | None,
+    max_new: int,
+    finished,
+    device,
+    capacity: int = 32,
+    prefill_tokens: int = 1024,
+    stats=None,
+) -> list[list[int]]:
+    """Greedy continuations of `rows` (token lists after a shared cached prefix), at most `max_new` tokens each.
+
+    forward(ids [B, q], pos [B, q], state, cache) -> hidden [B, q, hidden] runs the decoder stack (under
+    `rows_attention`); next_tokens(hidden [n, hidden]) -> [n] greedy token ids; finished(tokens) -> bool says
+    whether a row's generated tokens end it (EOS, a stop sequence, max_new).
+
+    Up to `capacity` rows decode together.  A row that finishes leaves its slot at once (the last row moves
+    into it) and waiting rows refill the free slots, longest first, prefilled together as one packed sequence
+    of at most `prefill_tokens` tokens (a longer row alone).  Every row sees exactly [prefix | its own tokens]
+    at positions p, p+1, ..., so its greedy tokens do not depend on which rows share its batch.
+    """
+    p = 0 if not prefix else int(prefix[0][0].shape[2])
+    n = len(rows)
+    out: list[list[int]] = [[] for _ in range(n)]
+    if n == 0:
+        return out
+    queue = deque(sorted(range(n), key=lambda i: (-len(rows[i]), i)))
+    cap = max(1, min(capacity, n))
+    max_len = max(len(r) for r in rows) + max_new
+    cache = RowCache()
+    slot_row: list[int] = []  # row index of each active slot (slots 0..A-1 are active)
+    lens: list[int] = []  # keys in the buffer per slot
+    pending: list[int] = []  # the token each slot feeds next
+    refill_at = max(1, cap // 4)
+    stats = stats if stats is not None else {}
+
+    def count(key, val):
+        stats[key] = stats.get(key, 0) + val
+
+    while queue or slot_row:
+        free = cap - len(slot_row)
+        if queue and free and (not slot_row or free >= refill_at):
+            t0 = time.perf_counter()
+            take = [queue.popleft()]
+            total = len(rows[take[0]])
+            while queue and len(take) < free and total + len(rows[queue[0]]) <= prefill_tokens:
+                total += len(rows[queue[0]])
+                take.append(queue.popleft())
+            ids, pos, spans = [], [], []
+            for r in take:
+                spans.append((len(ids), len(ids) + len(rows[r])))
+                ids += rows[r]
+                pos += range(p, p + len(rows[r]))
+            ids_t = torch.tensor([ids], dtype=torch.long, device=device)
+            pos_t = torch.tensor([pos], dtype=torch.long, device=device)
+            state = RowState("prefill", q_pos=pos_t[0], prefix=prefix, spans=spans)
+            cache.mode = "prefill"
+            hidden = forward(ids_t, pos_t, state, cache)[0]
+            toks = next_tokens(hidden[torch.tensor([b - 1 for _, b in spans], device=hidden.device)]).tolist()
+            count("forward_tokens", len(ids))
+            count("prefill_calls", 1)
+            new = cache.new_kv()
+            if cache.bufs is None:
+                cache.allocate(new, cap, max_len)
+            start = 0
+            for r, tok in zip(take, toks):
+                m = len(rows[r])
+                out[r].append(int(tok))
+                if len(out[r]) < max_new and not finished(out[r]):
+                    s = len(slot_row)
+                    for (kb, vb), (k, v) in zip(cache.bufs, new):
+                        kb[s, :, :m] = k[0, :, start : start + m]
+                        vb[s, :, :m] = v[0, :, start : start + m]
+                    slot_row.append(r)
+                    lens.append(m)
+                    pending.append(int(tok))
+                start += m
+            cache.new = {}
+            count("generate_prefill_s", time.perf_counter() - t0)
+            continue
+        if not slot_row:
+            continue
+        t0 = time.perf_counter()
+        a = len(slot_row)
+        lens_t = torch.tensor(lens, dtype=torch.long, device=device)
+        ids_t = torch.tensor(pending, dtype=torch.long, device=device)[:, None]
+        pos_t = (lens_t + p)[:, None]
+        state = RowState("decode", q_pos=lens_t + p, prefix=prefix, lens=lens_t + 1)
+        cache.mode, cache.active, cache.write_at, cache.span = "decode", a, lens_t, max(lens) + 1
+        hidden = forward(ids_t, pos_t, state, cache)[:, -1]
+        toks = next_tokens(hidden).tolist()
+        count("forward_tokens", a)
+        count("decode_steps", 1)
+        done = []
+        for s, tok in enumerate(toks):
+            r = slot_row[s]
+            lens[s] += 1
+            out[r].append(int(tok))
+            if len(out[r]) >= max_new or finished(out[r]):
+                done.append(s)
+            else:
+                pending[s] = int(tok)
+        for s in reversed(done):  # the last active row moves into the freed slot
+            last = len(slot_row) - 1
+            if s != last:
+                m = lens[last]
+                for kb, vb in cache.bufs:
+                    kb[s, :, :m] = kb[last, :, :m]
+                    vb[s, :, :m] = vb[last, :, :m]
+                slot_row[s], lens[s], pending[s] = slot_row[last], lens[last], pending[last]
+            slot_row.pop()
+            lens.pop()
+            pending.pop()
+        count("generate_decode_s", time.perf_counter() - t0)
+    return out
