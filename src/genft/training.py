@@ -473,7 +473,8 @@ def output_state(out: Path, chash: str, cfg: FinetuneConfig) -> str:
     manifest = read_json_or_none(out / MANIFEST)
     run = manifest or read_json_or_none(out / RUN_FILE)
     if run is None:
-        if any(out.iterdir()):
+        # (a temporary file is another process of the same launch writing genft_run.json right now)
+        if any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in out.iterdir()):
             raise ConfigError(f"output_dir: {out} is not empty and holds no genft run; choose another --output_dir")
         return "new"
     if run.get("config_hash") != chash:
@@ -612,7 +613,7 @@ def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
 
     # ---- everything checked: from here on the output folder is written
     out.mkdir(parents=True, exist_ok=True)
-    if state == "new":
+    if state == "new" and int(os.environ.get("RANK", "0") or 0) == 0:  # one writer per launch
         write_json(out / RUN_FILE, {"config": config_dict(cfg), "config_hash": chash, "data": files,
                                             "started_at": now_utc()})
     return _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log)
