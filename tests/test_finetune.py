@@ -371,22 +371,25 @@ def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_m
            "--model_name_or_path", tiny_model, "--output_dir", str(out), "--max_steps", "2",
            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_length", "128",
            "--torch_threads", "1", "--save_steps", "100"]
-    import signal
     import socket
 
     with socket.socket() as s:  # a free port for the processes' rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd[cmd.index("--num_machines"):cmd.index("--num_machines")] = ["--main_process_port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes: no orphan keeps running
-        output = proc.communicate()[0]
-        pytest.fail(f"2-process fine-tune hung:\n{output[-3000:]}")
-    assert proc.returncode == 0, output[-3000:]
+    log = tmp_path / "ddp.log"
+    with open(log, "w") as f:  # a file, not a pipe: a hung worker cannot block reading its output
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True,
+                                env={k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "TORCHELASTIC"))
+                                     and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+                                | {"OMP_NUM_THREADS": "1"})
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["pkill", "-9", "-f", str(out)])  # the launcher and every worker (own sessions)
+            proc.kill()
+            pytest.fail(f"2-process fine-tune hung:\n{log.read_text()[-4000:]}")
+    assert proc.returncode == 0, log.read_text()[-3000:]
     man = json.loads((out / "genft_manifest.json").read_text())
     assert man["config"]["num_processes"] == 2 and man["device"]["world_size"] == 2
     assert man["training"]["effective_batch_size"] == 2 * 1 * 2 and man["training"]["global_steps"] == 2
