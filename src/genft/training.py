@@ -758,6 +758,8 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
         log(f"[genft] finished: {trainer.state.global_step} steps in {fmt_duration(wall)}, "
             f"{manifest['training']['tokens_per_s']} tok/s, final loss {manifest['training']['final_loss']}, "
             f"weight deviation {deviation['mean_abs_diff']:.3e}; model in {out}")
+    if dev["world_size"] > 1:  # the others wait for the main process's saving, then every process ends together
+        trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):
         try:
             trainer.end()
