@@ -238,7 +238,7 @@ def tok(tiny_model):
 
 
 def test_truncation_drops_trailing_demos_first(tok):
-    measure = training._Measure(tok)
+    measure = training.examples._Measure(tok)
     item = TRAIN[0]
     full = measure(render_context("sentiment", item, DEMOS[:4]), "positive")
     two = measure(render_context("sentiment", item, DEMOS[:2]), "positive")
@@ -248,7 +248,7 @@ def test_truncation_drops_trailing_demos_first(tok):
 
 
 def test_truncation_cuts_input_from_its_start(tok):
-    measure = training._Measure(tok)
+    measure = training.examples._Measure(tok)
     item = {"text": " ".join(f"word{i}" for i in range(200)) + " THE END", "label": "negative"}
     bare = measure(render_context("sentiment", {"text": "", "label": "negative"}), "negative")
     ex, info = training.fit_example("sentiment", item, DEMOS[:2], measure, max_length=bare + 20)
@@ -258,7 +258,7 @@ def test_truncation_cuts_input_from_its_start(tok):
 
 
 def test_truncation_impossible_is_an_error(tok, tiny_model, data_root, tmp_path):
-    measure = training._Measure(tok)
+    measure = training.examples._Measure(tok)
     with pytest.raises(TruncationError, match="max_length"):
         training.fit_example("sentiment", TRAIN[0], [], measure, max_length=5)
     out = tmp_path / "never"

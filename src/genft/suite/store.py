@@ -194,9 +194,27 @@ def _explain(e: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
+_READ: dict[tuple, CellRecord] = {}  # (path, size, mtime) -> record: a plan and the report read each file once
+
+
 def read_cell(path: Path) -> CellRecord:
-    """A cell record, validated; StoreError naming the file and the field otherwise."""
+    """A cell record, validated; StoreError naming the file and the field otherwise.  Remembered for this
+    process by (path, size, mtime), so a file rewritten since is read again."""
     path = Path(path)
+    try:
+        st = path.stat()
+        seen = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        seen = None
+    if seen in _READ:
+        return _READ[seen]
+    rec = _read_cell(path)
+    if seen is not None:
+        _READ[seen] = rec
+    return rec
+
+
+def _read_cell(path: Path) -> CellRecord:
     try:
         raw = read_json(path)
     except OSError as e:

@@ -1,0 +1,221 @@
+"""A fine-tuning run's settings: `FinetuneConfig` (TRL's names for the trainer and model, genft's
+`DataArguments` for the data), their checks, and the recipe hash that names the trained model."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import data as gdata
+from ..files import sha256_file, sha256_json
+from ..prompts import PROMPT_IDS, TASKS
+
+MANIFEST = "genft_manifest.json"
+RUN_FILE = "genft_run.json"
+ADAPTER_DIR = "adapter"
+MANIFEST_VERSION = 2  # 2: weights_sha256, replicate_hash
+ICL_DEMOS = ("fixed", "random")
+
+
+class ConfigError(ValueError):
+    """A bad fine-tuning configuration: the message names the setting (and the file) and what to do."""
+
+
+class TruncationError(ValueError):
+    """An example whose bare template + target + EOS does not fit into max_length."""
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass
+class DataArguments:
+    """genft's own settings of a fine-tuning run: what it is trained on.  In a suite they are the run's own keys;
+    the trainer's and model's settings (TRL's names, the rest of FinetuneConfig) go under its `trainer:`."""
+
+    task: str | None = field(default=None, metadata={"help": "genft task: summary, question, sentiment, paraphrase, nli"})
+    dataset: str | None = field(default=None, metadata={"help": "training data set (default: the task's training set)"})
+    train_size: int = field(default=2000, metadata={"help": "training file train_<N>.jsonl of the data set"})
+    train_limit: int | None = field(default=None, metadata={"help": "use only the first N items of that file"})
+    icl_shots: int = field(default=0, metadata={"help": "FTICL: demonstrations in every training prompt (0 = plain FT)"})
+    icl_demos: str = field(
+        default="fixed",
+        metadata={"help": "fixed: the first k of the data set's demo pool for every example (the study); "
+                  "random: k items drawn per example (seeded) from the training items, never the example itself"},
+    )
+    prompt: int = field(default=1, metadata={"help": "prompt template id (the study trains with 1)"})
+
+
+@dataclass
+class FinetuneConfig(DataArguments):
+    """Every setting of a fine-tuning run.  Defaults are the study's recipe (STUDY.md section 4)."""
+
+    data_dir: str | None = field(default=None, metadata={"help": "genft data folder (default: $GENFT_DATA_DIR, else ./data)"})
+    # --- model (TRL ModelConfig names)
+    model_name_or_path: str | None = field(default=None, metadata={"help": "genft model name, local folder or hub id"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (off by default)"})
+    dtype: str | None = field(
+        default=None, metadata={"help": "weights dtype: float32 (default), bfloat16, float16; bf16 mixed precision is --bf16"}
+    )
+    use_peft: bool = field(default=False, metadata={"help": "LoRA instead of full fine-tuning"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "LoRA target modules, e.g. all-linear or q_proj v_proj (default: peft's)"}
+    )
+    # --- training (TRL SFTConfig / transformers TrainingArguments names)
+    output_dir: str | None = field(default=None, metadata={"help": "output folder (the fine-tuned model + manifest)"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate"})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "epochs"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides num_train_epochs"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "batch size per device"})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "accumulation steps (effective batch 32)"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "learning-rate schedule"})
+    warmup_steps: int = field(default=0, metadata={"help": "warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_length: int = field(default=1024, metadata={"help": "max tokens of prompt + completion + EOS"})
+    seed: int = field(default=42, metadata={"help": "random seed (training order, LoRA init, random demos)"})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on with a GPU, off on CPU)"})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
+    num_processes: int | None = field(
+        default=None,
+        metadata={"help": "processes (GPUs) training together under `accelerate launch` (default: as launched, "
+                  "$WORLD_SIZE, else 1); part of the model's identity: effective batch = per-device batch x "
+                  "accumulation x processes"})
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "an accelerate config file for sharded training (finetune/accelerate/fsdp.yaml, "
+                  "deepspeed-zero3.yaml); the suite launches sft.py with it; its content is part of the identity"})
+    # --- operational (not part of the config hash: they do not change the result)
+    logging_steps: int = field(default=1, metadata={"help": "print progress / record loss every N steps"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume after an interruption)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept while training"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoint-* folders after finishing"})
+    torch_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's / $OMP_NUM_THREADS)"})
+
+
+# Settings that do not change the trained model: excluded from the config hash, so that changing them does
+# not make a finished run look different.
+OPERATIONAL = ("output_dir", "data_dir", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
+               "torch_threads", "accelerate_config")  # (the accelerate config's CONTENT is hashed, not its path)
+FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
+# genft's own data settings (what is trained on); every other field is the trainer's / model's (TRL's names).
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataArguments))
+FIELD_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(FinetuneConfig)}
+
+
+def config_from_mapping(values: Mapping[str, Any], source: str = "config") -> FinetuneConfig:
+    unknown = [k for k in values if k not in FIELDS]
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting {unknown[0]!r}"
+                          f"{' (and ' + ', '.join(map(repr, unknown[1:])) + ')' if unknown[1:] else ''}; "
+                          f"known settings: {', '.join(FIELDS)}")
+    return FinetuneConfig(**dict(values))
+
+
+def load_yaml_config(path: str | os.PathLike) -> dict:
+    """Read a --config YAML (yaml.safe_load) and check its keys; unknown keys are errors naming key and file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({e})") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of settings, got {type(values).__name__}")
+    unknown = [k for k in values if k not in FIELDS]
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown setting {unknown[0]!r} (known: {', '.join(FIELDS)})")
+    return values
+
+
+def _norm_modules(mods):
+    if mods is None:
+        return None
+    if isinstance(mods, str):
+        mods = [m for m in re.split(r"[,\s]+", mods) if m]
+    mods = list(mods)
+    if mods == ["all-linear"]:
+        return "all-linear"
+    return mods
+
+
+def validate(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Check and complete a config (fills the default data set); raises ConfigError / DataError. Creates nothing."""
+    if not cfg.task:
+        raise ConfigError("task: required (--task), one of " + ", ".join(TASKS))
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task: unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
+    if not cfg.model_name_or_path:
+        raise ConfigError("model_name_or_path: required (--model_name_or_path), e.g. smollm2-135m or a model folder")
+    if not cfg.output_dir:
+        raise ConfigError("output_dir: required (--output_dir)")
+    if cfg.dataset is None:
+        cfg.dataset = gdata.train_dataset(cfg.task).name
+    try:
+        gdata.get_dataset(cfg.task, cfg.dataset)
+    except gdata.DataError as e:
+        raise ConfigError(f"dataset: {e}") from None
+    if cfg.prompt not in PROMPT_IDS:
+        raise ConfigError(f"prompt: {cfg.prompt!r} is not a prompt id; expected one of {PROMPT_IDS}")
+    if cfg.icl_demos not in ICL_DEMOS:
+        raise ConfigError(f"icl_demos: {cfg.icl_demos!r}; expected one of {', '.join(ICL_DEMOS)}")
+    checks = [
+        ("train_size", cfg.train_size > 0), ("icl_shots", cfg.icl_shots >= 0),
+        ("train_limit", cfg.train_limit is None or cfg.train_limit > 0),
+        ("learning_rate", cfg.learning_rate > 0), ("num_train_epochs", cfg.num_train_epochs > 0 or cfg.max_steps > 0),
+        ("per_device_train_batch_size", cfg.per_device_train_batch_size > 0),
+        ("gradient_accumulation_steps", cfg.gradient_accumulation_steps > 0),
+        ("max_length", cfg.max_length > 0), ("warmup_steps", cfg.warmup_steps >= 0),
+        ("logging_steps", cfg.logging_steps > 0), ("save_steps", cfg.save_steps > 0),
+        ("lora_r", cfg.lora_r > 0), ("lora_dropout", 0 <= cfg.lora_dropout < 1),
+        ("torch_threads", cfg.torch_threads is None or cfg.torch_threads > 0),
+    ]
+    for name, ok in checks:
+        if not ok:
+            raise ConfigError(f"{name}: invalid value {getattr(cfg, name)!r}")
+    if cfg.num_processes is None:
+        cfg.num_processes = launched_processes()
+    elif cfg.num_processes < 1:
+        raise ConfigError(f"num_processes: invalid value {cfg.num_processes!r}")
+    if cfg.accelerate_config is not None and cfg.use_peft:
+        raise ConfigError("accelerate_config: sharded training (FSDP, ZeRO-3) is for full fine-tuning; LoRA runs "
+                          "train data parallel: set num_processes instead")
+    if cfg.accelerate_config is not None and not Path(cfg.accelerate_config).is_file():
+        raise ConfigError(f"accelerate_config: {cfg.accelerate_config}: no such file (genft ships "
+                          "finetune/accelerate/ddp.yaml, fsdp.yaml and deepspeed-zero3.yaml)")
+    if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
+        raise ConfigError(f"dtype: {cfg.dtype!r}; expected float32, bfloat16 or float16")
+    cfg.lora_target_modules = _norm_modules(cfg.lora_target_modules)
+    return cfg
+
+
+def config_dict(cfg: FinetuneConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def launched_processes() -> int:
+    """How many processes train together in this launch ($WORLD_SIZE, set by accelerate / torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def config_hash(cfg: FinetuneConfig, data_files: Mapping[str, str], seed: bool = True) -> str:
+    """The recipe hash: sha256 over every setting that determines the trained model (learning rate, epochs,
+    LoRA settings, max length, precision, prompt, demonstrations, number of processes, ...; not output paths
+    or logging) and the training data's sha256s.  seed=False: the same without the seed, equal exactly for
+    replicates of one recipe."""
+    keyed = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL and (seed or k != "seed")}
+    if cfg.accelerate_config:
+        keyed["accelerate_config_sha256"] = sha256_file(Path(cfg.accelerate_config))
+    return sha256_json({"config": keyed, "data": dict(sorted(data_files.items()))})
+
+

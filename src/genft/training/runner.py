@@ -1,0 +1,337 @@
+"""One fine-tuning run: the output folder's state (new, resume, done or another run's), TRL's SFTTrainer, the
+merged LoRA model, and the manifest written last."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .. import models
+from ..files import fmt_duration, now_utc, read_json_or_none, write_json
+from ..models import weights_fingerprint
+from .config import (
+    ADAPTER_DIR,
+    MANIFEST,
+    MANIFEST_VERSION,
+    OPERATIONAL,
+    RUN_FILE,
+    ConfigError,
+    FinetuneConfig,
+    config_dict,
+    config_hash,
+    launched_processes,
+    validate,
+)
+from .examples import build_examples, load_training_items
+
+# ---------------------------------------------------------------- output folder state
+
+
+def _diff(old: Mapping, new: Mapping) -> str:
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs) or "(same settings; the training data files changed)"
+
+
+def output_state(out: Path, chash: str, cfg: FinetuneConfig) -> str:
+    """'new', 'resume' or 'done'; raises ConfigError when OUT holds another run or unrelated files."""
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        raise ConfigError(f"output_dir: {out} exists and is not a folder")
+    manifest = read_json_or_none(out / MANIFEST)
+    run = manifest or read_json_or_none(out / RUN_FILE)
+    if run is None:
+        # (a temporary file is another process of the same launch writing genft_run.json right now)
+        if any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in out.iterdir()):
+            raise ConfigError(f"output_dir: {out} is not empty and holds no genft run; choose another --output_dir")
+        return "new"
+    if run.get("config_hash") != chash:
+        mine = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL}
+        theirs = {k: v for k, v in (run.get("config") or {}).items() if k not in OPERATIONAL}
+        what = "a finished run" if manifest else "an unfinished run"
+        raise ConfigError(
+            f"output_dir: {out} holds {what} with a different config ({_diff(theirs, mine)}); use another "
+            f"--output_dir, or delete {out} to start over"
+        )
+    return "done" if manifest else "resume"
+
+
+# ---------------------------------------------------------------- progress
+
+
+def make_progress_callback(log: Callable[[str], None] = print):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """One line per logging step: step/total, loss, tokens/s, elapsed, time left."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.time()
+            self.step0 = state.global_step
+            self.tok0 = state.num_input_tokens_seen or 0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            dt = time.time() - self.t0
+            done = state.global_step - self.step0
+            tok = (state.num_input_tokens_seen or 0) - self.tok0
+            left = (state.max_steps - state.global_step) * dt / done if done else float("nan")
+            log(f"[genft] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.2f} loss {logs['loss']:.4f} "
+                f"lr {logs.get('learning_rate', 0):.2e} {tok / dt if dt else 0:.0f} tok/s elapsed {fmt_duration(dt)} "
+                f"left {fmt_duration(left) if math.isfinite(left) else '?'}")
+
+    return Progress()
+
+
+# ---------------------------------------------------------------- the run
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "genft"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_settings(cfg: FinetuneConfig) -> dict:
+    """CPU: use_cpu, fp32, no bf16.  GPU: bf16 mixed precision by default (fp32 master weights)."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if not gpu and cfg.bf16:
+        raise ConfigError("bf16: bf16 training needs a GPU; on CPU genft trains in float32 (drop --bf16)")
+    if not gpu and cfg.dtype in ("bfloat16", "float16"):
+        raise ConfigError(f"dtype: {cfg.dtype} weights are not supported for CPU training; use float32")
+    bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (gpu and torch.cuda.is_bf16_supported())
+    return {"device": "cuda" if gpu else "cpu", "use_cpu": not gpu, "bf16": bf16, "dtype": cfg.dtype or "float32",
+            "gpu": torch.cuda.get_device_name(0) if gpu else None, "torch_threads": torch.get_num_threads(),
+            "world_size": int(cfg.num_processes or 1)}
+
+
+def weight_deviation(base: Mapping[str, Any], model) -> dict:
+    """Mean absolute parameter difference from the base over all parameters (STUDY.md section 5)."""
+    import torch
+
+    total, count, n_changed = 0.0, 0, 0
+    for name, p in model.named_parameters():
+        b = base.get(name)
+        if b is None:
+            raise RuntimeError(f"weight deviation: parameter {name} not in the base model")
+        d = (p.detach().float().cpu() - b.float()).abs()
+        total += float(d.sum(dtype=torch.float64))
+        count += d.numel()
+        n_changed += int(d.gt(0).any())
+    return {"mean_abs_diff": total / count if count else float("nan"), "parameters": count,
+            "tensors_changed": n_changed}
+
+
+def weight_deviation_from_files(base_path: str, out: Path, dtype, trust_remote_code: bool = False) -> dict:
+    """weight_deviation between the base model's and the saved checkpoint's weights, both loaded on the CPU:
+    for sharded training (FSDP, ZeRO-3), where no process holds the whole model in memory."""
+    from transformers import AutoModelForCausalLM
+
+    def load(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                    device_map="cpu")
+
+    base = {n: p.detach() for n, p in load(base_path).named_parameters()}
+    return weight_deviation(base, load(str(out)))
+
+
+def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume, or skip a finished run).  Returns the manifest.  Raises ConfigError / DataError /
+    TruncationError for bad settings before anything is written."""
+    cfg = validate(cfg)
+    if cfg.num_processes != launched_processes():
+        raise ConfigError(
+            f"num_processes: the config says {cfg.num_processes} but this launch runs {launched_processes()} "
+            f"process(es); launch `accelerate launch --multi_gpu --num_processes {cfg.num_processes} finetune/sft.py "
+            "...` (on CPU too: data parallel with gloo; accelerate's --cpu runs ONE process), or change the setting")
+    if cfg.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    items, pool, files, paths = load_training_items(cfg)
+    chash = config_hash(cfg, files)
+    state = output_state(out, chash, cfg)
+    if state == "done":
+        log(f"[genft] {out} already holds this finished run (config {chash[:12]}); nothing to do")
+        return json.loads((out / MANIFEST).read_text())
+
+    try:
+        model_path = models.resolve(cfg.model_name_or_path)
+    except models.ModelError as e:
+        raise ConfigError(f"model_name_or_path: {e}") from None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"model_name_or_path: the tokenizer of {model_path} has no EOS token")
+    examples, demo_lists, trunc = build_examples(cfg, tokenizer, items, pool, log)
+    dev = device_settings(cfg)
+
+    # ---- everything checked: from here on the output folder is written
+    out.mkdir(parents=True, exist_ok=True)
+    if state == "new" and int(os.environ.get("RANK", "0") or 0) == 0:  # one writer per launch
+        write_json(out / RUN_FILE, {"config": config_dict(cfg), "config_hash": chash, "data": files,
+                                            "started_at": now_utc()})
+    return _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log)
+
+
+def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    dtype = getattr(torch, dev["dtype"])
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    sharded = bool(cfg.accelerate_config)  # no process holds the whole model: deviation from the saved files
+    base = {} if sharded else {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+    n_params = sum(p.numel() for p in model.parameters())
+
+    peft_config = None
+    if cfg.use_peft:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM", bias="none")
+    args = SFTConfig(
+        output_dir=str(out),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=dev["bf16"],
+        use_cpu=dev["use_cpu"],
+        activation_checkpointing=cfg.activation_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,
+        completion_only_loss=True,
+        packing=False,
+        include_num_input_tokens_seen="non_padding",
+        trust_remote_code=cfg.trust_remote_code,
+        dataset_num_proc=None,
+    )
+    train_ds = Dataset.from_list(examples)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[make_progress_callback(log)])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our progress line replaces the raw log dicts
+    # TRL truncates the end of long rows and drops rows left with no target: the pre-truncation above must
+    # have made both impossible.  Check, rather than trust.
+    prepared = trainer.train_dataset
+    if len(prepared) != len(examples):
+        raise RuntimeError(f"TRL dropped rows: {len(examples)} examples in, {len(prepared)} rows entering the trainer")
+    longest = max(len(r) for r in prepared["input_ids"])
+    if longest > cfg.max_length:
+        raise RuntimeError(f"a prepared row has {longest} tokens > max_length {cfg.max_length}")
+    n_target = sum(sum(1 for t in lab if t != -100) for lab in prepared["labels"])
+    log(f"[genft] {len(prepared)} rows enter the trainer (= {len(examples)} examples), {n_target} target tokens; "
+        f"device {dev['device']} dtype {dev['dtype']} bf16 {dev['bf16']} threads {dev['torch_threads']}"
+        f"{' LoRA r=%d alpha=%d' % (cfg.lora_r, cfg.lora_alpha) if cfg.use_peft else ' full fine-tuning'}")
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last:
+        log(f"[genft] resuming from {last}")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=last)
+    wall = time.time() - t0
+    tokens = trainer.state.num_input_tokens_seen - (trainer._initial_num_input_tokens_seen
+                                                    if hasattr(trainer, "_initial_num_input_tokens_seen") else 0)
+    loss_curve = [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h]
+
+    manifest = None
+    if not cfg.use_peft:
+        trainer.save_model(str(out))  # on every process: a sharded model is gathered; only the main one writes
+    if trainer.is_world_process_zero():
+        if cfg.use_peft:
+            adapter_dir = out / ADAPTER_DIR
+            trainer.model.save_pretrained(str(adapter_dir))
+            tokenizer.save_pretrained(str(adapter_dir))
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(str(out), safe_serialization=True)
+            tokenizer.save_pretrained(str(out))
+            final = merged
+        else:
+            final = trainer.model
+        deviation = (weight_deviation_from_files(model_path, out, dtype, cfg.trust_remote_code) if sharded
+                     else weight_deviation(base, final))
+        if not cfg.keep_checkpoints:
+            for ck in out.glob("checkpoint-*"):
+                shutil.rmtree(ck, ignore_errors=True)
+        manifest = {
+            "genft_manifest_version": MANIFEST_VERSION,
+            "status": "finished",
+            "config": config_dict(cfg),
+            "config_hash": chash,
+            "replicate_hash": config_hash(cfg, files, seed=False),
+            "weights_sha256": weights_fingerprint(out),
+            "model": {"name_or_path": cfg.model_name_or_path, "resolved": model_path, "parameters": n_params,
+                      "trainable_parameters": trainable, "method": "lora" if cfg.use_peft else "full"},
+            "data": {"task": cfg.task, "dataset": cfg.dataset, "files": files, "paths": paths,
+                     "examples": len(examples), "icl_shots": cfg.icl_shots,
+                     "icl_demos": cfg.icl_demos if cfg.icl_shots else None},
+            "truncation": trunc,
+            "versions": library_versions(),
+            "seed": cfg.seed,
+            "device": dev,
+            "training": {
+                "global_steps": trainer.state.global_step,
+                "epochs": trainer.state.epoch,
+                "train_loss": result.training_loss,
+                "final_loss": loss_curve[-1][1] if loss_curve else None,
+                "loss_curve": loss_curve,
+                "wall_time_s": round(wall, 2),
+                "trained_tokens": tokens,
+                "tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
+                "resumed_from_checkpoint": last,
+                "effective_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+                * dev["world_size"],
+            },
+            "weight_deviation": deviation,
+            "outputs": {
+                "model_dir": str(out),
+                "adapter_dir": str(out / ADAPTER_DIR) if cfg.use_peft else None,
+                "lm_eval_model_args": [f"pretrained={out}"]
+                + ([f"pretrained={model_path},peft={out / ADAPTER_DIR}"] if cfg.use_peft else []),
+            },
+            "argv": sys.argv,
+            "finished_at": now_utc(),
+        }
+        write_json(out / MANIFEST, manifest)  # LAST: its presence means "finished"
+        log(f"[genft] finished: {trainer.state.global_step} steps in {fmt_duration(wall)}, "
+            f"{manifest['training']['tokens_per_s']} tok/s, final loss {manifest['training']['final_loss']}, "
+            f"weight deviation {deviation['mean_abs_diff']:.3e}; model in {out}")
+    if dev["world_size"] > 1:  # the others wait for the main process's saving, then every process ends together
+        trainer.accelerator.wait_for_everyone()
+    trainer.end()  # the process group is destroyed on every process (a process left holding it can hang at exit)
+    return manifest or {}
