@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -383,13 +384,17 @@ def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_m
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True,
                                 env={k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "TORCHELASTIC"))
                                      and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-                                | {"OMP_NUM_THREADS": "1"})
+                                | {"OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})
         try:
             proc.wait(timeout=300)
         except subprocess.TimeoutExpired:
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,wchan:20,etime,args"], capture_output=True, text=True).stdout
+            ps = "\n".join(line[:200] for line in ps.splitlines() if str(out) in line)
+            subprocess.run(["pkill", "-ABRT", "-f", str(out)])  # every python process dumps its stack (faulthandler)
+            time.sleep(5)
             subprocess.run(["pkill", "-9", "-f", str(out)])  # the launcher and every worker (own sessions)
             proc.kill()
-            pytest.fail(f"2-process fine-tune hung:\n{log.read_text()[-4000:]}")
+            pytest.fail(f"2-process fine-tune hung; processes:\n{ps}\nlog:\n{log.read_text()[-12000:]}")
     assert proc.returncode == 0, log.read_text()[-3000:]
     man = json.loads((out / "genft_manifest.json").read_text())
     assert man["config"]["num_processes"] == 2 and man["device"]["world_size"] == 2
