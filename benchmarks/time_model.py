@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Recalibrate the suites' time model (genft.suite.estimate) from a finished suite run.
+
+Reads every finished cell of a suite's output folder (its `wall_s`, items, shots, labels) and every finished
+fine-tune's manifest (its measured tokens/s), fits the constants of estimate.py's model by least squares
+
+    classification cell: n * CLS_ITEM_S * (1 + CLS_SHOT * shots) * labels / 2
+    generation cell:     n * (GEN_ITEM_S + GEN_SHOT_S * shots)
+    fine-tune:           tokens / TRAIN_TOKENS_S
+
+and prints, for the model in the code and the fitted one, the total estimated vs measured time and the median
+per-cell ratio.  With --out it writes that table as its own section of reports/benchmarks.md (between
+`<!-- time_model:start -->` and `<!-- time_model:end -->`; the rest of the file is kept).
+
+    python benchmarks/time_model.py runs/study-cpu --out reports/benchmarks.md
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import nnls
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from genft.prompts import get_task  # noqa: E402
+from genft.suite import estimate, store  # noqa: E402
+
+START, END = "<!-- time_model:start -->", "<!-- time_model:end -->"
+
+
+def fit(cells, manifests) -> dict:
+    """Least-squares constants of estimate.py's model from measured cells and fine-tunes."""
+    cls = [(c.shots, c.wall_s / c.n / (len(get_task(c.task).labels) / 2)) for c in cells
+           if get_task(c.task).is_classification and c.n]
+    gen = [(c.shots, c.wall_s / c.n) for c in cells if not get_task(c.task).is_classification and c.n]
+    out: dict[str, float] = {}
+    if len({s for s, _ in cls}) >= 2:  # per-item seconds = a + b * shots, weighted like the totals (by n)
+        a, b = _line(cls)
+        out["CLS_ITEM_S"], out["CLS_SHOT"] = a, b / a
+    if len({s for s, _ in gen}) >= 2:
+        out["GEN_ITEM_S"], out["GEN_SHOT_S"] = _line(gen)
+    tps = [m["training"]["tokens_per_s"] for m in manifests.values() if m.get("training", {}).get("tokens_per_s")]
+    if tps:
+        out["TRAIN_TOKENS_S"] = statistics.median(tps)
+    return out
+
+
+def _line(points) -> tuple[float, float]:
+    """y = a + b * x with a, b >= 0 (a demonstration never makes an item cheaper: a negative slope is noise)."""
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    (a, b), _ = nnls(np.stack([np.ones_like(x), x], axis=1), y)
+    return float(a), float(b)
+
+
+def predict(c, k: dict, backend: str) -> float:
+    spec = get_task(c.task)
+    if spec.is_classification:
+        shot = k["CLS_SHOT"] if backend == "genft-hf" else estimate.CLS_SHOT.get(backend, 1.0)
+        return c.n * k["CLS_ITEM_S"] * (1 + shot * c.shots) * len(spec.labels) / 2
+    return c.n * (k["GEN_ITEM_S"] + k["GEN_SHOT_S"] * c.shots)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("output", help="a suite's output folder (e.g. runs/study-cpu)")
+    ap.add_argument("--out", default=None, help="write the table as a section of this Markdown file")
+    a = ap.parse_args(argv)
+    cells, _ = store.load_finished(Path(a.output))
+    manifests = store.load_manifests(Path(a.output))
+    if not cells:
+        print(f"{a.output}: no finished cells", file=sys.stderr)
+        return 2
+    backends = {c.provenance.backend for c in cells}
+    backend = backends.pop() if len(backends) == 1 else "genft-hf"
+    code = {"CLS_ITEM_S": estimate.CLS_ITEM_S, "CLS_SHOT": estimate.CLS_SHOT["genft-hf"],
+            "GEN_ITEM_S": estimate.GEN_ITEM_S, "GEN_SHOT_S": estimate.GEN_SHOT_S,
+            "TRAIN_TOKENS_S": estimate.TRAIN_TOKENS_S}
+    fitted = {**code, **fit(cells, manifests)}
+    rows = []
+    for family in ("classification", "generation"):
+        sub = [c for c in cells if get_task(c.task).is_classification == (family == "classification")]
+        if not sub:
+            continue
+        measured = sum(c.wall_s for c in sub)
+        for name, k in (("in the code", code), ("fitted", fitted)):
+            est = sum(predict(c, k, backend) for c in sub)
+            ratio = statistics.median(c.wall_s / predict(c, k, backend) for c in sub)
+            rows.append(f"| {family} | {len(sub)} | {name} | {est / 60:.1f} | {measured / 60:.1f} | {ratio:.2f} |")
+    tr = [(m["training"]["trained_tokens"], m["training"]["wall_time_s"]) for m in manifests.values()
+          if m.get("training", {}).get("wall_time_s")]
+    consts = "\n".join(f"| {k} | {code[k]:.4g} | {fitted[k]:.4g} |" for k in code)
+    text = "\n".join([
+        START,
+        "## The suites' time model (genft.suite.estimate), recalibrated",
+        "",
+        f"`python benchmarks/time_model.py {a.output}{' --out ' + a.out if a.out else ''}`: {len(cells)} finished cells ({backend}) and "
+        f"{len(tr)} fine-tunes ({sum(t for t, _ in tr)} tokens in {sum(w for _, w in tr) / 60:.1f} min) of that "
+        "suite's output folder, fitted by least squares to estimate.py's model (classification: n x CLS_ITEM_S x "
+        "(1 + CLS_SHOT x shots) x labels/2; generation: n x (GEN_ITEM_S + GEN_SHOT_S x shots); training: tokens / "
+        "TRAIN_TOKENS_S, the median of the runs' tokens/s).",
+        "",
+        "| constant | in the code | fitted |",
+        "|---|---|---|",
+        consts,
+        "",
+        "| cells | count | model | estimated min | measured min | median measured / estimated per cell |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        END,
+    ])
+    print(text)
+    if a.out:
+        path = Path(a.out)
+        old = path.read_text() if path.is_file() else ""
+        if START in old and END in old:
+            new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _m: text, old, flags=re.S)
+        else:
+            new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
+        path.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
