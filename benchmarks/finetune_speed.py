@@ -611,9 +611,9 @@ def render(res: dict, command: str) -> str:
     if "genft" in summary and "trainer" in summary:
         g, t = summary["genft"], summary["trainer"]
         base_mib = (sizes["total"] - sizes["lora"]) * 4 / 2**20
-        lines += [f"Peak RSS: genft {g['rss_train_mib'] - t['rss_train_mib']:+.0f} MiB against the plain loop; the "
-                  f"base model's fp32 weights are {base_mib:.1f} MiB (genft.training keeps a copy of them through "
-                  "training, to report the weight deviation afterwards).", ""]
+        lines += [f"Peak RSS: genft {g['rss_train_mib'] - t['rss_train_mib']:+.0f} MiB against the plain loop. "
+                  "genft.training keeps a copy of the base weights through training (to report the weight deviation "
+                  f"afterwards): {base_mib:.1f} MiB of fp32 weights here.", ""]
     if res["ratio"] is not None:
         verdict = "**met**" if res["met"] else "**missed**"
         lines += [f"**Target** (genft tokens/s >= the plain Trainer loop): {verdict}, genft / trainer = "
