@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "benchmarks") not in sys.path:  # report_section, next to this file
+    sys.path.insert(0, str(REPO / "benchmarks"))
 BACKENDS = ("genft-hf", "hf", "study")
 
 # (task, shots, items): the suites' generation cells (XSum, PeerRead, SocialIQA, TweetQA at 0 and k shots)
@@ -345,8 +347,12 @@ def main(argv=None) -> int:
         "",
     ] + ([f"**Differences:** {'; '.join(failures)}", ""] if failures else []))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        # the file's marked sections belong to other scripts (benchmarks/finetune_speed.py): keep them
+        from report_section import carry_over
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(carry_over(out.read_text(encoding="utf-8") if out.is_file() else "", text), encoding="utf-8")
     if args.json:
         Path(args.json).write_text(json.dumps({"peaks": peaks, "sizes": sizes, "threads": args.threads,
                                                "cells": raw, "failures": failures}, indent=1))

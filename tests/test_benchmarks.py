@@ -1,0 +1,101 @@
+"""benchmarks/: the fine-tuning speed benchmark on the tiny model (both arms train the same tokens, the
+first-step losses agree, the report section is written between its markers and the rest of the file stays),
+and the marked sections that benchmarks/eval_speed.py carries over when it rewrites the report."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import report_section  # noqa: E402
+
+START, END = report_section.markers("finetune_speed")
+
+OTHER = """# Evaluation speed: `genft-hf`, `hf` and the study's method
+
+| task | items/s |
+|---|---|
+| genft_nli_mnli_m | 1.37 |
+
+Hand-written notes under the table.
+"""
+
+
+def test_section_upsert_keeps_the_rest():
+    first = report_section.upsert(OTHER, "finetune_speed", "## Fine-tuning\n\nold figures")
+    assert first.startswith(OTHER) and first.count(START) == 1 and first.count(END) == 1
+    second = report_section.upsert(first, "finetune_speed", "## Fine-tuning\n\nnew figures")
+    assert second.startswith(OTHER) and "old figures" not in second and "new figures" in second
+    assert second.count(START) == 1
+    # a section in the middle of the file is replaced in place: what follows it stays, after it
+    middle = report_section.upsert(OTHER, "finetune_speed", "A") + "\n## Later\n\ntext\n"
+    replaced = report_section.upsert(middle, "finetune_speed", "B")
+    assert replaced.index("B") < replaced.index("## Later") and "\nA\n" not in replaced
+    assert report_section.upsert("", "finetune_speed", "x") == f"{START}\nx\n{END}\n"
+    with pytest.raises(ValueError, match="unmatched"):
+        report_section.upsert(OTHER + START + "\nno end\n", "finetune_speed", "x")
+
+
+def test_eval_speed_rewrite_carries_the_section_over():
+    old = report_section.upsert(OTHER, "finetune_speed", "## Fine-tuning\n\nfigures")
+    rewritten = report_section.carry_over(old, "# Evaluation speed\n\nnew table\n")
+    assert rewritten.startswith("# Evaluation speed\n\nnew table\n")
+    assert report_section.extract(rewritten, "finetune_speed") == report_section.extract(old, "finetune_speed")
+    assert "Hand-written notes" not in rewritten  # the rest is eval_speed's own, rewritten
+    assert report_section.carry_over("", "t\n") == "t\n"
+
+
+pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from genft import data as gdata
+
+    pos = ["Great product, works well and the battery lasts all week.", "I love it, the quality is great.",
+           "Fast delivery, sturdy, and it works exactly as described."]
+    neg = ["Broke after two days and support never answered.", "Terrible quality, do not buy.",
+           "It stopped working after a week, very poor value for the money."]
+    items = [{"text": f"{(pos if i % 2 == 0 else neg)[(i // 2) % 3]} (item {i})",
+              "label": "positive" if i % 2 == 0 else "negative"} for i in range(16)]
+    root = tmp_path_factory.mktemp("ftbench-data")
+    gdata.write_dataset("sentiment", "amazon", {"train_16": items, "demos": items[:4], "test": items[:4]}, root)
+    return root
+
+
+def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
+    import finetune_speed
+
+    out = tmp_path / "benchmarks.md"
+    out.write_text(report_section.upsert(OTHER, "finetune_speed", "stale figures"))
+    raw = tmp_path / "ft.json"
+    rc = finetune_speed.main([
+        "--model", tiny_model, "--threads", "1", "--task", "sentiment", "--dataset", "amazon",
+        "--data-dir", str(data_root), "--train-limit", "8", "--steps", "2", "--batch-size", "4", "--max-length", "128",
+        "--reps", "1", "--arms", "genft,trainer", "--profile", "never", "--out", str(out), "--json", str(raw),
+    ])
+    res = json.loads(raw.read_text())
+    assert rc == 0, res["failures"]
+    g, t = res["summary"]["genft"], res["summary"]["trainer"]
+    # the same batches: the same non-padding input tokens and target tokens, in the same number of steps
+    assert g["input_tokens"] == t["input_tokens"] == res["truncation"]["tokens"]  # 2 steps x 4 = all 8 examples
+    assert g["target_tokens"] == t["target_tokens"] > 0
+    assert g["batches"] == t["batches"] == 2
+    assert g["manifest_trained_tokens"] == g["input_tokens"]
+    # both train the same thing: the first step (the base model, LoRA's B = 0) gives the same loss
+    assert abs(g["first_loss"] - t["first_loss"]) < 1e-4
+    assert g["sizes"]["trainable"] == t["sizes"]["trainable"] > 0
+    assert g["tokens_per_s"] > 0 and t["tokens_per_s"] > 0 and 0 < g["matmul_share"] < 1
+    assert 0 < t["rss_train_mib"] < 8192
+    text = out.read_text()
+    assert text.startswith(OTHER)  # the evaluation benchmark's part is untouched
+    assert text.count(START) == 1 and text.count(END) == 1 and "stale figures" not in text
+    section = report_section.extract(text, "finetune_speed")
+    assert "| genft " in section and "| trainer " in section and "Target" in section
+    assert "--arms genft,trainer" in section  # the command that generated it
