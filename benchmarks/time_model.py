@@ -9,15 +9,14 @@ fine-tune's manifest (its measured tokens/s), fits the constants of estimate.py'
     fine-tune:           tokens / TRAIN_TOKENS_S
 
 and prints, for the model in the code and the fitted one, the total estimated vs measured time and the median
-per-cell ratio.  With --out it writes that table as its own section of reports/benchmarks.md (between
-`<!-- time_model:start -->` and `<!-- time_model:end -->`; the rest of the file is kept).
+per-cell ratio.  With --out it writes that table as its own section of reports/benchmarks.md (the
+`time_model` section, benchmarks/report_section.py; the rest of the file is kept).
 
     python benchmarks/time_model.py runs/study-cpu --out reports/benchmarks.md
 """
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -28,10 +27,12 @@ from scipy.optimize import nnls
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from report_section import write_section  # noqa: E402
+
 from genft.prompts import get_task  # noqa: E402
 from genft.suite import estimate, store  # noqa: E402
-
-START, END = "<!-- time_model:start -->", "<!-- time_model:end -->"
 
 
 def fit(cells, manifests) -> dict:
@@ -97,7 +98,6 @@ def main(argv=None) -> int:
           if m.get("training", {}).get("wall_time_s")]
     consts = "\n".join(f"| {k} | {code[k]:.4g} | {fitted[k]:.4g} |" for k in code)
     text = "\n".join([
-        START,
         "## The suites' time model (genft.suite.estimate), recalibrated",
         "",
         f"`python benchmarks/time_model.py {a.output}{' --out ' + a.out if a.out else ''}`: {len(cells)} finished cells ({backend}) and "
@@ -113,17 +113,10 @@ def main(argv=None) -> int:
         "| cells | count | model | estimated min | measured min | median measured / estimated per cell |",
         "|---|---|---|---|---|---|",
         *rows,
-        END,
     ])
     print(text)
     if a.out:
-        path = Path(a.out)
-        old = path.read_text() if path.is_file() else ""
-        if START in old and END in old:
-            new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _m: text, old, flags=re.S)
-        else:
-            new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
-        path.write_text(new)
+        write_section(a.out, "time_model", text)
     return 0
 
 
