@@ -361,7 +361,6 @@ def test_weight_deviation_from_saved_files_equals_the_in_memory_one(full_run, ti
     assert d["mean_abs_diff"] > 0
 
 
-@pytest.mark.slow  # intermittently hangs (one worker left waiting) on this 2-core machine: not in CI until fixed
 def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_model, data_root, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` runs data parallel on CPU too (gloo): the manifest
     records 2 processes, the effective batch doubles, the checkpoint loads, and num_processes is part of the
