@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from genft.metrics import clean_generation
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "benchmarks") not in sys.path:  # report_section, next to this file
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -191,14 +193,15 @@ def _responses(res: dict, task: str) -> list:
 
 
 def _same(a: list, b: list, tol: float) -> tuple[bool, float]:
-    """Per-item equality of two runs' responses: texts exactly, log-likelihoods within tol + greedy flags."""
+    """Per-item equality of two runs' responses: texts as the tasks score them (stripped, then cut at the
+    first blank line: genft-hf stops a row there), log-likelihoods within tol + greedy flags."""
     max_d = 0.0
     if len(a) != len(b):
         return False, float("nan")
     for ra, rb in zip(a, b):
         for x, y in zip(ra, rb):
             if isinstance(x[0], str):
-                if x[0] != y[0]:
+                if clean_generation(x[0]) != clean_generation(y[0]):
                     return False, max_d
             else:
                 d = abs(float(x[0][0]) - float(y[0][0]))

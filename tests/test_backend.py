@@ -461,6 +461,7 @@ def _samples(results, task):
 
 def _compare_cells(smollm2, study_data, peft=None, cells=(), **fast_args):
     from genft import harness
+    from genft.metrics import clean_generation
 
     tm = harness.task_manager(smollm2, study_data)
     args = {"peft": peft} if peft else {}
@@ -474,8 +475,9 @@ def _compare_cells(smollm2, study_data, peft=None, cells=(), **fast_args):
         for x, y in zip(sa, sb):
             assert x["doc_id"] == y["doc_id"]
             for ra, rb in zip(x["resps"], y["resps"]):
-                if isinstance(ra[0], str):
-                    assert ra == rb, (task, shots, x["doc_id"])
+                if isinstance(ra[0], str):  # the scored text (genft-hf stops at the study's cut)
+                    assert clean_generation(ra[0]) == clean_generation(rb[0]), (task, shots, x["doc_id"])
+                    assert ra == rb or (fast.cut_at_blank_line and len(rb[0]) < len(ra[0])), (task, shots)
                 else:
                     assert abs(float(ra[0][0]) - float(rb[0][0])) < TOL and ra[0][1] == rb[0][1], (task, shots)
         ra, rb = a["results"][task], b["results"][task]
@@ -540,3 +542,90 @@ def test_smollm2_generation_matches_hf_ci(smollm2, study_data):
         pytest.skip("genft.harness / harness_tasks not available")
     fast = _compare_cells(smollm2, study_data, cells=[("genft_question_socialiqa", 2, 5)], gen_batch_size=2)
     assert fast.stats["prefill_calls"] >= 3 and fast.stats["prefix_forwards"] == 1
+
+
+# --------------------------------------------------------------------------- the study's cut, as a stop
+
+
+@pytest.fixture(scope="module")
+def blank_lines(lively, tmp_path_factory) -> str:
+    """The lively model with the newline token's row swapped with that of a token it often emits twice in a
+    row (tied embeddings: input and output), so that its greedy texts hold blank lines at varied places."""
+    from collections import Counter
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(lively)
+    model = AutoModelForCausalLM.from_pretrained(lively)
+    newline = tok.encode("\n", add_special_tokens=False)[-1]
+    pairs = Counter()
+    for c in [f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A] + [DEMOS_A, "hello"]:
+        ids = tok(c, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=30, do_sample=False)[0, ids.shape[1]:].tolist()
+        pairs.update(a for a, b in zip(out, out[1:]) if a == b and a not in tok.all_special_ids)
+    twice = pairs.most_common(1)[0][0]
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[[newline, twice]] = emb[[twice, newline]].clone()
+        head = model.get_output_embeddings().weight
+        if head.data_ptr() != emb.data_ptr():
+            head[[newline, twice]] = head[[twice, newline]].clone()
+    out = tmp_path_factory.mktemp("blank-lines")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def test_cut_at_blank_line_stops_early_and_scores_the_same(blank_lines):
+    """With cut_at_blank_line a row stops once its stripped text has text then a blank line: every text, once
+    stripped and cut as genft's generation tasks do, equals hf's, and rows really stopped early.  A row whose
+    output starts with blank lines goes on (its text comes after them).  A stop sequence holding a newline
+    turns the cut off (it could straddle it): then the raw texts equal hf's."""
+    from genft.metrics import clean_generation
+
+    hf, plain = _pair(blank_lines, gen_batch_size=3)
+    fast = GenftHFLM(pretrained=blank_lines, device="cpu", batch_size=4, gen_batch_size=3, cut_at_blank_line=True)
+    contexts = [DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A]
+    contexts += [f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A] + ["hello", "a b c d e f g h i j k", "\n\n"]
+    reqs = _gen_requests(contexts, until=[], max_gen_toks=30)
+    want = hf.generate_until(reqs, disable_tqdm=True)
+    assert plain.generate_until(reqs, disable_tqdm=True) == want  # off by default: hf's raw texts
+    got = fast.generate_until(reqs, disable_tqdm=True)
+    assert [clean_generation(g) for g in got] == [clean_generation(w) for w in want]
+    cut = [i for i, (g, w) in enumerate(zip(got, want)) if len(g) < len(w)]
+    assert cut, (want, got)  # a row stopped at its blank line
+    assert all("\n\n" in got[i].lstrip() for i in cut)
+    assert fast.stats["forward_tokens"] < plain.stats["forward_tokens"]  # that row decoded fewer tokens
+    reqs = _gen_requests(contexts, until=["\n###"], max_gen_toks=30)
+    assert fast.generate_until(reqs, disable_tqdm=True) == hf.generate_until(reqs, disable_tqdm=True)
+
+
+def test_cut_at_blank_line_rule_never_changes_the_scored_text(lively):
+    """The stop rule itself, on many token sequences full of newlines and spaces (leading blank lines, blank
+    lines inside one token or across two, text after them): wherever it stops a row, the stripped-and-cut
+    text of what was generated so far equals that of the whole sequence; and it does stop once text and a
+    blank line are there."""
+    import random
+
+    from genft.metrics import clean_generation
+
+    fast = GenftHFLM(pretrained=lively, device="cpu", batch_size=4, cut_at_blank_line=True)
+    tok = fast.tokenizer
+    pieces = ["\n", "\n\n", " ", "a", " cat", "Yes", ".", " \n", "\n "]
+    ids = sorted({t for p in pieces for t in tok.encode(p, add_special_tokens=False)})
+    ids += tok.encode("\n", add_special_tokens=False) * len(ids)  # newlines half the time
+    finished = fast._stop_rule(max_gen_toks=1000, until=[tok.decode([fast.eot_token_id])])
+    rng = random.Random(0)
+    stopped = 0
+    for _ in range(300):
+        toks = [rng.choice(ids) for _ in range(rng.randrange(1, 14))]
+        whole = clean_generation(fast.tok_decode(toks))
+        for k in range(1, len(toks) + 1):
+            if finished(toks[:k]):
+                assert clean_generation(fast.tok_decode(toks[:k])) == whole, (toks, k)
+                stopped += 1
+                break
+        else:
+            text = fast.tok_decode(toks).lstrip()
+            assert "\n\n" not in text[1:], toks  # text then a blank line, and the rule did not stop
+    assert stopped > 100

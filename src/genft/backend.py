@@ -149,12 +149,20 @@ class GenftHFLM(HFLM):
     Extra model_args: `prefix_min_tokens` (default 8): shortest common token prefix worth sharing;
     `gen_batch_size` (default max(batch_size, 32)): rows generate_until decodes at once (each row's KV buffer
     holds its prompt after the shared prefix plus max_gen_toks: lower it if memory is short);
-    `fast` (default True): False delegates everything to HFLM (for A/B checks).
+    `fast` (default True): False delegates everything to HFLM (for A/B checks);
+    `cut_at_blank_line` (default False): for tasks that strip a generation, then cut it at its first blank line
+    and score only what comes before (genft's generation tasks, the study's rule: genft.metrics.clean_generation),
+    a row stops as soon as its stripped text has some text followed by a blank line.  Exact for such tasks: every
+    further token would be cut off anyway, so the stripped-and-cut text (the one scored and stored) is the one
+    `hf` gives; the raw text returned is the shorter one.  Used only when no stop sequence contains a newline
+    (one could straddle the cut).  genft.harness turns it on for genft-hf.
     """
 
     def __init__(self, *args, prefix_min_tokens: int = 8, fast: bool = True, gen_batch_size: int | None = None,
-                 **kwargs) -> None:
+                 cut_at_blank_line: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.cut_at_blank_line = cut_at_blank_line if isinstance(cut_at_blank_line, bool) \
+            else str(cut_at_blank_line).lower() in ("1", "true", "yes")
         self.prefix_min_tokens = int(prefix_min_tokens)
         # Rows decoded together by generate_until (refilled as rows finish); batch_size still sets loglikelihood.
         self.gen_batch_size = int(gen_batch_size) if gen_batch_size else max(self._rows_per_batch(), 32)
@@ -526,9 +534,15 @@ class GenftHFLM(HFLM):
         eos = self._eos_ids()
         stops = [s for s in until if s]
         decode = self.tokenizer.decode
+        eos_str = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        cut = (self.cut_at_blank_line and self.think_end_token is None
+               and not any("\n" in s for s in stops if s != eos_str))
 
         def finished(toks: list[int]) -> bool:
             if toks[-1] in eos or len(toks) >= max_gen_toks:
+                return True
+            # decoded as _finish_text decodes it: some text, then a blank line, after the leading whitespace
+            if cut and "\n\n" in self.tok_decode(toks).lstrip()[1:]:
                 return True
             if not stops:
                 return False

@@ -74,6 +74,8 @@ def load_model(
     if backend == "genft-hf":
         from . import backend as _backend  # noqa: F401  (registers genft-hf)
     args: dict[str, Any] = {"pretrained": pretrained, "device": device, "batch_size": batch_size, **kwargs}
+    if backend == "genft-hf":  # genft's generation tasks strip, then cut at the first blank line: stop there
+        args.setdefault("cut_at_blank_line", True)
     if peft:
         args["peft"] = peft
     if dtype:
