@@ -12,22 +12,36 @@ Backends:
             the same generated texts, log-likelihoods within --tol with the same greedy flags, same metrics.
   hf        lm-eval's own `hf` model at --batch-size (its defaults otherwise).
   study     the study's method: classification by the label's first token at the first generated position
-            (one plain forward per context, full logits, batch --batch-size, left-padded); generation by
-            transformers' greedy `generate` (batch --batch-size, max_gen_toks new tokens, no early stop),
-            cut at the stop sequences.  Its classification scores are first-token scores, not `hf`'s.
+            (one plain forward per context, batch --batch-size, left-padded, the lm_head at that last position
+            only, as transformers' `generate` computes it; --study-logits all: at every position, as the
+            tables measured before the swa-262k anchor had it); generation by transformers' greedy `generate`
+            (batch --batch-size, max_gen_toks new tokens, no early stop), cut at the stop sequences.  Its
+            classification scores are first-token scores, not `hf`'s.
 
 Roofline.  The machine's fp32 matmul FLOP/s (a 2048^3 sgemm) and memory read bandwidth (a 256 MiB sum) are
 measured at the same thread count.  For each cell the least work it needs is counted from its requests: the
 prefill FLOPs 2 * (non-embedding parameters) * (distinct prompt tokens: the cell's shared demonstration prefix
-once plus each item's own tokens) plus the lm_head at one position per item, and for generation the greedy
-tokens each item needs (its output re-tokenized, plus one for the stop, at most max_gen_toks), each costing
-max(2 * parameters / FLOP/s, weight bytes / (8 * bandwidth)): a decoding step of a batch of 8 reads every
-weight once.  `% roofline` is that bound's time over the measured time; `% matmul` (classification) is the
-prefill FLOPs over the measured time as a share of the measured FLOP/s.
+once plus each item's own tokens) plus the lm_head at one position per item (the embedding lookup is free),
+and for generation the greedy tokens each item needs after the first, which the prefill's lm_head gives (its
+output re-tokenized, plus one for the stop, at most max_gen_toks), each costing max(2 * (non-embedding +
+lm_head parameters) / FLOP/s, weight bytes / (8 * bandwidth)): a decoding step of a batch of 8 reads every
+weight it multiplies once (an untied input embedding is not among them).  `% roofline` is that bound's time
+over the measured time; `% matmul` (classification) is the prefill FLOPs over the measured time as a share of
+the measured FLOP/s.
 
     python benchmarks/eval_speed.py                              # default cells, 2 threads, 3 runs each
     python benchmarks/eval_speed.py --quick --threads 1          # a busy machine / a smoke run
     python benchmarks/eval_speed.py --backends genft-hf --json out.json   # one backend, machine-readable
+    python benchmarks/eval_speed.py --model swa-262k --preset swa   # issue 13's sliding-window, 262k-vocab anchor
+
+The report ("genft-hf against study and hf") gives each cell's speed-up and checks issue 13's targets: no
+cell kind (classification / generation, 0-shot / k-shot) slower with genft-hf than with the study's method,
+and k-shot classification at least 3x lm-eval's `hf`.  The default model's run writes the whole --out file
+except blocks that other scripts own (`<!-- NAME:start -->` ... `<!-- NAME:end -->`, kept as they are);
+another model's run writes only its own block `<!-- eval_speed:MODEL:start -->` ... `end -->` in --out
+(replaced where it is, appended if absent).  swa-262k has random weights: its scores mean nothing, and its
+greedy generations run to max_gen_toks (no stop), which is what a speed measurement needs.  Its `hf` holds
+the logits of a whole batch and their log-softmax ([8, ~420, 262144] fp32 each at 4-shot PAWS: ~7 GB).
 
 Data: $GENFT_DATA_DIR or --data-dir; if neither holds data, the study's release (../shared/paper-data or
 --study-data) is imported into a temporary folder, and genft's builtin sets are written next to it.
@@ -50,6 +64,8 @@ from genft.metrics import clean_generation
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "benchmarks") not in sys.path:  # report_section, next to this file
     sys.path.insert(0, str(REPO / "benchmarks"))
+import report_section  # noqa: E402
+
 BACKENDS = ("genft-hf", "hf", "study")
 
 # (task, shots, items): the suites' generation cells (XSum, PeerRead, SocialIQA, TweetQA at 0 and k shots)
@@ -66,6 +82,11 @@ QUICK = [
     ("genft_question_socialiqa", 0, 8), ("genft_question_socialiqa", 2, 8),
     ("genft_nli_mnli_m", 5, 12),
 ]
+# Issue 13's cells on a sliding-window, large-vocabulary model (--model swa-262k): 0-shot NLI, 4-shot paraphrase
+# classification, and a generation cell.
+SWA = [("genft_nli_mnli_m", 0, 40), ("genft_paraphrase_paws", 4, 40), ("genft_question_socialiqa", 0, 16)]
+PRESETS = {"default": CELLS, "quick": QUICK, "swa": SWA}
+DEFAULT_MODEL = "smollm2-135m"
 
 
 def _parse_cell(text: str):
@@ -76,8 +97,9 @@ def _parse_cell(text: str):
 # --------------------------------------------------------------------------- the study's method
 
 
-def study_model(pretrained: str, batch_size: int, **kwargs):
-    """An lm-eval model doing what the study's code did (see the module docstring)."""
+def study_model(pretrained: str, batch_size: int, logits: str = "last", **kwargs):
+    """An lm-eval model doing what the study's code did (see the module docstring); logits "last": the
+    lm_head at the last position only, "all": at every position."""
     import torch
     import torch.nn.functional as F
     from lm_eval.models.huggingface import HFLM
@@ -102,10 +124,12 @@ def study_model(pretrained: str, batch_size: int, **kwargs):
                 for i, c in enumerate(chunk):
                     ids[i, width - len(c) :] = torch.tensor(c)
                     mask[i, width - len(c) :] = 1
+                keep = {"logits_to_keep": 1} if logits == "last" else {}
                 with torch.no_grad():
-                    logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                    scores = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                        **keep).logits
                 for i, c in enumerate(chunk):
-                    first[c] = F.log_softmax(logits[i, -1].float(), dim=-1)
+                    first[c] = F.log_softmax(scores[i, -1].float(), dim=-1)
             out = []
             for c, cont in pairs:
                 lp = first[tuple(c)]
@@ -138,15 +162,19 @@ def machine_peaks(threads: int) -> dict:
     return {"flops": 2 * 2048**3 / best(lambda: a @ b), "bandwidth": x.numel() * 4 / best(x.sum)}
 
 
-def model_sizes(lm) -> dict:
-    """Non-embedding parameters (prefill FLOPs per token / 2), lm_head parameters, and bytes read per step."""
-    model = lm.model
+def model_sizes(model) -> dict:
+    """Non-embedding parameters (prefill FLOPs per token / 2), lm_head parameters (FLOPs per scored position
+    / 2; tied or not), and the bytes a decoding step reads: every weight it multiplies, the lm_head's
+    included; an untied input embedding is not read (a lookup), a tied one is the lm_head."""
     head = model.get_output_embeddings().weight
     embed = model.get_input_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())
-    body = total - embed.numel() - (0 if head is embed else head.numel())
-    bytes_ = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"body": body, "head": head.numel(), "bytes": bytes_}
+    params = list(model.parameters())  # each tied tensor once
+    tied = head is embed or (head.device.type != "meta" and head.data_ptr() == embed.data_ptr())
+    body = sum(p.numel() for p in params) - embed.numel() - (0 if tied else head.numel())
+    body_bytes = sum(p.numel() * p.element_size() for p in params) - embed.numel() * embed.element_size() \
+        - (0 if tied else head.numel() * head.element_size())
+    return {"body": body, "head": head.numel(), "bytes": body_bytes + head.numel() * head.element_size(),
+            "tied": tied}
 
 
 def cell_work(tok, requests, outputs, max_gen_toks: int) -> dict:
@@ -157,12 +185,14 @@ def cell_work(tok, requests, outputs, max_gen_toks: int) -> dict:
     for e in encs[1:]:
         lcp = min(lcp, next((i for i, (x, y) in enumerate(zip(encs[0], e)) if x != y), min(len(encs[0]), len(e))))
     prompt_tokens = lcp + sum(len(e) - lcp for e in encs)
-    gen = sum(min(max_gen_toks, len(tok(o, add_special_tokens=False)["input_ids"]) + 1) for o in outputs) if outputs else 0
+    # Each item's first generated token comes from the prefill's lm_head (counted with the contexts).
+    gen = sum(min(max_gen_toks, len(tok(o, add_special_tokens=False)["input_ids"]) + 1) - 1 for o in outputs)
     return {"prompt_tokens": prompt_tokens, "contexts": len(contexts), "gen_tokens": gen}
 
 
 def bound_seconds(work: dict, sizes: dict, peaks: dict) -> tuple[float, float]:
-    """(prefill seconds, decoding seconds) at the machine's measured peaks."""
+    """(prefill seconds, decoding seconds) at the machine's measured peaks: the lm_head once per context (its
+    scored position), every other position through the non-embedding layers only; then the decoding steps."""
     prefill = (2 * sizes["body"] * work["prompt_tokens"] + 2 * sizes["head"] * work["contexts"]) / peaks["flops"]
     per_token = max(2 * (sizes["body"] + sizes["head"]) / peaks["flops"], sizes["bytes"] / (8 * peaks["bandwidth"]))
     return prefill, work["gen_tokens"] * per_token
@@ -218,28 +248,95 @@ def _metric(res: dict) -> str:
     return ""
 
 
+# --------------------------------------------------------------------------- the report
+
+
+def targets_section(medians: list) -> list[str]:
+    """Markdown lines: genft-hf's speed-up over `study` and `hf` per cell (their median model time over its
+    own) and issue 13's targets.  medians: [(task, shots, items, generation, {backend: median seconds})]."""
+    if not medians or "genft-hf" not in medians[0][4] or not {"study", "hf"} & set(medians[0][4]):
+        return []
+    rows, slower, kshot = [], [], []
+    for task, shots, n, generation, med in medians:
+        kind = f"{'generation' if generation else 'classification'} {'0-shot' if shots == 0 else 'k-shot'}"
+        vs = {b: med[b] / med["genft-hf"] for b in ("study", "hf") if b in med}
+        rows.append(f"| {task} | {shots} | {n} | {kind} | " + " | ".join(
+            f"{vs[b]:.2f}x" if b in vs else "not run" for b in ("study", "hf")) + " |")
+        if "study" in vs and vs["study"] < 1:
+            slower.append(f"{kind} ({task} {shots}-shot: {vs['study']:.2f}x)")
+        if kind == "classification k-shot" and "hf" in vs:
+            kshot.append((f"{task} {shots}-shot: {vs['hf']:.2f}x", vs["hf"] >= 3))
+    if "study" not in medians[0][4]:
+        first = "not measured (the study backend did not run)"
+    elif slower:
+        first = "**does not hold**: " + "; ".join(slower)
+    else:
+        first = "**holds** (every cell: " + ", ".join(
+            f"{m[0]} {m[1]}-shot {m[4]['study'] / m[4]['genft-hf']:.2f}x" for m in medians) + ")"
+    if not kshot:
+        second = "not measured (no k-shot classification cell with `hf`)"
+    else:
+        second = ("**holds**" if all(ok for _, ok in kshot) else "**does not hold**") + " (" + ", ".join(
+            k for k, _ in kshot) + ")"
+    return [
+        "**genft-hf against study and hf**: the other backend's median model time over genft-hf's (above 1x: "
+        "genft-hf is faster).",
+        "",
+        "| task | shots | items | cell kind | genft-hf speed-up over study | over hf |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Issue 13's targets on these cells (medians of the runs above):",
+        f"- no cell kind slower with genft-hf than with the study's method: {first}",
+        f"- k-shot classification at least 3x lm-eval's `hf`: {second}",
+        "",
+    ]
+
+
+def write_report(path: Path, text: str, owner: str | None) -> None:
+    """Write the report into `path`, keeping what other scripts own (benchmarks/report_section.py).
+
+    owner None: the file becomes `text`, followed by every marked block (`<!-- NAME:start -->` ...
+    `<!-- NAME:end -->`) the old file had, unchanged and in order.  owner NAME: only the block NAME is
+    written, in place, or appended at the end if the file has none; everything else stays byte for byte.
+    A start marker without its end marker is an error (the file is left as it is)."""
+    if owner is not None:
+        report_section.write_section(path, owner, text)
+        return
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    report_section.check(old)
+    report_section.write_text(path, report_section.carry_over(old, text))
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="a genft model name or a model folder")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a genft model name or a model folder")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a busy 2-core machine)")
     ap.add_argument("--batch-size", type=int, default=8, help="every backend's batch size (the suites' 8)")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ", ".join(BACKENDS))
     ap.add_argument("--reps", type=int, default=3, help="runs per cell and backend (median reported; >= 3)")
     ap.add_argument("--cell", action="append", default=None, metavar="TASK:SHOTS:ITEMS",
                     help="a cell (repeatable); default: %s" % ", ".join(f"{t}:{s}:{n}" for t, s, n in CELLS))
-    ap.add_argument("--quick", action="store_true", help="five small cells")
+    ap.add_argument("--quick", action="store_true", help="five small cells (= --preset quick)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="a cell set: default, quick, or swa (%s)" % ", ".join(f"{t}:{s}:{n}" for t, s, n in SWA))
+    ap.add_argument("--study-logits", choices=("last", "all"), default="last",
+                    help="the study backend's lm_head: at the last position only (default) or at every position")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--study-data", default=str(REPO.parent / "shared" / "paper-data"))
     ap.add_argument("--tol", type=float, default=1e-4)
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks.md"), help="the Markdown report ('' = none)")
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks.md"),
+                    help="the Markdown report ('' = none); a model other than %s writes only its own block" % DEFAULT_MODEL)
     ap.add_argument("--json", default=None, help="also write the raw figures here")
     args = ap.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if set(backends) - set(BACKENDS) or not backends:
         ap.error(f"--backends: choose from {', '.join(BACKENDS)}")
+    if sum(bool(x) for x in (args.cell, args.quick, args.preset)) > 1:
+        ap.error("choose one of --cell, --quick, --preset")
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -266,7 +363,7 @@ def main(argv=None) -> int:
         import_study(Path(args.study_data), root, log=lambda *_: None)
         generate(root, log=lambda *_: None)
     pretrained = resolve(args.model)
-    cells = [_parse_cell(c) for c in args.cell] if args.cell else (QUICK if args.quick else CELLS)
+    cells = [_parse_cell(c) for c in args.cell] if args.cell else PRESETS[args.preset or ("quick" if args.quick else "default")]
     peaks = machine_peaks(args.threads)
     print(f"machine: {peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s read", flush=True)
     load_before = os.getloadavg()
@@ -275,13 +372,15 @@ def main(argv=None) -> int:
     timers = {b: {"seconds": 0.0} for b in backends}
     lms = {}
     for b in backends:
-        lm = (study_model(pretrained, args.batch_size) if b == "study"
+        lm = (study_model(pretrained, args.batch_size, logits=args.study_logits) if b == "study"
               else harness.load_model(pretrained, backend=b, batch_size=args.batch_size))
+        if b == "genft-hf":
+            lm._fast_ok()  # its one-time check of genft's attention on this model: paid once per load, as loading is
         lms[b] = _timed(lm, timers[b])
     any_lm = next(iter(lms.values()))
-    sizes = model_sizes(any_lm)
+    sizes = model_sizes(any_lm.model)
 
-    raw, rows, failures = [], [], []
+    raw, rows, failures, medians = [], [], [], []
     started = time.time()
     for task, shots, items in cells:
         secs = {b: [] for b in backends}
@@ -304,6 +403,7 @@ def main(argv=None) -> int:
         max_gen = first[0].args[1].get("max_gen_toks", 256) if generation else 0
         work = cell_work(any_lm.tokenizer, first, outputs, max_gen)
         t_pre, t_dec = bound_seconds(work, sizes, peaks)
+        medians.append((task, shots, n, generation, {b: statistics.median(secs[b]) for b in backends}))
         for b in backends:
             med = statistics.median(secs[b])
             same = ""
@@ -326,16 +426,20 @@ def main(argv=None) -> int:
                "% matmul FLOP/s", "same as hf", "score"]
     info = [
         ["date", dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")],
-        ["model", f"{args.model} ({pretrained}); {sizes['body'] / 1e6:.1f}M non-embedding + {sizes['head'] / 1e6:.1f}M lm_head parameters"],
+        ["model", f"{args.model} ({pretrained}); {sizes['body'] / 1e6:.1f}M non-embedding + {sizes['head'] / 1e6:.1f}M lm_head parameters"
+                  + (" (tied)" if sizes["tied"] else "")],
         ["machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}"],
         ["measured peaks", f"{peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s memory read ({args.threads} threads)"],
         ["torch threads / batch size / runs", f"{args.threads} / {args.batch_size} / {args.reps} (backend order rotated per run)"],
+        ["study's lm_head", "last position only" if args.study_logits == "last" else "every position"],
         ["load average before / after", f"{load_before[0]:.2f} / {load_after[0]:.2f} (1 min; other users share the CPUs)"],
         ["versions", f"torch {torch.__version__}, transformers {transformers.__version__}, lm-eval {lm_eval.__version__}"],
         ["benchmark wall time", f"{total / 60:.1f} min"],
     ]
+    own = None if args.model == DEFAULT_MODEL else f"eval_speed:{Path(args.model).name}"
     text = "\n".join([
-        "# Evaluation speed: `genft-hf`, `hf` and the study's method",
+        "# Evaluation speed: `genft-hf`, `hf` and the study's method" if own is None else
+        f"## Evaluation speed on {args.model}: `genft-hf`, `hf` and the study's method",
         "",
         "Generated by `python benchmarks/eval_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`.",
         "Same cells, same items, same threads for every backend; items/s is the median of the runs' model time",
@@ -346,16 +450,12 @@ def main(argv=None) -> int:
         "",
         tabulate(rows, headers=headers, tablefmt="github"),
         "",
+    ] + targets_section(medians) + [
         tabulate(info, headers=["", ""], tablefmt="github"),
         "",
     ] + ([f"**Differences:** {'; '.join(failures)}", ""] if failures else []))
     if args.out:
-        # the file's marked sections belong to other scripts (benchmarks/finetune_speed.py): keep them
-        from report_section import carry_over
-
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(carry_over(out.read_text(encoding="utf-8") if out.is_file() else "", text), encoding="utf-8")
+        write_report(Path(args.out), text, own)
     if args.json:
         Path(args.json).write_text(json.dumps({"peaks": peaks, "sizes": sizes, "threads": args.threads,
                                                "cells": raw, "failures": failures}, indent=1))

@@ -25,9 +25,25 @@ def extract(text: str, name: str) -> str | None:
     m = _pattern(name).search(text)
     if m is None:
         if start in text or end in text:
-            raise ValueError(f"the report has an unmatched {start!r} / {end!r} pair; fix the file by hand")
+            raise ValueError(f"block {name}: a start marker with no end marker (or an end with no start: "
+                             f"{start!r} / {end!r}); fix the file by hand (not written)")
         return None
     return m.group(0)
+
+
+def check(text: str) -> None:
+    """ValueError naming the first marked section of `text` whose markers do not pair up."""
+    for name in section_names(text):
+        extract(text, name)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write the whole file atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def upsert(text: str, name: str, body: str) -> str:
@@ -45,15 +61,13 @@ def write_section(path: str | Path, name: str, body: str) -> None:
     """Write the section `name` into the file at `path` (created if absent); the rest of the file is kept."""
     path = Path(path)
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(upsert(old, name, body), encoding="utf-8")
-    tmp.replace(path)
+    check(old)
+    write_text(path, upsert(old, name, body))
 
 
 def section_names(text: str) -> list[str]:
     """The names of the marked sections in `text`, in order."""
-    return list(dict.fromkeys(re.findall(r"<!-- ([A-Za-z0-9_.-]+):start -->", text)))
+    return list(dict.fromkeys(re.findall(r"<!-- ([^\s>]+?):start -->", text)))
 
 
 def carry_over(old_text: str, new_text: str, names=None) -> str:

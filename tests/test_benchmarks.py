@@ -37,7 +37,7 @@ def test_section_upsert_keeps_the_rest():
     replaced = report_section.upsert(middle, "finetune_speed", "B")
     assert replaced.index("B") < replaced.index("## Later") and "\nA\n" not in replaced
     assert report_section.upsert("", "finetune_speed", "x") == f"{START}\nx\n{END}\n"
-    with pytest.raises(ValueError, match="unmatched"):
+    with pytest.raises(ValueError, match="no end marker"):
         report_section.upsert(OTHER + START + "\nno end\n", "finetune_speed", "x")
 
 

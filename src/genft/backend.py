@@ -399,7 +399,8 @@ class GenftHFLM(HFLM):
                         allowed[0, q, o + par] = True
                         par = parent[par - s]
         pos = pos.to(device)
-        state = RowState("masked", q_pos=pos, prefix=kv, allowed=allowed.to(device))
+        spans = [(o, o + len(layout[0])) for layout, o in zip(layouts, offsets)]
+        state = RowState("masked", q_pos=pos, prefix=kv, allowed=allowed.to(device), spans=spans)
         self.stats["forward_tokens"] += total
         with rows_attention(self._causal_lm()):
             hidden = self._rows_forward(ids.to(device), pos, state, None)[0]

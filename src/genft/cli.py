@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="provision models").add_subparsers(dest="what", required=True)
     p = model.add_parser("prepare", help="provision a named model and print its folder")
-    p.add_argument("name", help="smollm2-135m or tiny")
+    p.add_argument("name", help="smollm2-135m, tiny, tiny-swa or swa-262k (random weights, for speed measurements)")
     p.set_defaults(func=cmd_model_prepare)
 
     p = sub.add_parser("eval", help="evaluate one model on genft tasks and print the table")

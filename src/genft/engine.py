@@ -39,12 +39,14 @@ class RowState:
     positions; a query sees the prefix and the earlier keys of its own segment.
     mode "decode": batch A, one query per row; `lens` [A] = keys per row (the new one included), `q_pos` [A].
     mode "masked": batch B, queries [B, q]; `allowed` [B, q, q] visibility among the call's keys, `q_pos` [B, q].
+    With B == 1 and `spans`, `allowed` is block-diagonal over the spans (a packed batch of rows that never see
+    each other): attention then runs per span, over [prefix | that span's keys] only.
     """
 
     mode: str
     q_pos: torch.Tensor
     prefix: list | None = None  # per layer (key, value) [1, kv_heads, p, head_dim], or None
-    spans: list[tuple[int, int]] | None = None  # prefill: [start, end) of each packed segment
+    spans: list[tuple[int, int]] | None = None  # prefill, masked: [start, end) of each packed segment
     lens: torch.Tensor | None = None
     allowed: torch.Tensor | None = None
     calls: int = 0  # attention layers that ran with this state (the probe checks that every layer did)
@@ -94,6 +96,15 @@ class RowState:
                 b = max(m.shape[0], pm.shape[0])
                 m = torch.cat([pm.expand(b, m.shape[1], -1), m.expand(b, -1, -1)], dim=-1)
             self._masks[key] = m
+        return self._masks[key]
+
+    def span_visible(self, n_keys: int, window: int | None, a: int, b: int) -> torch.Tensor:
+        """Masked mode with spans: visibility of [prefix | span a:b's keys] for the span's queries,
+        [1, 1, b - a, p + b - a] (a block of `visible`)."""
+        key = ("span", window, n_keys, a, b)
+        if key not in self._masks:
+            vis, p = self.visible(n_keys, window), self.p
+            self._masks[key] = torch.cat([vis[:, a:b, :p], vis[:, a:b, p + a : p + b]], dim=-1)[:, None]
         return self._masks[key]
 
     def prefix_mask(self, window: int | None) -> torch.Tensor | None:
@@ -166,6 +177,17 @@ def rows_attention_forward(
             causal = prefix is None and sliding_window is None
             vis = None if causal else state.segment_mask(a, b, sliding_window)
             outs.append(_attend(query[:, :, a:b], k, v, vis, scale, softcap, causal))
+        out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        return out.transpose(1, 2).contiguous(), None
+
+    if bsz == 1 and state.spans:  # packed rows that never see each other: attention per row
+        outs = []
+        for a, b in state.spans:
+            k, v = key[:, :, a:b], value[:, :, a:b]
+            if prefix is not None:
+                k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+            vis = state.span_visible(key.shape[2], sliding_window, a, b)  # [1, 1, b - a, p + b - a]
+            outs.append(_attend(query[:, :, a:b], k, v, vis, scale, softcap))
         out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
         return out.transpose(1, 2).contiguous(), None
 

