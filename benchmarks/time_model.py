@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Recalibrate the suites' time model (genft.suite.estimate) from a finished suite run.
 
-Reads every finished cell of a suite's output folder (its `wall_s`, items, shots, labels) and every finished
+Reads every cell record in a suite's output folder (its `wall_s`, items, shots, labels) and every finished
 fine-tune's manifest (its measured tokens/s), fits the constants of estimate.py's model by least squares
 
     classification cell: n * CLS_ITEM_S * (1 + CLS_SHOT * shots) * labels / 2
@@ -73,7 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("output", help="a suite's output folder (e.g. runs/study-cpu)")
     ap.add_argument("--out", default=None, help="write the table as a section of this Markdown file")
     a = ap.parse_args(argv)
-    cells, _ = store.load_finished(Path(a.output))
+    # every cell record of the folder (a run still under way or stopped counts too); one that does not read
+    # is an error naming it
+    cells = [store.read_cell(f) for f in sorted(store.cells_dir(Path(a.output)).glob("*.json"))]
     manifests = store.load_manifests(Path(a.output))
     if not cells:
         print(f"{a.output}: no finished cells", file=sys.stderr)
