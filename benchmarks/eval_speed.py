@@ -163,18 +163,24 @@ def machine_peaks(threads: int) -> dict:
 
 
 def model_sizes(model) -> dict:
-    """Non-embedding parameters (prefill FLOPs per token / 2), lm_head parameters (FLOPs per scored position
-    / 2; tied or not), and the bytes a decoding step reads: every weight it multiplies, the lm_head's
-    included; an untied input embedding is not read (a lookup), a tied one is the lm_head."""
+    """Parameter counts of a (possibly peft-wrapped) causal LM, each tied tensor once: `body` the non-embedding
+    parameters without LoRA (prefill FLOPs per token / 2), `head` the lm_head (FLOPs per scored position / 2;
+    tied or not), `embed`, `lora`, `trainable`, `total`, and `bytes` a decoding step reads: every weight it
+    multiplies, the lm_head's included; an untied input embedding is not read (a lookup), a tied one is the
+    lm_head."""
     head = model.get_output_embeddings().weight
     embed = model.get_input_embeddings().weight
-    params = list(model.parameters())  # each tied tensor once
     tied = head is embed or (head.device.type != "meta" and head.data_ptr() == embed.data_ptr())
-    body = sum(p.numel() for p in params) - embed.numel() - (0 if tied else head.numel())
-    body_bytes = sum(p.numel() * p.element_size() for p in params) - embed.numel() * embed.element_size() \
-        - (0 if tied else head.numel() * head.element_size())
-    return {"body": body, "head": head.numel(), "bytes": body_bytes + head.numel() * head.element_size(),
-            "tied": tied}
+    total = lora = trainable = nbytes = 0
+    for name, p in model.named_parameters():  # remove_duplicate: a tied tensor once
+        total += p.numel()
+        nbytes += p.numel() * p.element_size()
+        lora += p.numel() if "lora_" in name else 0
+        trainable += p.numel() if p.requires_grad else 0
+    untied = 0 if tied else head.numel()
+    return {"total": total, "body": total - lora - embed.numel() - untied, "embed": embed.numel(),
+            "head": head.numel(), "tied": tied, "lora": lora, "trainable": trainable,
+            "bytes": nbytes - embed.numel() * embed.element_size() + (head.numel() - untied) * head.element_size()}
 
 
 def cell_work(tok, requests, outputs, max_gen_toks: int) -> dict:
@@ -405,7 +411,7 @@ def main(argv=None) -> int:
         t_pre, t_dec = bound_seconds(work, sizes, peaks)
         medians.append((task, shots, n, generation, {b: statistics.median(secs[b]) for b in backends}))
         for b in backends:
-            med = statistics.median(secs[b])
+            med = medians[-1][4][b]
             same = ""
             if b == "genft-hf" and "hf" in resp:
                 ok, max_d = _same(resp["hf"], resp[b], args.tol)

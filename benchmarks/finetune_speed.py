@@ -69,6 +69,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
+from eval_speed import machine_peaks, model_sizes  # noqa: E402
+from report_section import write_section  # noqa: E402
 
 SECTION = "finetune_speed"
 ARMS = ("genft", "trainer", "trainer-padfree")
@@ -94,26 +96,6 @@ def _rss_mib() -> float:
         pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024 if sys.platform != "darwin" else r / 2**20
-
-
-def model_sizes(model) -> dict:
-    """Parameter counts of a (possibly peft-wrapped) causal LM: body, embedding, lm_head, LoRA, trainable."""
-    embed = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    seen, total, lora, trainable = set(), 0, 0, 0
-    for name, p in model.named_parameters(remove_duplicate=True):
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if "lora_" in name:
-            lora += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    tied = head is embed or head.data_ptr() == embed.data_ptr()
-    body = total - lora - embed.numel() - (0 if tied else head.numel())
-    return {"total": total, "body": body, "embed": embed.numel(), "head": head.numel(), "tied": tied,
-            "lora": lora, "trainable": trainable}
 
 
 def instrument(record: dict, profile: bool = False) -> None:
@@ -376,8 +358,6 @@ def benchmark(opts: dict, log=print) -> dict:
     opts: model, threads, task, dataset, data_dir, study_data, train_limit, train_size, steps, batch_size,
     max_length, lora, lora_r, lora_alpha, lora_dropout, learning_rate, seed, reps, arms, tol, profile
     ('auto' | 'always' | 'never')."""
-    from eval_speed import machine_peaks
-
     from genft import models, training
 
     arms = list(opts["arms"])
@@ -710,8 +690,6 @@ def main(argv=None) -> int:
     command = "python benchmarks/finetune_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(res, command.strip())
     if args.out:
-        from report_section import write_section
-
         write_section(args.out, SECTION, text)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))

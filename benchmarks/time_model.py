@@ -61,11 +61,10 @@ def _line(points) -> tuple[float, float]:
 
 
 def predict(c, k: dict, backend: str) -> float:
-    spec = get_task(c.task)
-    if spec.is_classification:
-        shot = k["CLS_SHOT"] if backend == "genft-hf" else estimate.CLS_SHOT.get(backend, 1.0)
-        return c.n * k["CLS_ITEM_S"] * (1 + shot * c.shots) * len(spec.labels) / 2
-    return c.n * (k["GEN_ITEM_S"] + k["GEN_SHOT_S"] * c.shots)
+    """estimate.cell_seconds with the constants `k` (the thread count does not enter: the fit is per suite)."""
+    return estimate.cell_seconds(c.task, c.shots, c.n, backend, None, cls_item_s=k["CLS_ITEM_S"],
+                                 cls_shot=k["CLS_SHOT"] if backend == "genft-hf" else None,
+                                 gen_item_s=k["GEN_ITEM_S"], gen_shot_s=k["GEN_SHOT_S"])
 
 
 def main(argv=None) -> int:

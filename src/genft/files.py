@@ -47,11 +47,17 @@ def sha256_file(path: Path) -> str:
 _SHA_CACHE: dict[tuple, str] = {}
 
 
-def sha256_cached(path: Path) -> str:
-    """sha256_file, remembered for this process by (path, size, mtime): planning hashes the same files often."""
+def file_key(path: Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime): what a per-process cache of a file's content is keyed on, so that a file
+    rewritten since is read again.  OSError when the file is not there."""
     path = Path(path)
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def sha256_cached(path: Path) -> str:
+    """sha256_file, remembered for this process by file_key: planning hashes the same files often."""
+    key = file_key(path)
     if key not in _SHA_CACHE:
         _SHA_CACHE[key] = sha256_file(path)
     return _SHA_CACHE[key]

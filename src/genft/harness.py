@@ -71,10 +71,11 @@ def load_model(
     """Load one checkpoint once as an lm-eval model; every cell of that checkpoint reuses it."""
     from lm_eval.api.registry import get_model
 
+    args: dict[str, Any] = {"pretrained": pretrained, "device": device, "batch_size": batch_size, **kwargs}
     if backend == "genft-hf":
         from . import backend as _backend  # noqa: F401  (registers genft-hf)
-    args: dict[str, Any] = {"pretrained": pretrained, "device": device, "batch_size": batch_size, **kwargs}
-    if backend == "genft-hf":  # genft's generation tasks strip, then cut at the first blank line: stop there
+
+        # genft's generation tasks strip, then cut at the first blank line: rows stop there
         args.setdefault("cut_at_blank_line", True)
     if peft:
         args["peft"] = peft

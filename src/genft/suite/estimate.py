@@ -29,14 +29,18 @@ def slowdown(threads: int | None) -> float:
     return ONE_THREAD if threads == 1 else 1.0
 
 
-def cell_seconds(task: str, shots: int, n: int, backend: str, threads: int | None) -> float:
+def cell_seconds(task: str, shots: int, n: int, backend: str, threads: int | None, *,
+                 cls_item_s: float = CLS_ITEM_S, cls_shot: float | None = None, gen_item_s: float = GEN_ITEM_S,
+                 gen_shot_s: float = GEN_SHOT_S) -> float:
     """The default time of one cell: genft-hf scores the demonstrations' shared prefix once, so shots cost
-    it less than hf."""
+    it less than hf.  The keywords replace the model's constants (benchmarks/time_model.py fits them);
+    cls_shot None: the backend's CLS_SHOT."""
     spec = get_task(task)
     if spec.is_classification:
-        per = CLS_ITEM_S * (1 + CLS_SHOT.get(backend, 1.0) * shots) * len(spec.labels) / 2
+        shot = CLS_SHOT.get(backend, 1.0) if cls_shot is None else cls_shot
+        per = cls_item_s * (1 + shot * shots) * len(spec.labels) / 2
     else:
-        per = GEN_ITEM_S + GEN_SHOT_S * shots
+        per = gen_item_s + gen_shot_s * shots
     return n * per * BACKEND_FACTOR.get(backend, 1.0) * slowdown(threads)
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..files import atomic_write, now_utc, read_json, read_json_or_none, sha256_json, write_json
+from ..files import atomic_write, file_key, now_utc, read_json, read_json_or_none, sha256_json, write_json
 from ..prompts import get_task
 from ..training import MANIFEST
 
@@ -199,11 +199,10 @@ _READ: dict[tuple, CellRecord] = {}  # (path, size, mtime) -> record: a plan and
 
 def read_cell(path: Path) -> CellRecord:
     """A cell record, validated; StoreError naming the file and the field otherwise.  Remembered for this
-    process by (path, size, mtime), so a file rewritten since is read again."""
+    process by files.file_key, so a file rewritten since is read again."""
     path = Path(path)
     try:
-        st = path.stat()
-        seen = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        seen = file_key(path)
     except OSError:
         seen = None
     if seen in _READ:
