@@ -10,8 +10,10 @@ times with the order of the arms rotated, and medians are reported.
 
 Arms:
   genft            genft.training.run (what finetune/sft.py runs): TRL's SFTTrainer, completion-only loss,
-                   rows padded to the longest in the batch, TRL's fused LM head (the lm_head only at target
-                   positions, no full logits).  Its manifest's tokens/s is reported next to the common measure.
+                   padding-free batches (its default, after its check that a batch gives the same loss padded
+                   and flattened), TRL's fused LM head (the lm_head only at target positions, no full logits).
+                   Its manifest's tokens/s is reported next to the common measure.
+  genft-padded     the same with --padding_free false: rows padded to the longest in the batch.
   trainer          a plain transformers.Trainer: prompt+completion+EOS tokenized here as one string (the prompt
                    boundary found the way TRL finds it), labels -100 on the prompt, DataCollatorForSeq2Seq
                    padding to the longest in the batch (right side), the model's own loss (full logits);
@@ -73,7 +75,8 @@ from eval_speed import machine_peaks, model_sizes  # noqa: E402
 from report_section import write_section  # noqa: E402
 
 SECTION = "finetune_speed"
-ARMS = ("genft", "trainer", "trainer-padfree")
+ARMS = ("genft", "genft-padded", "trainer", "trainer-padfree")
+GENFT_ARMS = ("genft", "genft-padded")
 DEFAULT_ARMS = ARMS
 PROFILE_ROWS = 10  # shown per arm
 PROFILE_KEEP = 60  # kept per arm, for the genft - trainer differences
@@ -250,7 +253,7 @@ def run_genft(spec: dict) -> dict:
     return {"manifest": {"tokens_per_s": t["tokens_per_s"], "trained_tokens": t["trained_tokens"],
                          "wall_time_s": t["wall_time_s"], "global_steps": t["global_steps"],
                          "final_loss": t["final_loss"], "truncation_tokens": manifest["truncation"].get("tokens"),
-                         "examples": manifest["data"]["examples"]}}
+                         "examples": manifest["data"]["examples"], "batching": t["batching"]}}
 
 
 def worker(spec_path: str) -> int:
@@ -260,7 +263,7 @@ def worker(spec_path: str) -> int:
     torch.set_num_threads(spec["threads"])
     record: dict = {"arm": spec["arm"], "rss_start_mib": _rss_mib()}
     instrument(record, profile=spec.get("profile", False))
-    extra = run_genft(spec) if spec["arm"] == "genft" else run_plain(spec)
+    extra = run_genft(spec) if spec["arm"] in GENFT_ARMS else run_plain(spec)
     record.update(extra)
     record["rss_end_mib"] = _rss_mib()
     Path(spec["result"]).write_text(json.dumps(record))
@@ -394,7 +397,7 @@ def benchmark(opts: dict, log=print) -> dict:
                     "lora_r": opts["lora_r"], "lora_alpha": opts["lora_alpha"], "lora_dropout": opts["lora_dropout"],
                     "learning_rate": opts["learning_rate"], "steps": opts["steps"], "batch_size": opts["batch_size"],
                     "seed": opts["seed"], "save_steps": opts["steps"], "profile": profile,
-                    "genft_config": dict(genft_config, output_dir=str(out))}
+                    "genft_config": dict(genft_config, output_dir=str(out), padding_free=arm != "genft-padded")}
 
         runs: dict[str, list[dict]] = {a: [] for a in arms}
         for rep in range(opts["reps"]):
@@ -462,15 +465,19 @@ def summarize(runs: dict, peaks: dict, opts: dict, trunc: dict) -> tuple[dict, l
             "activation_checkpointing": rs[0]["activation_checkpointing"], "torch_threads": rs[0]["torch_threads"],
             "bf16": rs[0]["bf16"],
         }
-        if arm == "genft":
+        if arm in GENFT_ARMS:
             m = [r["manifest"] for r in rs]
+            s["batching"] = m[0]["batching"]
+            if m[0]["batching"]["padding_free"] != (arm == "genft"):
+                failures.append(f"{arm}: trained with {'padding-free' if m[0]['batching']['padding_free'] else 'padded'} "
+                                f"batches ({m[0]['batching']['reason']})")
             s["manifest_tokens_per_s"] = statistics.median(x["tokens_per_s"] for x in m)
             s["manifest_trained_tokens"] = m[0]["trained_tokens"]
             if any(x["trained_tokens"] != n_in for x in m):
-                failures.append(f"genft: the manifest's trained_tokens {[x['trained_tokens'] for x in m]} differ from "
+                failures.append(f"{arm}: the manifest's trained_tokens {[x['trained_tokens'] for x in m]} differ from "
                                 f"the {n_in} input tokens counted in its batches")
             if m[0]["truncation_tokens"] != trunc["tokens"] or m[0]["examples"] != trunc["examples"]:
-                failures.append(f"genft built other examples than the shared ones ({m[0]['examples']} examples, "
+                failures.append(f"{arm} built other examples than the shared ones ({m[0]['examples']} examples, "
                                 f"{m[0]['truncation_tokens']} tokens vs {trunc['examples']} / {trunc['tokens']})")
         summary[arm] = s
     for key in ("activation_checkpointing", "torch_threads", "bf16", "optim"):
@@ -583,11 +590,16 @@ def render(res: dict, command: str) -> str:
         tabulate(info, headers=["", ""], tablefmt="github"),
         "",
     ]
-    if "genft" in summary:
-        g = summary["genft"]
-        lines += [f"genft's own manifest: {g['manifest_tokens_per_s']:.0f} tokens/s (median; `training.tokens_per_s`, "
+    for arm in [a for a in GENFT_ARMS if a in summary]:
+        g = summary[arm]
+        lines += [f"{arm}'s own manifest: {g['manifest_tokens_per_s']:.0f} tokens/s (median; `training.tokens_per_s`, "
                   f"{g['manifest_trained_tokens']} `trained_tokens` over the same train() call timed with "
-                  "`time.time()`); the table uses the common measure above.", ""]
+                  f"`time.time()`); the table uses the common measure above. Batches: {g['batching']['reason']}.", ""]
+    if "genft" in summary and "genft-padded" in summary:
+        g, p = summary["genft"], summary["genft-padded"]
+        lines += [f"Padding-free in genft: {g['tokens_per_s'] / p['tokens_per_s']:.2f}x the tokens/s of its padded "
+                  f"batches, peak RSS {g['rss_train_mib'] - p['rss_train_mib']:+.0f} MiB, final loss "
+                  f"{g['final_loss']:.6f} vs {p['final_loss']:.6f} padded.", ""]
     if "genft" in summary and "trainer" in summary:
         g, t = summary["genft"], summary["trainer"]
         base_mib = (sizes["total"] - sizes["lora"]) * 4 / 2**20
@@ -598,7 +610,13 @@ def render(res: dict, command: str) -> str:
         verdict = "**met**" if res["met"] else "**missed**"
         lines += [f"**Target** (genft tokens/s >= the plain Trainer loop): {verdict}, genft / trainer = "
                   f"{res['ratio']:.2f}x (steps only "
-                  f"{summary['genft']['tokens_per_s_steps'] / summary['trainer']['tokens_per_s_steps']:.2f}x).", ""]
+                  f"{summary['genft']['tokens_per_s_steps'] / summary['trainer']['tokens_per_s_steps']:.2f}x)."]
+        like = [(a, b) for a, b in (("genft", "trainer-padfree"), ("genft-padded", "trainer"))
+                if a in summary and b in summary]
+        if like:
+            lines += ["Batching for batching: " + "; ".join(
+                f"{a} / {b} = {summary[a]['tokens_per_s'] / summary[b]['tokens_per_s']:.2f}x" for a, b in like) + "."]
+        lines += [""]
     if "trainer-padfree" in summary and "trainer" in summary:
         p, t = summary["trainer-padfree"], summary["trainer"]
         lines += [f"Padding-free (`DataCollatorWithFlattening`, {p['attn_implementation']} attention on "

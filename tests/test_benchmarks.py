@@ -78,7 +78,7 @@ def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
     rc = finetune_speed.main([
         "--model", tiny_model, "--threads", "1", "--task", "sentiment", "--dataset", "amazon",
         "--data-dir", str(data_root), "--train-limit", "8", "--steps", "2", "--batch-size", "4", "--max-length", "128",
-        "--reps", "1", "--arms", "genft,trainer", "--profile", "never", "--out", str(out), "--json", str(raw),
+        "--reps", "1", "--arms", "genft,genft-padded,trainer", "--profile", "never", "--out", str(out), "--json", str(raw),
     ])
     res = json.loads(raw.read_text())
     assert rc == 0, res["failures"]
@@ -88,6 +88,11 @@ def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
     assert g["target_tokens"] == t["target_tokens"] > 0
     assert g["batches"] == t["batches"] == 2
     assert g["manifest_trained_tokens"] == g["input_tokens"]
+    # sft.py's default flattens its batches (no padding run); --padding_free false pads like the plain loop
+    p = res["summary"]["genft-padded"]
+    assert g["batching"]["padding_free"] is True and p["batching"]["padding_free"] is False
+    assert g["positions"] == g["input_tokens"] < p["positions"] == t["positions"]
+    assert p["input_tokens"] == g["input_tokens"] and abs(p["first_loss"] - g["first_loss"]) < 1e-4
     # both train the same thing: the first step (the base model, LoRA's B = 0) gives the same loss
     assert abs(g["first_loss"] - t["first_loss"]) < 1e-4
     assert g["sizes"]["trainable"] == t["sizes"]["trainable"] > 0
@@ -98,4 +103,4 @@ def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
     assert text.count(START) == 1 and text.count(END) == 1 and "stale figures" not in text
     section = report_section.extract(text, "finetune_speed")
     assert "| genft " in section and "| trainer " in section and "Target" in section
-    assert "--arms genft,trainer" in section  # the command that generated it
+    assert "--arms genft,genft-padded,trainer" in section and "Padding-free in genft" in section  # the command that generated it

@@ -130,6 +130,56 @@ def test_same_seed_identical_weights(full_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_padding_free_trains_the_padded_objective(full_run, tmp_path):
+    """The default run flattens its batches; the same run padded sees the same tokens and the same losses."""
+    from safetensors.torch import load_file
+
+    cfg, man = full_run
+    flat = man["training"]
+    assert flat["batching"]["padding_free"] is True, flat["batching"]
+    padded_cfg = FinetuneConfig(**{**training.config_dict(cfg), "output_dir": str(tmp_path / "padded"),
+                                   "padding_free": False})
+    assert training.config_hash(padded_cfg, man["data"]["files"]) == man["config_hash"], "not part of the identity"
+    padded = training.run(padded_cfg, log=_quiet)["training"]
+    assert padded["batching"] == {"padding_free": False, "reason": "padding_free is off"}
+    # the same input tokens counted (EOS included: the tokenizer's pad token is its EOS)
+    assert flat["trained_tokens"] == padded["trained_tokens"] > 0
+    # step 1 sees the same weights: the same loss up to summation order; later steps stay within rounding
+    (s1, a1), (_, b1) = flat["loss_curve"][0], padded["loss_curve"][0]
+    assert s1 == 1 and a1 == pytest.approx(b1, rel=1e-5)
+    assert [x for _, x in flat["loss_curve"]] == pytest.approx([x for _, x in padded["loss_curve"]], rel=1e-3)
+    a = load_file(Path(cfg.output_dir) / "model.safetensors")
+    b = load_file(tmp_path / "padded" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def _ignores_the_mask(module, query, key, value, attention_mask, **kwargs):
+    """A custom attention (registered like any user's) that is causal over the whole row and ignores the mask:
+    correct for right-padded rows, wrong for flattened ones."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, None, is_causal=True,
+                                  **{k: v for k, v in kwargs.items() if k != "is_causal"})
+
+
+def test_padding_free_checked_against_padded_batches(tiny_model, tok):
+    from transformers import AttentionInterface, AutoModelForCausalLM
+
+    AttentionInterface.register("genft_test_ignores_mask", _ignores_the_mask)
+    rows = [{"prompt": f"Review: {r['text']}\nSentiment:", "completion": f" {r['label']}"} for r in TRAIN[:4]]
+    good = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
+    ok = training.check_padding_free(good, tok, rows, "float32")
+    assert ok["padding_free"] is True and ok["padded_loss"] == pytest.approx(ok["flat_loss"], rel=1e-5), ok
+    assert good.training, "the model is handed back in training mode, as the trainer expects"
+    bad = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32,
+                                               attn_implementation="genft_test_ignores_mask")
+    no = training.check_padding_free(bad, tok, rows, "float32")
+    assert no["padding_free"] is False and "does not keep flattened examples apart" in no["reason"], no
+    assert no["padded_loss"] == pytest.approx(ok["padded_loss"], rel=1e-5), "padded rows are right for both"
+    same = training.check_padding_free(good, tok, [rows[0], rows[0]], "float32")
+    assert same["padding_free"] is False and "no two rows of different lengths" in same["reason"]
+
+
 def test_rerun_same_config_does_not_train(full_run):
     cfg, man = full_run
     manifest = Path(cfg.output_dir) / "genft_manifest.json"

@@ -12,6 +12,10 @@ TRL appends EOS to the completion and puts the loss on the completion only; no c
 `icl_shots=k` (FTICL) the prompt carries k demonstrations in lm-eval's exact few-shot layout, so a fixed-demo
 training prompt equals, character for character, the context lm-eval builds for that item at k shots.
 
+Batches are padding-free by default (TRL's padding_free: the rows of a batch flattened into one, no padding),
+where a batch of the training examples gives the same loss padded and flattened on this model (batching.py);
+the manifest's training.batching says which and why.
+
 Truncation (STUDY.md section 6: the original protocol lost ~360-870 XSum targets): before TRL sees the data,
 each example whose tokens (prompt + completion + EOS) exceed `max_length` is shortened on the prompt side:
   1. demonstrations are dropped from the END of the demo list, one at a time (the first j demos are kept, so
@@ -33,6 +37,7 @@ Output folder OUT::
 from .config import (ADAPTER_DIR, DATA_FIELDS, FIELD_HELP, FIELDS, ICL_DEMOS, MANIFEST, MANIFEST_VERSION, OPERATIONAL,
                      RUN_FILE, ConfigError, DataArguments, FinetuneConfig, TruncationError, config_dict,
                      config_from_mapping, config_hash, launched_processes, load_yaml_config, validate)
+from .batching import check_padding_free
 from .examples import TrainingData, build_examples, fit_example, load_training_items, random_demos
 from .runner import device_settings, output_state, run, weight_deviation, weight_deviation_from_files
 
@@ -40,6 +45,6 @@ __all__ = [
     "ADAPTER_DIR", "DATA_FIELDS", "FIELD_HELP", "FIELDS", "ICL_DEMOS", "MANIFEST", "MANIFEST_VERSION", "OPERATIONAL",
     "RUN_FILE", "ConfigError", "DataArguments", "FinetuneConfig", "TruncationError", "config_dict",
     "config_from_mapping", "config_hash", "launched_processes", "load_yaml_config", "validate", "TrainingData",
-    "build_examples", "fit_example", "load_training_items", "random_demos", "device_settings", "output_state", "run",
+    "check_padding_free", "build_examples", "fit_example", "load_training_items", "random_demos", "device_settings", "output_state", "run",
     "weight_deviation", "weight_deviation_from_files",
 ]

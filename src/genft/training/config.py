@@ -81,6 +81,10 @@ class FinetuneConfig(DataArguments):
     seed: int = field(default=42, metadata={"help": "random seed (training order, LoRA init, random demos)"})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on with a GPU, off on CPU)"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
+    padding_free: bool = field(
+        default=True,
+        metadata={"help": "each batch as one flattened row, no padding (TRL padding_free), where the first batch's loss "
+                  "is checked the same as padded; --padding_free false pads every batch"})
     num_processes: int | None = field(
         default=None,
         metadata={"help": "processes (GPUs) training together under `accelerate launch` (default: as launched, "
@@ -99,9 +103,10 @@ class FinetuneConfig(DataArguments):
 
 
 # Settings that do not change the trained model: excluded from the config hash, so that changing them does
-# not make a finished run look different.
+# not make a finished run look different.  (padding_free: the same loss over the same targets, checked before
+# training; the weights differ by float rounding at most, and a cell is keyed on the weights' own hash.)
 OPERATIONAL = ("output_dir", "data_dir", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
-               "torch_threads", "accelerate_config")  # (the accelerate config's CONTENT is hashed, not its path)
+               "torch_threads", "accelerate_config", "padding_free")  # (the accelerate config's CONTENT is hashed, not its path)
 FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 # genft's own data settings (what is trained on); every other field is the trainer's / model's (TRL's names).
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataArguments))

@@ -28,6 +28,7 @@ from .config import (
     launched_processes,
     validate,
 )
+from .batching import check_padding_free
 from .examples import build_examples, load_training_items
 
 # ---------------------------------------------------------------- output folder state
@@ -121,6 +122,20 @@ def device_settings(cfg: FinetuneConfig) -> dict:
             "world_size": int(cfg.num_processes or 1)}
 
 
+def batching_for(cfg: FinetuneConfig, model, tokenizer, examples: list[dict], dev: dict, sharded: bool) -> dict:
+    """Padding-free batches where asked for and checked equal to padded ones on a batch of the training
+    examples (training.batching); padded otherwise, with the reason."""
+    if not cfg.padding_free:
+        return {"padding_free": False, "reason": "padding_free is off"}
+    if cfg.per_device_train_batch_size < 2:
+        return {"padding_free": False, "reason": "batches of one row hold no padding"}
+    if sharded:  # the check needs the whole model in one process, which sharded training exists to avoid
+        return {"padding_free": False, "reason": "sharded training (accelerate_config): not checked, so padded"}
+    if dev["device"] == "cuda":
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}")  # where the trainer puts it anyway
+    return check_padding_free(model, tokenizer, examples[:cfg.per_device_train_batch_size], dev["dtype"])
+
+
 def weight_deviation(base: Mapping[str, Any], model) -> dict:
     """Mean absolute parameter difference from the base over all parameters (STUDY.md section 5)."""
     import torch
@@ -211,6 +226,8 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM", bias="none")
+    batching = batching_for(cfg, model, tokenizer, examples, dev, sharded)
+    log(f"[genft] batches: {'padding-free' if batching['padding_free'] else 'padded'} ({batching['reason']})")
     args = SFTConfig(
         output_dir=str(out),
         learning_rate=cfg.learning_rate,
@@ -221,7 +238,10 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
         lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
-        max_length=cfg.max_length,
+        # padding-free rows are not cut by TRL (it refuses max_length with them): build_examples already fitted
+        # every example into max_length, and the prepared rows are checked against it below either way
+        max_length=None if batching["padding_free"] else cfg.max_length,
+        padding_free=batching["padding_free"],
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=dev["bf16"],
@@ -235,7 +255,8 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
         disable_tqdm=True,
         completion_only_loss=True,
         packing=False,
-        include_num_input_tokens_seen="non_padding",
+        # a flattened batch holds no padding ("non_padding" would skip every EOS where pad = EOS)
+        include_num_input_tokens_seen="all" if batching["padding_free"] else "non_padding",
         trust_remote_code=cfg.trust_remote_code,
         dataset_num_proc=None,
     )
@@ -314,6 +335,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
                 "trained_tokens": tokens,
                 "tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
                 "resumed_from_checkpoint": last,
+                "batching": batching,
                 "effective_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
                 * dev["world_size"],
             },
