@@ -13,10 +13,16 @@ per-cell ratio.  With --out it writes that table as its own section of reports/b
 `time_model` section, benchmarks/report_section.py; the rest of the file is kept).
 
     python benchmarks/time_model.py runs/study-cpu --out reports/benchmarks.md
+    python benchmarks/time_model.py runs/study-cpu --since 2026-12-01T07:00 --train-tokens-s 80 --out ...
+
+--since keeps the cells (and fine-tunes) finished at or after a time: the part of a resumed run measured on an
+idle machine.  --train-tokens-s replaces the fine-tunes' own figure (e.g. benchmarks/finetune_speed.py's
+genft tokens/s, when the suite's fine-tunes ran under other load or with an older sft.py).
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import statistics
 import sys
 from pathlib import Path
@@ -60,6 +66,15 @@ def _line(points) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def _utc(text: str, what: str = "--since"):
+    """An ISO time as an aware UTC datetime (naive = UTC); unreadable is an error naming `what`."""
+    try:
+        t = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"{what}: {text!r} is not an ISO time (e.g. 2026-12-01T07:00)") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
 def predict(c, k: dict, backend: str) -> float:
     """estimate.cell_seconds with the constants `k` (the thread count does not enter: the fit is per suite)."""
     return estimate.cell_seconds(c.task, c.shots, c.n, backend, None, cls_item_s=k["CLS_ITEM_S"],
@@ -71,11 +86,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("output", help="a suite's output folder (e.g. runs/study-cpu)")
     ap.add_argument("--out", default=None, help="write the table as a section of this Markdown file")
+    ap.add_argument("--since", default=None, help="only cells / fine-tunes finished at or after this ISO time (UTC)")
+    ap.add_argument("--train-tokens-s", type=float, default=None, help="training tokens/s measured elsewhere")
     a = ap.parse_args(argv)
     # every cell record of the folder (a run still under way or stopped counts too); one that does not read
     # is an error naming it
     cells = [store.read_cell(f) for f in sorted(store.cells_dir(Path(a.output)).glob("*.json"))]
     manifests = store.load_manifests(Path(a.output))
+    if a.since:
+        since = _utc(a.since)
+        cells = [c for c in cells if _utc(c.provenance.time, f"cell {c.key}: provenance.time") >= since]
+        manifests = {k: m for k, m in manifests.items()
+                     if _utc(m.get("finished_at"), f"fine-tune {k}: its manifest's finished_at") >= since}
     if not cells:
         print(f"{a.output}: no finished cells", file=sys.stderr)
         return 2
@@ -85,6 +107,8 @@ def main(argv=None) -> int:
             "GEN_ITEM_S": estimate.GEN_ITEM_S, "GEN_SHOT_S": estimate.GEN_SHOT_S,
             "TRAIN_TOKENS_S": estimate.TRAIN_TOKENS_S}
     fitted = {**code, **fit(cells, manifests)}
+    if a.train_tokens_s:
+        fitted["TRAIN_TOKENS_S"] = a.train_tokens_s
     rows = []
     for family in ("classification", "generation"):
         sub = [c for c in cells if get_task(c.task).is_classification == (family == "classification")]
@@ -98,14 +122,19 @@ def main(argv=None) -> int:
     tr = [(m["training"]["trained_tokens"], m["training"]["wall_time_s"]) for m in manifests.values()
           if m.get("training", {}).get("wall_time_s")]
     consts = "\n".join(f"| {k} | {code[k]:.4g} | {fitted[k]:.4g} |" for k in code)
+    command = " ".join(["python benchmarks/time_model.py", a.output]
+                       + ([f"--since {a.since}"] if a.since else [])
+                       + ([f"--train-tokens-s {a.train_tokens_s:g}"] if a.train_tokens_s else [])
+                       + ([f"--out {a.out}"] if a.out else []))
     text = "\n".join([
         "## The suites' time model (genft.suite.estimate), recalibrated",
         "",
-        f"`python benchmarks/time_model.py {a.output}{' --out ' + a.out if a.out else ''}`: {len(cells)} finished cells ({backend}) and "
+        f"`{command}`: {len(cells)} finished cells ({backend}) and "
         f"{len(tr)} fine-tunes ({sum(t for t, _ in tr)} tokens in {sum(w for _, w in tr) / 60:.1f} min) of that "
         "suite's output folder, fitted by least squares to estimate.py's model (classification: n x CLS_ITEM_S x "
         "(1 + CLS_SHOT x shots) x labels/2; generation: n x (GEN_ITEM_S + GEN_SHOT_S x shots); training: tokens / "
-        "TRAIN_TOKENS_S, the median of the runs' tokens/s).",
+        "TRAIN_TOKENS_S, " + ("as measured elsewhere (--train-tokens-s)" if a.train_tokens_s
+                              else "the median of the runs' tokens/s") + ").",
         "",
         "| constant | in the code | fitted |",
         "|---|---|---|",

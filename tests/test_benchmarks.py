@@ -1,6 +1,7 @@
 """benchmarks/: the fine-tuning speed benchmark on the tiny model (both arms train the same tokens, the
 first-step losses agree, the report section is written between its markers and the rest of the file stays),
-and the marked sections that benchmarks/eval_speed.py carries over when it rewrites the report."""
+the marked sections that benchmarks/eval_speed.py carries over when it rewrites the report, and the time
+model fit."""
 from __future__ import annotations
 
 import json
@@ -104,3 +105,28 @@ def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
     section = report_section.extract(text, "finetune_speed")
     assert "| genft " in section and "| trainer " in section and "Target" in section
     assert "--arms genft,genft-padded,trainer" in section and "Padding-free in genft" in section  # the command that generated it
+
+
+def test_time_model_fits_the_records_it_is_given(tmp_path, capsys):
+    """time_model reads the store's records; --since keeps the later ones, and the fit recovers the line that
+    made their times (generation: n x (GEN_ITEM_S + GEN_SHOT_S x shots))."""
+    import time_model
+    from report_records import record, stored
+
+    def cell(dataset, shots, n, per_item, time):
+        r = record("summary", dataset, "in", shots=shots, rouge=[0.1] * n)
+        return r.model_copy(update={"wall_s": n * per_item,
+                                    "provenance": r.provenance.model_copy(update={"time": time})})
+
+    later = [cell("xsum", s, n, 2.5 + 0.75 * s, f"2026-12-01T08:0{s}:00+00:00") for s, n in ((0, 20), (1, 10), (2, 20))]
+    earlier = [cell("cnn_dailymail", 0, 20, 9.0, "2026-11-30T08:00:00+00:00")]  # a loaded machine: left out
+    out = stored(tmp_path / "run", later + earlier)
+    md = tmp_path / "benchmarks.md"
+    assert time_model.main([str(out), "--since", "2026-12-01T07:00", "--train-tokens-s", "80", "--out", str(md)]) == 0
+    section = report_section.extract(md.read_text(), "time_model")
+    consts = {line.split("|")[1].strip(): float(line.split("|")[3]) for line in section.splitlines()
+              if line.startswith("| ") and line.split("|")[1].strip().isupper()}
+    assert consts["GEN_ITEM_S"] == pytest.approx(2.5, rel=1e-6) and consts["GEN_SHOT_S"] == pytest.approx(0.75, rel=1e-6)
+    assert consts["TRAIN_TOKENS_S"] == 80 and "3 finished cells" in section and "--since 2026-12-01T07:00" in section
+    with pytest.raises(SystemExit, match="--since: 'yesterday' is not an ISO time"):
+        time_model.main([str(out), "--since", "yesterday"])
