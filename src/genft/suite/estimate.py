@@ -1,8 +1,10 @@
 """The time model: what a fine-tune or a cell is expected to take, calibrated by what this suite measured.
 
-The defaults are SmolLM2-135M on 2 CPU cores (genft-hf, 2 threads), measured in reports/study-cpu.md:
-classification 0.11-0.14 s/item at 0 and 2-3 shots; generation 0.5-1.6 s/item (20 items); LoRA training
-66-104 tokens/s.  One thread, or a machine shared with other work: about twice as long.  Once cells of a
+The defaults are SmolLM2-135M on 2 CPU cores (genft-hf, 2 threads), fitted by benchmarks/time_model.py to
+the 94 cells of runs/study-cpu evaluated on an idle machine (reports/benchmarks.md, time_model): classification
+0.155 s/item for two labels whatever the shots (genft-hf scores the shared demonstrations once); generation
+(to 60 new tokens) 1.19 s/item + 0.047 s per demonstration; LoRA training 81 tokens/s (padding-free batches
+of 8, benchmarks/finetune_speed.py).  One thread, or a machine shared with other work: about twice as long.  Once cells of a
 suite finish, the plan scales the defaults per task family by measured / estimated time (`calibrate`).
 """
 from __future__ import annotations
@@ -16,13 +18,13 @@ from ..files import fmt_duration
 from ..prompts import get_task
 
 LOAD_S = 15.0  # one model load
-CLS_ITEM_S = 0.12  # per classification item at 0 shots, for two labels
-CLS_SHOT = {"hf": 1.0, "genft-hf": 0.05, "vllm": 0.05}  # extra cost per demonstration, x the 0-shot cost
-GEN_ITEM_S = 1.2  # per generated item (up to 60 new tokens) ...
-GEN_SHOT_S = 0.1  # ... plus per demonstration
+CLS_ITEM_S = 0.155  # per classification item at 0 shots, for two labels
+CLS_SHOT = {"hf": 1.0, "genft-hf": 0.0, "vllm": 0.05}  # extra cost per demonstration, x the 0-shot cost
+GEN_ITEM_S = 1.19  # per generated item (up to 60 new tokens) ...
+GEN_SHOT_S = 0.047  # ... plus per demonstration
 ONE_THREAD = 2.0  # the slowdown of one thread (the defaults are for 2)
 BACKEND_FACTOR = {"hf": 1.0, "genft-hf": 1.0, "vllm": 0.3}
-TRAIN_TOKENS_S = 85.0  # LoRA on SmolLM2-135M, 2 threads
+TRAIN_TOKENS_S = 81.0  # LoRA on SmolLM2-135M, 2 threads, padding-free batches
 
 
 def slowdown(threads: int | None) -> float:

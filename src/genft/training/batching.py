@@ -8,8 +8,8 @@ over the same target tokens.
 
 A model whose attention ignores that mask (custom attention code) would let an example attend to the one
 before it and train on a different objective without any error.  So before training, `check_padding_free`
-runs the first batch both ways through the model and uses padding-free batches only where the two losses
-agree; otherwise the trainer pads, and the manifest says why.
+runs a batch of the training examples both ways through the model and uses padding-free batches only where
+the two losses agree; otherwise the trainer pads, and the manifest says why.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ HALF_TOLERANCE = 2e-2
 
 
 def check_padding_free(model, tokenizer, rows: list[dict], dtype: str) -> dict:
-    """Run `rows` (prompt/completion strings, the first batch) through `model` padded and flattened.
+    """Run `rows` (prompt/completion strings: the first batch-size training examples) through `model` padded
+    and flattened.
 
     Returns {"padding_free": bool, "padded_loss", "flat_loss", "rows", "reason"}: padding_free is True only when
     the two losses agree within the dtype's tolerance.  Needs at least two rows of different lengths to mean
@@ -34,7 +35,7 @@ def check_padding_free(model, tokenizer, rows: list[dict], dtype: str) -> dict:
     ids = [tokenizer(r["prompt"] + r["completion"] + eos, add_special_tokens=False)["input_ids"] for r in rows]
     result = {"padding_free": False, "rows": len(ids), "padded_loss": None, "flat_loss": None}
     if len(ids) < 2 or len({len(x) for x in ids}) < 2:
-        return {**result, "reason": "the first batch has no two rows of different lengths: nothing to save"}
+        return {**result, "reason": "the checked batch has no two rows of different lengths: nothing to save"}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # labels = input ids (every token after the first is a target): the widest test of the mask
     examples = [{"input_ids": x} for x in ids]
@@ -54,9 +55,10 @@ def check_padding_free(model, tokenizer, rows: list[dict], dtype: str) -> dict:
     tol = TOLERANCE.get(dtype, HALF_TOLERANCE)
     diff = abs(losses[0] - losses[1])
     ok = diff <= tol * max(1.0, abs(losses[0]))
-    reason = (f"the first batch's loss is the same padded and flattened ({losses[0]:.6f} vs {losses[1]:.6f})" if ok
-              else f"the first batch's loss differs padded and flattened ({losses[0]:.6f} vs {losses[1]:.6f}, "
-                   f"more than {tol:g} relative): the model's attention does not keep flattened examples apart, "
-                   f"so the trainer pads")
+    both = f"{losses[0]:.6f} vs {losses[1]:.6f}"
+    reason = (f"a batch of the training examples gives the same loss padded and flattened ({both})" if ok
+              else f"a batch of the training examples gives another loss padded than flattened ({both}, more than "
+                   f"{tol:g} relative): the model's attention does not keep flattened examples apart, so the "
+                   "trainer pads")
     return {**result, "padding_free": ok, "padded_loss": round(losses[0], 6), "flat_loss": round(losses[1], 6),
             "reason": reason}

@@ -83,8 +83,8 @@ class FinetuneConfig(DataArguments):
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
     padding_free: bool = field(
         default=True,
-        metadata={"help": "each batch as one flattened row, no padding (TRL padding_free), where the first batch's loss "
-                  "is checked the same as padded; --padding_free false pads every batch"})
+        metadata={"help": "each batch as one flattened row, no padding (TRL padding_free), where a batch of the "
+                  "training examples is checked to give the same loss as padded; --padding_free false pads"})
     num_processes: int | None = field(
         default=None,
         metadata={"help": "processes (GPUs) training together under `accelerate launch` (default: as launched, "
