@@ -2,10 +2,11 @@
 
 The defaults are SmolLM2-135M on 2 CPU cores (genft-hf, 2 threads), fitted by benchmarks/time_model.py to
 the 94 cells of runs/study-cpu evaluated on an idle machine (reports/benchmarks.md, time_model): classification
-0.155 s/item for two labels whatever the shots (genft-hf scores the shared demonstrations once); generation
-(to 60 new tokens) 1.19 s/item + 0.047 s per demonstration; LoRA training 81 tokens/s (padding-free batches
-of 8, benchmarks/finetune_speed.py).  One thread, or a machine shared with other work: about twice as long.  Once cells of a
-suite finish, the plan scales the defaults per task family by measured / estimated time (`calibrate`).
+0.155 s/item for two labels whatever the shots (the study's fixed demonstrations are one prefix, which genft-hf
+scores once; the fit saw no random-demonstration cells); generation (to 60 new tokens) 1.19 s/item + 0.047 s
+per demonstration; LoRA training 81 tokens/s (padding-free batches of 8, benchmarks/finetune_speed.py).  One
+thread, or a machine shared with other work: about twice as long.  Once cells of a suite finish, the plan
+scales the defaults per task family by measured / estimated time (`calibrate`).
 """
 from __future__ import annotations
 
