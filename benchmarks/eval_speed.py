@@ -162,6 +162,31 @@ def machine_peaks(threads: int) -> dict:
     return {"flops": 2 * 2048**3 / best(lambda: a @ b), "bandwidth": x.numel() * 4 / best(x.sum)}
 
 
+def decode_matmuls(model, threads: int, rows: int = 20) -> dict:
+    """A decoding step's matmuls at `rows` live rows, alone: every linear layer of the model (LoRA adapters
+    included, the lm_head last) applied once to `rows` random rows, in the model's order, so each weight comes
+    from memory as in a real step (best of 3).  Returns seconds per step and the FLOP/s reached."""
+    import torch
+
+    torch.set_num_threads(threads)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.device.type != "meta"]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
+    flops = sum(2 * rows * w.numel() for w in weights)
+
+    def step():
+        with torch.no_grad():
+            for w in weights:
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+
+    step()
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t0)
+    return {"rows": rows, "seconds": min(ts), "flops": flops / min(ts)}
+
+
 def model_sizes(model) -> dict:
     """Parameter counts of a (possibly peft-wrapped) causal LM, each tied tensor once: `body` the non-embedding
     parameters without LoRA (prefill FLOPs per token / 2), `head` the lm_head (FLOPs per scored position / 2;
@@ -299,6 +324,41 @@ def targets_section(medians: list) -> list[str]:
     ]
 
 
+def generation_profile(cells: list, peaks: dict, sizes: dict, step: dict) -> list[str]:
+    """Markdown lines: where genft-hf's generation time went, from its work counters (engine.greedy_decode's)
+    in the last run of each generation cell.  cells: [(task, shots, items, counters, bound_prefill_s,
+    bound_decode_s)]; step: decode_matmuls()."""
+    if not cells:
+        return []
+    rows = []
+    for task, shots, n, st, b_pre, b_dec in cells:
+        pre_s, dec_s = st.get("generate_prefill_s", 0.0), st.get("generate_decode_s", 0.0)
+        steps = st.get("decode_steps", 0)
+        pre_tok = st.get("prefill_tokens", 0) + st.get("prefix_tokens", 0)
+        decoded = st.get("generated_tokens", 0) - n  # each row's first token comes with its prefill
+        rate = 2 * sizes["body"] * pre_tok / pre_s / peaks["flops"] if pre_s else 0.0
+        drafts = f"{st.get('draft_accepted', 0)} / {st.get('draft_tokens', 0)}" if st.get("draft_tokens") else "none"
+        rows.append(f"| {task} | {shots} | {n} | {pre_s:.2f} ({pre_tok} tokens, {100 * rate:.0f}% of peak) | {b_pre:.2f} "
+                    f"| {dec_s:.2f} | {b_dec:.2f} | {steps} | {decoded / max(steps, 1):.1f} "
+                    f"| {1e3 * dec_s / max(steps, 1):.0f} | {drafts} |")
+    r = step["rows"]
+    bound_ms = 1e3 * max(2 * (sizes["body"] + sizes["head"]) * r / peaks["flops"], sizes["bytes"] * r / (8 * peaks["bandwidth"]))
+    return [
+        "**Where genft-hf's generation time goes** (its own counters, last run of each cell; 'bound': the roofline's",
+        "time for that phase).  Prefill runs every prompt token once (shared demonstrations once per cell) at the",
+        "share of the matmul peak shown.  Decoding takes one step per token of a batch's longest row, fewer where",
+        "draft tokens (prompt lookup, verified by the step) were kept; a step costs at least its matmuls at a few",
+        f"rows: the model's linear layers and lm_head at {r} rows, weights read from memory, take",
+        f"{1e3 * step['seconds']:.0f} ms alone ({step['flops'] / 1e9:.0f} GFLOP/s, {100 * step['flops'] / peaks['flops']:.0f}% of the "
+        f"matmul peak), where the roofline allows {bound_ms:.0f} ms for {r} tokens.",
+        "",
+        "| task | shots | items | prefill s | bound | decode s | bound | decode steps | tokens per step | ms per step | draft tokens kept / fed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def write_report(path: Path, text: str, owner: str | None) -> None:
     """Write the report into `path`, keeping what other scripts own (benchmarks/report_section.py).
 
@@ -385,6 +445,8 @@ def main(argv=None) -> int:
         lms[b] = _timed(lm, timers[b])
     any_lm = next(iter(lms.values()))
     sizes = model_sizes(any_lm.model)
+    step = decode_matmuls(any_lm.model, args.threads)
+    gen_profile, counters = [], {}
 
     raw, rows, failures, medians = [], [], [], []
     started = time.time()
@@ -395,8 +457,12 @@ def main(argv=None) -> int:
             order = backends[rep % len(backends):] + backends[: rep % len(backends)]
             for b in order:
                 timers[b]["seconds"] = 0.0
+                if b == "genft-hf":
+                    lms[b].stats.clear()
                 r = harness.evaluate(lms[b], [task], num_fewshot=shots, limit=items, tm=tm, log_samples=True)
                 secs[b].append(timers[b]["seconds"])
+                if b == "genft-hf":
+                    counters = dict(lms[b].stats)
                 got = _responses(r, task)
                 if b in resp and not _same(resp[b], got, args.tol)[0]:
                     failures.append(f"{task} {shots}-shot: {b} differs between its own runs")
@@ -410,6 +476,8 @@ def main(argv=None) -> int:
         work = cell_work(any_lm.tokenizer, first, outputs, max_gen)
         t_pre, t_dec = bound_seconds(work, sizes, peaks)
         medians.append((task, shots, n, generation, {b: statistics.median(secs[b]) for b in backends}))
+        if generation and "genft-hf" in backends:
+            gen_profile.append((task, shots, n, counters, t_pre, t_dec))
         for b in backends:
             med = medians[-1][4][b]
             same = ""
@@ -456,14 +524,15 @@ def main(argv=None) -> int:
         "",
         tabulate(rows, headers=headers, tablefmt="github"),
         "",
-    ] + targets_section(medians) + [
+    ] + targets_section(medians) + generation_profile(gen_profile, peaks, sizes, step) + [
         tabulate(info, headers=["", ""], tablefmt="github"),
         "",
     ] + ([f"**Differences:** {'; '.join(failures)}", ""] if failures else []))
     if args.out:
         write_report(Path(args.out), text, own)
     if args.json:
-        Path(args.json).write_text(json.dumps({"peaks": peaks, "sizes": sizes, "threads": args.threads,
+        Path(args.json).write_text(json.dumps({"peaks": peaks, "sizes": sizes, "threads": args.threads, "decode_matmuls": step,
+                                               "generation_counters": [list(c) for c in gen_profile],
                                                "cells": raw, "failures": failures}, indent=1))
     print(text)
     return 1 if failures else 0

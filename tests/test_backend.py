@@ -319,6 +319,54 @@ def test_generation_does_not_depend_on_decode_slots(lively, models):
     assert prefills[1] == len(contexts) and prefills[32] < prefills[3] < prefills[1]
 
 
+def test_ngram_drafts_continue_the_latest_earlier_occurrence():
+    from genft.engine import NgramDrafts
+
+    d = NgramDrafts([5, 1, 2, 3, 4, 8, 1, 2, 3, 6, 1, 2, 3])
+    assert d.draft(3) == [6, 1, 2]  # (1, 2, 3) last occurred before the 6, not before the 4
+    d.append(6)
+    assert d.draft(8) == [1, 2, 3, 6]  # (2, 3, 6) ended at index 10; the draft runs into the row's own end
+    d.append(42)
+    assert d.draft(4) == []  # 42 never occurred before: no draft rather than a guess
+    assert NgramDrafts([7, 8, 9, 8]).draft(5) == [9, 8]  # no 3- or 2-gram match: the latest 1-gram
+    assert NgramDrafts([7, 8, 9, 8]).draft(0) == []
+
+
+@pytest.mark.parametrize("model", ["lively", "lively_swa"])
+def test_verified_drafts_keep_token_by_token_greedy_output(model, request):
+    """Drafts on (the default) and off give hf's texts; with drafts, some tokens were kept from drafts, some
+    drafts were rejected, and the rows needed fewer decoding steps."""
+    pretrained = request.getfixturevalue(model)
+    hf, _ = _pair(pretrained)
+    contexts = [DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A]
+    contexts += [f"### Input:\n{t} and then some more words to pass the window\n### Sentiment:" for t in ITEMS_A]
+    reqs = _gen_requests(contexts, until=["\n\n"], max_gen_toks=40)
+    want = hf.generate_until(reqs, disable_tqdm=True)
+    stats = {}
+    for draft in (0, 8):
+        fast = GenftHFLM(pretrained=pretrained, device="cpu", batch_size=4, draft_tokens=draft)
+        assert fast.generate_until(reqs, disable_tqdm=True) == want, draft
+        stats[draft] = fast.stats
+    assert "draft_tokens" not in stats[0]
+    assert 0 < stats[8]["draft_accepted"] < stats[8]["draft_tokens"]
+    assert stats[8]["decode_steps"] < stats[0]["decode_steps"]
+
+
+def test_waiting_rows_join_when_they_all_fit(lively):
+    """Rows prefilled one at a time into 8 slots: the last waiting row takes the last free slot at once
+    (it does not wait for a quarter of the slots to free up), so 8 rows of 12 tokens take 11 decoding steps."""
+    from genft.engine import greedy_decode, rows_attention
+
+    fast = GenftHFLM(pretrained=lively, device="cpu", batch_size=4)
+    rows = [fast.tok_encode(f"row {i} of the batch") for i in range(8)]
+    stats = {}
+    with rows_attention(fast._causal_lm()):
+        out = greedy_decode(fast._rows_forward, fast._greedy_tokens, rows, None, 12, lambda t: len(t) >= 12, "cpu",
+                            capacity=8, prefill_tokens=1, stats=stats, max_draft=0)
+    assert [len(o) for o in out] == [12] * 8
+    assert stats["prefill_calls"] == 8 and stats["decode_steps"] == 11
+
+
 # --------------------------------------------------------------------------- sliding-window layers
 
 

@@ -21,7 +21,9 @@ same `model_args` (pretrained, peft, dtype, device, batch_size, ...), same token
 * generate_until (greedy): up to `gen_batch_size` rows decode together; a row that hits EOS, a stop
   sequence or max_gen_toks leaves at once and a waiting row (longest first) takes its slot, prefilled with
   other newcomers as one packed sequence (no padding).  Each row's KV lives in a preallocated buffer at its
-  own length, so a step costs the live rows only.  Texts are cut by lm-eval's own
+  own length, so a step costs the live rows only.  While few rows are live, a step also verifies draft tokens
+  (the tokens that followed the row's last n-gram earlier in its own context) and keeps every correct one, so
+  a long tail of a few rows takes fewer steps, with the same greedy tokens.  Texts are cut by lm-eval's own
   `postprocess_generated_text`, so stop-sequence handling matches `hf` exactly.
 * Anything the fast path does not cover (sampling, beam search, logits processors from the generation
   config, seq2seq models, models whose attention does not go through transformers' attention interface,
@@ -149,6 +151,8 @@ class GenftHFLM(HFLM):
     Extra model_args: `prefix_min_tokens` (default 8): shortest common token prefix worth sharing;
     `gen_batch_size` (default max(batch_size, 32)): rows generate_until decodes at once (each row's KV buffer
     holds its prompt after the shared prefix plus max_gen_toks: lower it if memory is short);
+    `draft_tokens` (default 8): while few rows are left decoding, each also feeds up to this many draft tokens
+    (prompt lookup) that the step verifies (genft.engine.greedy_decode: same greedy tokens, fewer steps); 0: off;
     `fast` (default True): False delegates everything to HFLM (for A/B checks);
     `cut_at_blank_line` (default False): for tasks that strip a generation, then cut it at its first blank line
     and score only what comes before (genft's generation tasks, the study's rule: genft.metrics.clean_generation),
@@ -159,7 +163,7 @@ class GenftHFLM(HFLM):
     """
 
     def __init__(self, *args, prefix_min_tokens: int = 8, fast: bool = True, gen_batch_size: int | None = None,
-                 cut_at_blank_line: bool = False, **kwargs) -> None:
+                 cut_at_blank_line: bool = False, draft_tokens: int = 8, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.cut_at_blank_line = cut_at_blank_line if isinstance(cut_at_blank_line, bool) \
             else str(cut_at_blank_line).lower() in ("1", "true", "yes")
@@ -167,6 +171,7 @@ class GenftHFLM(HFLM):
         # Rows decoded together by generate_until (refilled as rows finish); batch_size still sets loglikelihood.
         self.gen_batch_size = int(gen_batch_size) if gen_batch_size else max(self._rows_per_batch(), 32)
         self.fast = fast if isinstance(fast, bool) else str(fast).lower() in ("1", "true", "yes")
+        self.draft_tokens = int(draft_tokens)
         # Work counters (forward calls, tokens run, prefixes shared, lm_head rows): tests and benchmarks read them.
         self.stats: Counter = Counter()
         self._fast_reason: str | None = None
@@ -501,6 +506,7 @@ class GenftHFLM(HFLM):
                     outs = greedy_decode(
                         self._rows_forward, self._greedy_tokens, [encs[m][p:] for m in members], kv, max_gen_toks,
                         finished, device=self.device, capacity=self.gen_batch_size, stats=self.stats,
+                        prefix_ids=encs[members[0]][:p], max_draft=self.draft_tokens,
                     )
                 for m, toks in zip(members, outs):
                     i = indices[m]

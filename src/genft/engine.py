@@ -37,7 +37,8 @@ class RowState:
 
     mode "prefill": batch 1; the call's T keys are a packed sequence of segments `spans`, `q_pos` [T] absolute
     positions; a query sees the prefix and the earlier keys of its own segment.
-    mode "decode": batch A, one query per row; `lens` [A] = keys per row (the new one included), `q_pos` [A].
+    mode "decode": batch A, q queries per row (q > 1: the row's next token and draft tokens to verify); `lens`
+    [A] = keys per row up to and including the first new one, `q_pos` [A, q]; query j sees `lens + j` keys.
     mode "masked": batch B, queries [B, q]; `allowed` [B, q, q] visibility among the call's keys, `q_pos` [B, q].
     With B == 1 and `spans`, `allowed` is block-diagonal over the spans (a packed batch of rows that never see
     each other): attention then runs per span, over [prefix | that span's keys] only.
@@ -62,8 +63,9 @@ class RowState:
         if key not in self._masks:
             if self.mode == "decode":
                 t = torch.arange(n_keys, device=self.q_pos.device)
-                m = (t[None, :] < self.lens[:, None])[:, None, :]  # [A, 1, n_keys]
-                k_pos, q_pos = (self.p + t)[None, None, :], self.q_pos[:, None, None]
+                j = torch.arange(self.q_pos.shape[1], device=self.q_pos.device)
+                m = t[None, None, :] < (self.lens[:, None] + j[None, :])[:, :, None]  # [A, q, n_keys]
+                k_pos, q_pos = (self.p + t)[None, None, :], self.q_pos[:, :, None]
             else:
                 m = self.allowed  # [B, q, q]
                 k_pos, q_pos = self.q_pos[:, None, :], self.q_pos[:, :, None]
@@ -267,7 +269,7 @@ class RowCache(Cache):
     """The per-row part of the KV layout (the shared prefix lives in RowState.prefix).
 
     In "prefill"/"masked" calls `update` keeps the call's new keys/values (`new[layer]`) and returns them.
-    In "decode" calls it writes each row's new key at that row's length in preallocated buffers
+    In "decode" calls it writes each row's q new keys from that row's length on in preallocated buffers
     [capacity, kv_heads, max_len, d] and returns the buffers of the active rows up to the longest row.
     """
 
@@ -286,8 +288,14 @@ class RowCache(Cache):
             return key_states, value_states
         kb, vb = self.bufs[layer_idx]
         rows = torch.arange(self.active, device=kb.device)
-        kb[rows, :, self.write_at] = key_states[:, :, 0]
-        vb[rows, :, self.write_at] = value_states[:, :, 0]
+        q = key_states.shape[2]
+        if q == 1:
+            kb[rows, :, self.write_at] = key_states[:, :, 0]
+            vb[rows, :, self.write_at] = value_states[:, :, 0]
+        else:  # advanced indices on dims 0 and 2 around a slice: the selection is [A, q, kv_heads, d]
+            at = self.write_at[:, None] + torch.arange(q, device=kb.device)[None, :]
+            kb[rows[:, None], :, at] = key_states.transpose(1, 2)
+            vb[rows[:, None], :, at] = value_states.transpose(1, 2)
         return kb[: self.active, :, : self.span], vb[: self.active, :, : self.span]
 
     def new_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -312,6 +320,39 @@ class RowCache(Cache):
 # --------------------------------------------------------------------------- greedy decoding with refill
 
 
+class NgramDrafts:
+    """Draft tokens for one row by prompt lookup: the tokens that followed the latest earlier occurrence of the
+    row's last n tokens (n = `n_max` down to 1) in its own context (prompt and generated tokens so far).
+
+    Repetition loops, copied phrases and answer formats repeat earlier text, so such drafts are often what
+    greedy decoding produces next; `greedy_decode` only ever keeps a draft token the model itself predicts.
+    """
+
+    def __init__(self, tokens: list[int], n_max: int = 3) -> None:
+        self.toks: list[int] = []
+        self.n_max = n_max
+        self.last: dict[tuple[int, ...], int] = {}  # n-gram -> end (exclusive) of its latest occurrence
+        for t in tokens:
+            self.append(t)
+
+    def append(self, tok: int) -> None:
+        # The n-grams that end at the current last token become "earlier occurrences" once a token follows.
+        end = len(self.toks)
+        for n in range(1, min(self.n_max, end) + 1):
+            self.last[tuple(self.toks[end - n : end])] = end
+        self.toks.append(tok)
+
+    def draft(self, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        toks = self.toks
+        for n in range(min(self.n_max, len(toks) - 1), 0, -1):
+            end = self.last.get(tuple(toks[len(toks) - n :]))
+            if end is not None:
+                return toks[end : end + k]
+        return []
+
+
 def greedy_decode(
     forward,
     next_tokens,
@@ -323,6 +364,9 @@ def greedy_decode(
     capacity: int = 32,
     prefill_tokens: int = 1024,
     stats=None,
+    prefix_ids: list[int] | None = None,
+    verify_rows: int = 48,
+    max_draft: int = 8,
 ) -> list[list[int]]:
     """Greedy continuations of `rows` (token lists after a shared cached prefix), at most `max_new` tokens each.
 
@@ -334,6 +378,16 @@ def greedy_decode(
     into it) and waiting rows refill the free slots, longest first, prefilled together as one packed sequence
     of at most `prefill_tokens` tokens (a longer row alone).  Every row sees exactly [prefix | its own tokens]
     at positions p, p+1, ..., so its greedy tokens do not depend on which rows share its batch.
+
+    Verified drafts.  A decoding step costs about the same with a few more query positions (every weight is
+    read once per step, and the matmuls of a few rows run far below the machine's peak), so each live row also
+    feeds up to min(max_draft, verify_rows // live rows - 1) draft tokens (`NgramDrafts` over `prefix_ids` and
+    its own tokens) after its next token, and the step predicts at every one of them: drafting runs while at
+    most half of `verify_rows` rows are live (the tail of a batch).  A row keeps the predictions up to and
+    including the first one that differs from its draft: each kept token is the model's greedy token given
+    exactly the tokens before it (the drafts it follows were right), so the output is the one token-by-token
+    decoding gives, in fewer steps (up to the float rounding any other batch shape brings: tests and
+    benchmarks/eval_speed.py compare the texts with lm-eval's `hf`).  max_draft 0 turns drafting off.
     """
     p = 0 if not prefix else int(prefix[0][0].shape[2])
     n = len(rows)
@@ -342,20 +396,23 @@ def greedy_decode(
         return out
     queue = deque(sorted(range(n), key=lambda i: (-len(rows[i]), i)))
     cap = max(1, min(capacity, n))
-    max_len = max(len(r) for r in rows) + max_new
+    max_len = max(len(r) for r in rows) + max_new + max(0, max_draft)  # + the padded draft positions of a step
     cache = RowCache()
     slot_row: list[int] = []  # row index of each active slot (slots 0..A-1 are active)
     lens: list[int] = []  # keys in the buffer per slot
     pending: list[int] = []  # the token each slot feeds next
+    drafts: list[NgramDrafts | None] = []  # per slot (None: drafting off)
     refill_at = max(1, cap // 4)
     stats = stats if stats is not None else {}
+    shared = list(prefix_ids or [])
 
     def count(key, val):
         stats[key] = stats.get(key, 0) + val
 
     while queue or slot_row:
         free = cap - len(slot_row)
-        if queue and free and (not slot_row or free >= refill_at):
+        # Refill once a quarter of the slots is free (newcomers prefill together), or when every waiting row fits.
+        if queue and free and (not slot_row or free >= min(refill_at, len(queue))):
             t0 = time.perf_counter()
             take = [queue.popleft()]
             total = len(rows[take[0]])
@@ -374,6 +431,7 @@ def greedy_decode(
             hidden = forward(ids_t, pos_t, state, cache)[0]
             toks = next_tokens(hidden[torch.tensor([b - 1 for _, b in spans], device=hidden.device)]).tolist()
             count("forward_tokens", len(ids))
+            count("prefill_tokens", len(ids))
             count("prefill_calls", 1)
             new = cache.new_kv()
             if cache.bufs is None:
@@ -390,6 +448,7 @@ def greedy_decode(
                     slot_row.append(r)
                     lens.append(m)
                     pending.append(int(tok))
+                    drafts.append(NgramDrafts(shared + rows[r] + [int(tok)]) if max_draft > 0 else None)
                 start += m
             cache.new = {}
             count("generate_prefill_s", time.perf_counter() - t0)
@@ -398,24 +457,46 @@ def greedy_decode(
             continue
         t0 = time.perf_counter()
         a = len(slot_row)
+        k = min(max_draft, verify_rows // a - 1)
+        props = [drafts[s].draft(min(k, max_new - len(out[slot_row[s]]) - 1)) if k > 0 and drafts[s] else []
+                 for s in range(a)]
+        q = 1 + max(len(d) for d in props)
+        ids = [[pending[s]] + d + [pending[s]] * (q - 1 - len(d)) for s, d in enumerate(props)]
         lens_t = torch.tensor(lens, dtype=torch.long, device=device)
-        ids_t = torch.tensor(pending, dtype=torch.long, device=device)[:, None]
-        pos_t = (lens_t + p)[:, None]
-        state = RowState("decode", q_pos=lens_t + p, prefix=prefix, lens=lens_t + 1)
-        cache.mode, cache.active, cache.write_at, cache.span = "decode", a, lens_t, max(lens) + 1
-        hidden = forward(ids_t, pos_t, state, cache)[:, -1]
-        toks = next_tokens(hidden).tolist()
-        count("forward_tokens", a)
+        ids_t = torch.tensor(ids, dtype=torch.long, device=device)
+        pos_t = (lens_t + p)[:, None] + torch.arange(q, device=device)[None, :]
+        state = RowState("decode", q_pos=pos_t, prefix=prefix, lens=lens_t + 1)
+        cache.mode, cache.active, cache.write_at, cache.span = "decode", a, lens_t, max(lens) + q
+        hidden = forward(ids_t, pos_t, state, cache)
+        if q == 1:
+            preds = [[t] for t in next_tokens(hidden[:, -1]).tolist()]
+        else:  # the lm_head only where a prediction can be kept: the next token and after each draft token
+            sel_s = [s for s, d in enumerate(props) for _ in range(len(d) + 1)]
+            sel_j = [j for d in props for j in range(len(d) + 1)]
+            flat = next_tokens(hidden[torch.tensor(sel_s, device=hidden.device), torch.tensor(sel_j, device=hidden.device)]).tolist()
+            preds, at = [], 0
+            for d in props:
+                preds.append(flat[at : at + len(d) + 1])
+                at += len(d) + 1
+            count("draft_tokens", sum(len(d) for d in props))
+        count("forward_tokens", a * q)
         count("decode_steps", 1)
         done = []
-        for s, tok in enumerate(toks):
+        for s, d in enumerate(props):
             r = slot_row[s]
-            lens[s] += 1
-            out[r].append(int(tok))
-            if len(out[r]) >= max_new or finished(out[r]):
-                done.append(s)
-            else:
-                pending[s] = int(tok)
+            for j, tok in enumerate(preds[s]):
+                tok = int(tok)
+                lens[s] += 1  # the key of the token fed at j (pending, then draft j - 1) is now the row's
+                out[r].append(tok)
+                if drafts[s] is not None:
+                    drafts[s].append(tok)
+                if len(out[r]) >= max_new or finished(out[r]):
+                    done.append(s)
+                    break
+                if j == len(d) or d[j] != tok:  # the next prediction followed a wrong draft (or none): stop here
+                    pending[s] = tok
+                    break
+                count("draft_accepted", 1)
         for s in reversed(done):  # the last active row moves into the freed slot
             last = len(slot_row) - 1
             if s != last:
@@ -423,9 +504,11 @@ def greedy_decode(
                 for kb, vb in cache.bufs:
                     kb[s, :, :m] = kb[last, :, :m]
                     vb[s, :, :m] = vb[last, :, :m]
-                slot_row[s], lens[s], pending[s] = slot_row[last], lens[last], pending[last]
+                slot_row[s], lens[s], pending[s], drafts[s] = slot_row[last], lens[last], pending[last], drafts[last]
             slot_row.pop()
             lens.pop()
             pending.pop()
+            drafts.pop()
         count("generate_decode_s", time.perf_counter() - t0)
+    count("generated_tokens", sum(len(o) for o in out))
     return out
