@@ -11,7 +11,8 @@ times with the order of the arms rotated, and medians are reported.
 Arms:
   genft            genft.training.run (what finetune/sft.py runs): TRL's SFTTrainer, completion-only loss,
                    padding-free batches (its default, after its check that a batch gives the same loss padded
-                   and flattened), TRL's fused LM head (the lm_head only at target positions, no full logits).
+                   and flattened), TRL's fused LM head (no full logits), which genft.training.lm_head makes
+                   project only the target positions on the CPU too (TRL projects every position off Triton).
                    Its manifest's tokens/s is reported next to the common measure.
   genft-padded     the same with --padding_free false: rows padded to the longest in the batch.
   trainer          a plain transformers.Trainer: prompt+completion+EOS tokenized here as one string (the prompt
@@ -253,7 +254,8 @@ def run_genft(spec: dict) -> dict:
     return {"manifest": {"tokens_per_s": t["tokens_per_s"], "trained_tokens": t["trained_tokens"],
                          "wall_time_s": t["wall_time_s"], "global_steps": t["global_steps"],
                          "final_loss": t["final_loss"], "truncation_tokens": manifest["truncation"].get("tokens"),
-                         "examples": manifest["data"]["examples"], "batching": t["batching"]}}
+                         "examples": manifest["data"]["examples"], "batching": t["batching"],
+                         "lm_head": t.get("lm_head")}}
 
 
 def worker(spec_path: str) -> int:
@@ -468,6 +470,7 @@ def summarize(runs: dict, peaks: dict, opts: dict, trunc: dict) -> tuple[dict, l
         if arm in GENFT_ARMS:
             m = [r["manifest"] for r in rs]
             s["batching"] = m[0]["batching"]
+            s["lm_head"] = m[0]["lm_head"]
             if m[0]["batching"]["padding_free"] != (arm == "genft"):
                 failures.append(f"{arm}: trained with {'padding-free' if m[0]['batching']['padding_free'] else 'padded'} "
                                 f"batches ({m[0]['batching']['reason']})")
@@ -594,7 +597,8 @@ def render(res: dict, command: str) -> str:
         g = summary[arm]
         lines += [f"{arm}'s own manifest: {g['manifest_tokens_per_s']:.0f} tokens/s (median; `training.tokens_per_s`, "
                   f"{g['manifest_trained_tokens']} `trained_tokens` over the same train() call timed with "
-                  f"`time.time()`); the table uses the common measure above. Batches: {g['batching']['reason']}.", ""]
+                  f"`time.time()`); the table uses the common measure above. Batches: {g['batching']['reason']}. "
+                  f"LM head in the loss: at {g['lm_head']}.", ""]
     if "genft" in summary and "genft-padded" in summary:
         g, p = summary["genft"], summary["genft-padded"]
         lines += [f"Padding-free in genft: {g['tokens_per_s'] / p['tokens_per_s']:.2f}x the tokens/s of its padded "

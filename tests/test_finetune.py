@@ -142,6 +142,7 @@ def test_padding_free_trains_the_padded_objective(full_run, tmp_path):
     assert training.config_hash(padded_cfg, man["data"]["files"]) == man["config_hash"], "not part of the identity"
     padded = training.run(padded_cfg, log=_quiet)["training"]
     assert padded["batching"] == {"padding_free": False, "reason": "padding_free is off"}
+    assert flat["lm_head"] == padded["lm_head"] == "target positions"
     # the same input tokens counted (EOS included: the tokenizer's pad token is its EOS)
     assert flat["trained_tokens"] == padded["trained_tokens"] > 0
     # step 1 sees the same weights: the same loss up to summation order; later steps stay within rounding
@@ -151,6 +152,52 @@ def test_padding_free_trains_the_padded_objective(full_run, tmp_path):
     a = load_file(Path(cfg.output_dir) / "model.safetensors")
     b = load_file(tmp_path / "padded" / "model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def test_lm_head_at_target_positions_gives_the_same_loss_gradients_and_metrics(tiny_model, monkeypatch):
+    """TRL's fused LM head, as SFTTrainer adds it, on a batch whose prompt positions have no target: with
+    scored_positions_only it projects only the target positions, with the same outputs and gradients."""
+    import trl.trainer.utils as tu
+    from transformers import AutoModelForCausalLM
+
+    from genft.training.lm_head import scored_positions_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    tu.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # SFTTrainer's call
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (2, 24), generator=gen)
+    labels = ids.clone()
+    labels[:, :18] = -100  # the prompt: only the last 6 tokens of each row are targets
+    projected = []
+    real = tu._ChunkedLogProbFunction
+
+    class Counting:
+        @staticmethod
+        def apply(hidden, *args):
+            projected.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(tu, "_ChunkedLogProbFunction", Counting)
+
+    def step():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = step()
+    original = tu._use_triton
+    with scored_positions_only() as where:
+        compact, compact_grads = step()
+    assert where == "target positions" and tu._use_triton is original
+    assert projected == [2 * 23, 2 * 6]  # every (shifted) position, then the targets only
+    assert float(compact.loss) == pytest.approx(float(full.loss), rel=1e-6)
+    for field in ("log_probs", "entropy"):
+        assert torch.allclose(getattr(compact, field), getattr(full, field), atol=1e-5), field
+    assert torch.equal(compact.is_top1, full.is_top1)
+    assert full_grads.keys() == compact_grads.keys() and full_grads
+    for name, g in full_grads.items():
+        assert torch.allclose(compact_grads[name], g, atol=1e-6), name
 
 
 def _ignores_the_mask(module, query, key, value, attention_mask, **kwargs):

@@ -401,7 +401,7 @@ def greedy_decode(
     slot_row: list[int] = []  # row index of each active slot (slots 0..A-1 are active)
     lens: list[int] = []  # keys in the buffer per slot
     pending: list[int] = []  # the token each slot feeds next
-    drafts: list[NgramDrafts | None] = []  # per slot (None: drafting off)
+    drafts: list[NgramDrafts | None] = []  # per slot, built when the slot first drafts
     refill_at = max(1, cap // 4)
     stats = stats if stats is not None else {}
     shared = list(prefix_ids or [])
@@ -448,7 +448,7 @@ def greedy_decode(
                     slot_row.append(r)
                     lens.append(m)
                     pending.append(int(tok))
-                    drafts.append(NgramDrafts(shared + rows[r] + [int(tok)]) if max_draft > 0 else None)
+                    drafts.append(None)
                 start += m
             cache.new = {}
             count("generate_prefill_s", time.perf_counter() - t0)
@@ -458,13 +458,20 @@ def greedy_decode(
         t0 = time.perf_counter()
         a = len(slot_row)
         k = min(max_draft, verify_rows // a - 1)
-        props = [drafts[s].draft(min(k, max_new - len(out[slot_row[s]]) - 1)) if k > 0 and drafts[s] else []
-                 for s in range(a)]
+        props = []
+        for s in range(a):
+            if k > 0 and drafts[s] is None:
+                drafts[s] = NgramDrafts(shared + rows[slot_row[s]] + out[slot_row[s]])
+            props.append(drafts[s].draft(min(k, max_new - len(out[slot_row[s]]) - 1)) if k > 0 else [])
         q = 1 + max(len(d) for d in props)
+        # A row with fewer drafts than q - 1 is padded: its pending token again, at its last real position (a
+        # position table must not be indexed past the row's own end); nothing reads the padded outputs, and no
+        # real query sees the padded keys, which later steps overwrite.
         ids = [[pending[s]] + d + [pending[s]] * (q - 1 - len(d)) for s, d in enumerate(props)]
+        pos = [[lens[s] + p + min(j, len(d)) for j in range(q)] for s, d in enumerate(props)]
         lens_t = torch.tensor(lens, dtype=torch.long, device=device)
         ids_t = torch.tensor(ids, dtype=torch.long, device=device)
-        pos_t = (lens_t + p)[:, None] + torch.arange(q, device=device)[None, :]
+        pos_t = torch.tensor(pos, dtype=torch.long, device=device)
         state = RowState("decode", q_pos=pos_t, prefix=prefix, lens=lens_t + 1)
         cache.mode, cache.active, cache.write_at, cache.span = "decode", a, lens_t, max(lens) + q
         hidden = forward(ids_t, pos_t, state, cache)

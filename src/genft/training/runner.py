@@ -29,6 +29,7 @@ from .config import (
     validate,
 )
 from .batching import check_padding_free
+from .lm_head import scored_positions_only
 from .examples import build_examples, load_training_items
 
 # ---------------------------------------------------------------- output folder state
@@ -284,7 +285,9 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     if last:
         log(f"[genft] resuming from {last}")
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=last)
+    with scored_positions_only() as lm_head:
+        log(f"[genft] LM head in the loss: at {lm_head}")
+        result = trainer.train(resume_from_checkpoint=last)
     wall = time.time() - t0
     tokens = trainer.state.num_input_tokens_seen - (trainer._initial_num_input_tokens_seen
                                                     if hasattr(trainer, "_initial_num_input_tokens_seen") else 0)
@@ -336,6 +339,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
                 "tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
                 "resumed_from_checkpoint": last,
                 "batching": batching,
+                "lm_head": lm_head,
                 "effective_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
                 * dev["world_size"],
             },
