@@ -149,17 +149,18 @@ def machine_peaks(threads: int) -> dict:
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     x = torch.randn(64 * 1024 * 1024)
+    return {"flops": 2 * 2048**3 / best_seconds(lambda: a @ b), "bandwidth": x.numel() * 4 / best_seconds(x.sum)}
 
-    def best(f):
+
+def best_seconds(f, reps: int = 5) -> float:
+    """The fastest of `reps` timed calls of f, after one untimed call."""
+    f()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
         f()
-        ts = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
-
-    return {"flops": 2 * 2048**3 / best(lambda: a @ b), "bandwidth": x.numel() * 4 / best(x.sum)}
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
 
 
 def decode_matmuls(model, threads: int, rows: int = 20) -> dict:
@@ -178,13 +179,8 @@ def decode_matmuls(model, threads: int, rows: int = 20) -> dict:
             for w in weights:
                 torch.nn.functional.linear(xs[w.shape[1]], w)
 
-    step()
-    ts = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t0)
-    return {"rows": rows, "seconds": min(ts), "flops": flops / min(ts)}
+    seconds = best_seconds(step, reps=3)
+    return {"rows": rows, "seconds": seconds, "flops": flops / seconds}
 
 
 def model_sizes(model) -> dict:

@@ -122,3 +122,33 @@ def test_targets(es):
     text = "\n".join(es.targets_section(med))
     assert "study's method: **holds**" in text and "3x lm-eval's `hf`: **holds**" in text
     assert es.targets_section([(t, s, n, g, {"genft-hf": m["genft-hf"]}) for t, s, n, g, m in med]) == []
+
+
+def test_generation_profile_reads_genft_hf_counters(es, tiny_model):
+    """The profile lines from the counters genft-hf really writes: prompt tokens run, decoding steps and the
+    tokens they produced (each row's first token comes with its prefill)."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    from genft.backend import GenftHFLM
+
+    torch.set_num_threads(1)
+    lm = GenftHFLM(pretrained=tiny_model, device="cpu", batch_size=4)
+    contexts = ["Question: what is red?\nAnswer:", "Question: what is blue and green?\nAnswer:", "Hi"]
+    kw = {"until": [], "max_gen_toks": 7, "do_sample": False}
+    lm.generate_until([Instance("generate_until", {}, (c, dict(kw)), i) for i, c in enumerate(contexts)],
+                      disable_tqdm=True)
+    st = dict(lm.stats)
+    prompt = sum(len(lm._gen_encode(c, 100)) for c in contexts)
+    assert st["prefill_tokens"] + st.get("prefix_tokens", 0) == prompt
+    assert st["generated_tokens"] == 3 * 7  # no stop sequence, no EOS in 7 tokens of the tiny model
+    peaks = {"flops": 1e11, "bandwidth": 2e10}
+    sizes = es.model_sizes(lm.model)
+    step = es.decode_matmuls(lm.model, threads=1, rows=4)
+    lines = es.generation_profile([("genft_x", 0, 3, st, 0.5, 0.25)], peaks, sizes, step)
+    row = next(line for line in lines if line.startswith("| genft_x |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "3" and cells[3].split()[0] == f"{st['generate_prefill_s']:.2f}"
+    assert f"({prompt} tokens," in cells[3]
+    assert cells[7] == str(st["decode_steps"]) and cells[8] == f"{(3 * 7 - 3) / st['decode_steps']:.1f}"
+    assert es.generation_profile([], peaks, sizes, step) == []
