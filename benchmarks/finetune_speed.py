@@ -419,10 +419,9 @@ def benchmark(opts: dict, log=print) -> dict:
             ratio = summary["genft"]["tokens_per_s"] / summary["trainer"]["tokens_per_s"]
         met = ratio is not None and ratio >= 1.0
         profiles = {}
-        if opts["profile"] == "always" or (opts["profile"] == "auto" and ratio is not None and not met):
-            for arm in [a for a in ("genft", "trainer") if a in arms]:
-                log(f"profiling {arm} (one more run under torch.profiler)")
-                profiles[arm] = _spawn(spec_for(arm, f"{arm}-profile", profile=True), work, opts["threads"], log)
+        for arm in dict.fromkeys(a for pair in profile_pairs(summary, opts["profile"]) for a in pair):
+            log(f"profiling {arm} (one more run under torch.profiler)")
+            profiles[arm] = _spawn(spec_for(arm, f"{arm}-profile", profile=True), work, opts["threads"], log)
         return {"opts": opts, "data": data, "model_path": model_path, "examples": len(examples), "truncation": trunc,
                 "peaks": peaks, "load_before": load_before, "load_after": load_after, "wall_s": total,
                 "runs": runs, "summary": summary, "failures": failures, "ratio": ratio, "met": met,
@@ -501,6 +500,21 @@ def summarize(runs: dict, peaks: dict, opts: dict, trunc: dict) -> tuple[dict, l
 
 
 # --------------------------------------------------------------------------- the report
+
+
+# genft's arms and the plain loop's arm they are compared with: the target, then batching for batching.
+PAIRS = (("genft", "trainer"), ("genft", "trainer-padfree"), ("genft-padded", "trainer"))
+
+
+def profile_pairs(summary: dict, mode: str) -> list[tuple[str, str]]:
+    """The (genft arm, trainer arm) pairs to profile: "always" every pair that ran, "auto" those where the
+    genft arm is the slower one, "never" none."""
+    ran = [(a, b) for a, b in PAIRS if a in summary and b in summary]
+    if mode == "always":
+        return ran
+    if mode == "auto":
+        return [(a, b) for a, b in ran if summary[a]["tokens_per_s"] < summary[b]["tokens_per_s"]]
+    return []
 
 
 def profile_diff(a: list[dict], b: list[dict], n: int = 8) -> list[tuple[str, float]]:
@@ -636,12 +650,11 @@ def render(res: dict, command: str) -> str:
                   f"under the profiler), top {len(prow)} operators by self CPU time:", "",
                   tabulate(prow, headers=["operator", "self s", "share of train()", "calls"], tablefmt="github",
                            disable_numparse=True), ""]
-    if "genft" in profs and "trainer" in profs:
-        diff = profile_diff(profs["genft"]["profile"], profs["trainer"]["profile"])
+    for a, b in [(a, b) for a, b in PAIRS if a in profs and b in profs]:
+        diff = profile_diff(profs[a]["profile"], profs[b]["profile"])
         if diff:
-            lines += ["Where genft's profiled run spends more or less than the plain loop's (self CPU s, genft minus "
-                      "trainer, the largest " + str(len(diff)) + "): "
-                      + ", ".join(f"`{name}` {d:+.2f}" for name, d in diff) + ".", ""]
+            lines += [f"Where {a}'s profiled run spends more or less than {b}'s (self CPU s, {a} minus {b}, the "
+                      f"largest {len(diff)}): " + ", ".join(f"`{name}` {d:+.2f}" for name, d in diff) + ".", ""]
     if res["failures"]:
         lines += ["**Check failures:** " + "; ".join(res["failures"]), ""]
     return "\n".join(lines)
@@ -674,7 +687,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="runs per arm (median reported; >= 3 for a real figure)")
     ap.add_argument("--tol", type=float, default=1e-3, help="largest first-step loss difference between arms")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
-                    help="torch.profiler run of genft and trainer: auto = when the target is missed")
+                    help="torch.profiler runs of a genft arm and the plain loop's arm it is compared with "
+                         "(genft/trainer, genft/trainer-padfree, genft-padded/trainer): auto = where genft's is slower")
     ap.add_argument("--quick", action="store_true", help="16 items, 2 steps, max_length 256: a smoke run")
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks.md"),
                     help="Markdown report: its finetune_speed section is written ('' = none)")

@@ -98,6 +98,14 @@ def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
     assert abs(g["first_loss"] - t["first_loss"]) < 1e-4
     assert g["sizes"]["trainable"] == t["sizes"]["trainable"] > 0
     assert g["tokens_per_s"] > 0 and t["tokens_per_s"] > 0 and 0 < g["matmul_share"] < 1
+    assert g["lm_head"] == p["lm_head"] == "target positions"
+    # which runs get a profile: a genft arm slower than the plain loop's arm with its batching, and that arm
+    speeds = {"genft": 135, "genft-padded": 91, "trainer": 74, "trainer-padfree": 157}  # reports/benchmarks.md
+    summary = {arm: {"tokens_per_s": v} for arm, v in speeds.items()}
+    assert finetune_speed.profile_pairs(summary, "auto") == [("genft", "trainer-padfree")]
+    assert finetune_speed.profile_pairs({a: summary[a] for a in res["summary"]}, "always") == [
+        ("genft", "trainer"), ("genft-padded", "trainer")]  # the arms this run had
+    assert finetune_speed.profile_pairs(summary, "never") == []
     assert 0 < t["rss_train_mib"] < 8192
     text = out.read_text()
     assert text.startswith(OTHER)  # the evaluation benchmark's part is untouched

@@ -383,7 +383,9 @@ def greedy_decode(
     read once per step, and the matmuls of a few rows run far below the machine's peak), so each live row also
     feeds up to min(max_draft, verify_rows // live rows - 1) draft tokens (`NgramDrafts` over `prefix_ids` and
     its own tokens) after its next token, and the step predicts at every one of them: drafting runs while at
-    most half of `verify_rows` rows are live (the tail of a batch).  A row keeps the predictions up to and
+    most half of `verify_rows` rows are live.  A row's own limit starts at max_draft // 2, doubles while all of
+    its drafts are kept and drops to one more than it kept otherwise (text that does not repeat earlier text
+    costs little).  A row keeps the predictions up to and
     including the first one that differs from its draft: each kept token is the model's greedy token given
     exactly the tokens before it (the drafts it follows were right), so the output is the one token-by-token
     decoding gives, in fewer steps (up to the float rounding any other batch shape brings: tests and
@@ -402,6 +404,7 @@ def greedy_decode(
     lens: list[int] = []  # keys in the buffer per slot
     pending: list[int] = []  # the token each slot feeds next
     drafts: list[NgramDrafts | None] = []  # per slot, built when the slot first drafts
+    reach: list[int] = []  # per slot: draft tokens it may feed next (doubles while all are kept, else kept + 1)
     refill_at = max(1, cap // 4)
     stats = stats if stats is not None else {}
     shared = list(prefix_ids or [])
@@ -449,6 +452,7 @@ def greedy_decode(
                     lens.append(m)
                     pending.append(int(tok))
                     drafts.append(None)
+                    reach.append(max(1, max_draft // 2))
                 start += m
             cache.new = {}
             count("generate_prefill_s", time.perf_counter() - t0)
@@ -462,7 +466,7 @@ def greedy_decode(
         for s in range(a):
             if k > 0 and drafts[s] is None:
                 drafts[s] = NgramDrafts(shared + rows[slot_row[s]] + out[slot_row[s]])
-            props.append(drafts[s].draft(min(k, max_new - len(out[slot_row[s]]) - 1)) if k > 0 else [])
+            props.append(drafts[s].draft(min(k, reach[s], max_new - len(out[slot_row[s]]) - 1)) if k > 0 else [])
         q = 1 + max(len(d) for d in props)
         # A row with fewer drafts than q - 1 is padded: its pending token again, at its last real position (a
         # position table must not be indexed past the row's own end); nothing reads the padded outputs, and no
@@ -491,6 +495,9 @@ def greedy_decode(
         done = []
         for s, d in enumerate(props):
             r = slot_row[s]
+            if d:  # a row whose drafts are wrong feeds fewer: a step's cost grows with its query positions
+                kept = next((j for j, (x, y) in enumerate(zip(d, preds[s])) if x != y), len(d))
+                reach[s] = min(max_draft, 2 * len(d)) if kept == len(d) else kept + 1
             for j, tok in enumerate(preds[s]):
                 tok = int(tok)
                 lens[s] += 1  # the key of the token fed at j (pending, then draft j - 1) is now the row's
@@ -511,11 +518,10 @@ def greedy_decode(
                 for kb, vb in cache.bufs:
                     kb[s, :, :m] = kb[last, :, :m]
                     vb[s, :, :m] = vb[last, :, :m]
-                slot_row[s], lens[s], pending[s], drafts[s] = slot_row[last], lens[last], pending[last], drafts[last]
-            slot_row.pop()
-            lens.pop()
-            pending.pop()
-            drafts.pop()
+                slot_row[s], lens[s], pending[s] = slot_row[last], lens[last], pending[last]
+                drafts[s], reach[s] = drafts[last], reach[last]
+            for per_slot in (slot_row, lens, pending, drafts, reach):
+                per_slot.pop()
         count("generate_decode_s", time.perf_counter() - t0)
     count("generated_tokens", sum(len(o) for o in out))
     return out
