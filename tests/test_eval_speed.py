@@ -122,6 +122,13 @@ def test_targets(es):
     text = "\n".join(es.targets_section(med))
     assert "study's method: **holds**" in text and "3x lm-eval's `hf`: **holds**" in text
     assert es.targets_section([(t, s, n, g, {"genft-hf": m["genft-hf"]}) for t, s, n, g, m in med]) == []
+    shares = {("genft_nli_mnli_m", 0): 0.65, ("genft_paraphrase_paws", 4): 0.55}
+    text = "\n".join(es.targets_section(med, shares))
+    assert ("60% of the matmul FLOP/s (genft-hf): **does not hold** (genft_nli_mnli_m 0-shot 65%, "
+            "genft_paraphrase_paws 4-shot 55%)") in text
+    shares[("genft_paraphrase_paws", 4)] = 0.6
+    assert "FLOP/s (genft-hf): **holds**" in "\n".join(es.targets_section(med, shares))
+    assert "matmul FLOP/s (genft-hf)" not in "\n".join(es.targets_section(med))
 
 
 def test_generation_profile_reads_genft_hf_counters(es, tiny_model):
