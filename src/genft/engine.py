@@ -288,14 +288,10 @@ class RowCache(Cache):
             return key_states, value_states
         kb, vb = self.bufs[layer_idx]
         rows = torch.arange(self.active, device=kb.device)
-        q = key_states.shape[2]
-        if q == 1:
-            kb[rows, :, self.write_at] = key_states[:, :, 0]
-            vb[rows, :, self.write_at] = value_states[:, :, 0]
-        else:  # advanced indices on dims 0 and 2 around a slice: the selection is [A, q, kv_heads, d]
-            at = self.write_at[:, None] + torch.arange(q, device=kb.device)[None, :]
-            kb[rows[:, None], :, at] = key_states.transpose(1, 2)
-            vb[rows[:, None], :, at] = value_states.transpose(1, 2)
+        # advanced indices on dims 0 and 2 around a slice: the selection is [A, q, kv_heads, d]
+        at = self.write_at[:, None] + torch.arange(key_states.shape[2], device=kb.device)[None, :]
+        kb[rows[:, None], :, at] = key_states.transpose(1, 2)
+        vb[rows[:, None], :, at] = value_states.transpose(1, 2)
         return kb[: self.active, :, : self.span], vb[: self.active, :, : self.span]
 
     def new_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -385,11 +381,11 @@ def greedy_decode(
     its own tokens) after its next token, and the step predicts at every one of them: drafting runs while at
     most half of `verify_rows` rows are live.  A row's own limit starts at max_draft // 2, doubles while all of
     its drafts are kept and drops to one more than it kept otherwise (text that does not repeat earlier text
-    costs little).  A row keeps the predictions up to and
-    including the first one that differs from its draft: each kept token is the model's greedy token given
-    exactly the tokens before it (the drafts it follows were right), so the output is the one token-by-token
-    decoding gives, in fewer steps (up to the float rounding any other batch shape brings: tests and
-    benchmarks/eval_speed.py compare the texts with lm-eval's `hf`).  max_draft 0 turns drafting off.
+    costs little).  A row keeps the predictions up to and including the first one that differs from its
+    draft: each kept token is the model's greedy token given exactly the tokens before it (the drafts it
+    follows were right), so the output is the one token-by-token decoding gives, in fewer steps (up to the
+    float rounding any other batch shape brings: tests and benchmarks/eval_speed.py compare the texts with
+    lm-eval's `hf`).  max_draft 0 turns drafting off.
     """
     p = 0 if not prefix else int(prefix[0][0].shape[2])
     n = len(rows)
@@ -479,25 +475,22 @@ def greedy_decode(
         state = RowState("decode", q_pos=pos_t, prefix=prefix, lens=lens_t + 1)
         cache.mode, cache.active, cache.write_at, cache.span = "decode", a, lens_t, max(lens) + q
         hidden = forward(ids_t, pos_t, state, cache)
-        if q == 1:
-            preds = [[t] for t in next_tokens(hidden[:, -1]).tolist()]
-        else:  # the lm_head only where a prediction can be kept: the next token and after each draft token
-            sel_s = [s for s, d in enumerate(props) for _ in range(len(d) + 1)]
-            sel_j = [j for d in props for j in range(len(d) + 1)]
-            flat = next_tokens(hidden[torch.tensor(sel_s, device=hidden.device), torch.tensor(sel_j, device=hidden.device)]).tolist()
-            preds, at = [], 0
-            for d in props:
-                preds.append(flat[at : at + len(d) + 1])
-                at += len(d) + 1
+        # the lm_head only where a prediction can be kept: the next token and after each draft token
+        sel_s = torch.tensor([s for s, d in enumerate(props) for _ in range(len(d) + 1)], device=hidden.device)
+        sel_j = torch.tensor([j for d in props for j in range(len(d) + 1)], device=hidden.device)
+        flat = next_tokens(hidden[sel_s, sel_j]).tolist()
+        preds, at = [], 0
+        for d in props:
+            preds.append(flat[at : at + len(d) + 1])
+            at += len(d) + 1
+        if q > 1:
             count("draft_tokens", sum(len(d) for d in props))
         count("forward_tokens", a * q)
         count("decode_steps", 1)
         done = []
         for s, d in enumerate(props):
             r = slot_row[s]
-            if d:  # a row whose drafts are wrong feeds fewer: a step's cost grows with its query positions
-                kept = next((j for j, (x, y) in enumerate(zip(d, preds[s])) if x != y), len(d))
-                reach[s] = min(max_draft, 2 * len(d)) if kept == len(d) else kept + 1
+            kept = 0
             for j, tok in enumerate(preds[s]):
                 tok = int(tok)
                 lens[s] += 1  # the key of the token fed at j (pending, then draft j - 1) is now the row's
@@ -510,7 +503,10 @@ def greedy_decode(
                 if j == len(d) or d[j] != tok:  # the next prediction followed a wrong draft (or none): stop here
                     pending[s] = tok
                     break
-                count("draft_accepted", 1)
+                kept += 1
+            if d:  # a row whose drafts are wrong feeds fewer: a step's cost grows with its query positions
+                count("draft_accepted", kept)
+                reach[s] = min(max_draft, 2 * len(d)) if kept == len(d) else kept + 1
         for s in reversed(done):  # the last active row moves into the freed slot
             last = len(slot_row) - 1
             if s != last:
