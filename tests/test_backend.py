@@ -197,6 +197,25 @@ def test_loglikelihood_matches_hf(models):
     assert max(len(fast.tok_encode(lab, add_special_tokens=False)) for lab in LABELS_B) > 1
 
 
+def test_each_string_is_tokenized_once_with_hflms_tokens(models, monkeypatch):
+    hf, fast = models
+    reqs = _ll_requests()
+    seen = {}
+    for lm in (hf, fast):  # the token pairs each hands to _loglikelihood_tokens
+        monkeypatch.setattr(lm, "_loglikelihood_tokens", lambda r, _lm=lm, **kw: seen.setdefault(_lm, r) and [])
+    encoded = []
+    orig = fast.tokenizer.encode
+    monkeypatch.setattr(fast.tokenizer, "encode", lambda s, *a, **kw: encoded.append(s) or orig(s, *a, **kw))
+    hf.loglikelihood(reqs, disable_tqdm=True)
+    fast.loglikelihood(reqs, disable_tqdm=True)
+    assert seen[fast] == seen[hf]
+    # lm-eval encodes each context again for every label; here every distinct string is encoded once.
+    assert len(encoded) == len(set(encoded))
+    contexts = {r.args[0].rstrip() for r in reqs if r.args[0]}
+    assert len(encoded) < len(reqs) + len(contexts) + 2 < 2 * len(reqs)
+    assert fast._tok_memo is None  # the memo lives for one call only
+
+
 def test_batched_equals_unbatched(lively, models):
     _, fast = models
     one = GenftHFLM(pretrained=lively, device="cpu", batch_size=1)

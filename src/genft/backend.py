@@ -309,6 +309,27 @@ class GenftHFLM(HFLM):
 
     # ------------------------------------------------------------------ loglikelihood
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        """HFLM's loglikelihood, with each distinct string tokenized once per call: lm-eval encodes an item's
+        context again for every label (`_encode_pair`), so a k-shot prompt was tokenized once per label."""
+        self._tok_memo: dict | None = {}
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._tok_memo = None
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs) -> list[int]:
+        memo = getattr(self, "_tok_memo", None)
+        if memo is None or kwargs:
+            return super().tok_encode(string, add_special_tokens=add_special_tokens,
+                                      left_truncate_len=left_truncate_len, **kwargs)
+        key = (string, add_special_tokens, left_truncate_len)
+        if key not in memo:
+            memo[key] = super().tok_encode(string, add_special_tokens=add_special_tokens,
+                                           left_truncate_len=left_truncate_len)
+        return list(memo[key])
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         if not self._fast_ok():
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
