@@ -229,17 +229,28 @@ def bound_seconds(work: dict, sizes: dict, peaks: dict) -> tuple[float, float]:
 
 
 def _timed(lm, bucket: dict):
-    """Time the model calls lm-eval makes (instance attributes shadow the class methods); keep the requests."""
+    """Time the model calls lm-eval makes (instance attributes shadow the class methods); keep the requests.
+    With bucket["profile"] True the next call also runs under torch's profiler: its per-operator table is left
+    in bucket["ops"] (and "profile" is reset)."""
+    import torch.profiler
+
     for name in ("loglikelihood", "generate_until"):
         orig = getattr(lm, name)
 
         def wrapper(requests, *args, _orig=orig, **kwargs):
             bucket["requests"] = list(requests)
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) \
+                if bucket.pop("profile", False) else None
             t0 = time.perf_counter()
             try:
-                return _orig(requests, *args, **kwargs)
+                if prof is None:
+                    return _orig(requests, *args, **kwargs)
+                with prof:
+                    return _orig(requests, *args, **kwargs)
             finally:
                 bucket["seconds"] += time.perf_counter() - t0
+                if prof is not None:
+                    bucket["ops"] = prof.key_averages()
 
         setattr(lm, name, wrapper)
     return lm
@@ -367,6 +378,59 @@ def generation_profile(cells: list, peaks: dict, sizes: dict, step: dict) -> lis
     ]
 
 
+LINEAR_OPS = ("aten::mm", "aten::addmm")  # what nn.Linear runs on the CPU (a [rows, in] x [in, out] GEMM)
+
+
+def op_seconds(ops) -> dict:
+    """A profiled call's operator time (torch.profiler's key_averages: each operator's own time, on the calling
+    thread, whose intra-op threads it waits for), in seconds: `linear` (the GEMMs of the linear layers and the
+    lm_head), `attention` (scaled-dot-product kernels), `other` (every other tensor operator: norms, rotary
+    embeddings, activations, additions, copies, masks), `total`."""
+    linear = attention = total = 0.0
+    for ev in ops:
+        t = ev.self_cpu_time_total / 1e6
+        total += t
+        if ev.key in LINEAR_OPS:
+            linear += t
+        elif "scaled_dot_product" in ev.key:
+            attention += t
+    return {"linear": linear, "attention": attention, "other": total - linear - attention, "total": total}
+
+
+def classification_profile(cells: list, peaks: dict, sizes: dict) -> list[str]:
+    """Markdown lines: where genft-hf's classification time goes, from one profiled run per cell (not among the
+    timed runs).  cells: [(task, shots, items, call seconds, op_seconds(), counters, bound_prefill_s)]; the
+    counters are genft-hf's (`forward_positions`: every position its forwards ran, the shared prefix's
+    included; `head_rows`: lm_head rows)."""
+    if not cells:
+        return []
+    rows = []
+    for task, shots, n, call_s, ops, st, bound in cells:
+        flops = 2 * sizes["body"] * st.get("forward_positions", 0) + 2 * sizes["head"] * st.get("head_rows", 0)
+        rate = flops / ops["linear"] / peaks["flops"] if ops["linear"] else 0.0
+        outside = max(call_s - ops["total"], 0.0)
+        rows.append(f"| {task} | {shots} | {n} | {call_s:.2f} | {ops['linear']:.2f} ({100 * rate:.0f}% of peak) "
+                    f"| {ops['attention']:.2f} | {ops['other']:.2f} | {outside:.2f} | {bound:.2f} "
+                    f"| {100 * bound / call_s:.0f}% | {100 * bound / ops['linear']:.0f}% |" if ops["linear"] else
+                    f"| {task} | {shots} | {n} | {call_s:.2f} | no linear operators profiled | | | | {bound:.2f} | | |")
+    return [
+        "**Where genft-hf's classification time goes** (one extra run of each cell under torch's profiler, each",
+        "operator's own time; the profiler adds a little to every operator).  'linears': the GEMMs of the linear",
+        "layers and the lm_head, at the FLOP/s their work implies (every position run, the shared prefix once, and",
+        "each lm_head row) as a share of the matmul peak; 'attention': the scaled-dot-product kernels; 'other",
+        "tensor ops': norms, rotary embeddings, activations, additions, copies and masks; 'outside torch':",
+        "tokenization, planning and Python.  'bound': the cell's least prefill work at the matmul peak (the",
+        "'% matmul FLOP/s' column above counts that work); 'if only the linears took time': the bound over the",
+        "linears' time, the most that share could reach with attention, the other operators and the rest free.",
+        "",
+        "| task | shots | items | model s (profiled run) | linears s | attention s | other tensor ops s | outside torch s "
+        "| bound s | % matmul FLOP/s | if only the linears took time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def write_report(path: Path, text: str, owner: str | None) -> None:
     """Write the report into `path`, keeping what other scripts own (benchmarks/report_section.py).
 
@@ -454,7 +518,7 @@ def main(argv=None) -> int:
     any_lm = next(iter(lms.values()))
     sizes = model_sizes(any_lm.model)
     step = decode_matmuls(any_lm.model, args.threads)
-    gen_profile, counters, matmul_shares = [], {}, {}
+    gen_profile, cls_profile, counters, matmul_shares = [], [], {}, {}
 
     raw, rows, failures, medians = [], [], [], []
     started = time.time()
@@ -488,6 +552,11 @@ def main(argv=None) -> int:
             gen_profile.append((task, shots, n, counters, t_pre, t_dec))
         elif "genft-hf" in backends:
             matmul_shares[(task, shots)] = t_pre / medians[-1][4]["genft-hf"]
+            timers["genft-hf"].update(seconds=0.0, profile=True)  # one more run, profiled, outside the medians
+            lms["genft-hf"].stats.clear()
+            harness.evaluate(lms["genft-hf"], [task], num_fewshot=shots, limit=items, tm=tm)
+            cls_profile.append((task, shots, n, timers["genft-hf"]["seconds"], op_seconds(timers["genft-hf"]["ops"]),
+                                dict(lms["genft-hf"].stats), t_pre))
         for b in backends:
             med = medians[-1][4][b]
             same = ""
@@ -505,6 +574,7 @@ def main(argv=None) -> int:
                         "bound_prefill_s": t_pre, "bound_decode_s": t_dec, "identical_to_hf": same})
     total = time.time() - started
     load_after = os.getloadavg()
+    peaks_after = machine_peaks(args.threads)  # the same measurement again: how much the machine's speed moved
 
     headers = ["task", "shots", "items", "backend", "items/s (median)", "model s per run", "% roofline",
                "% matmul FLOP/s", "same as hf", "score"]
@@ -513,7 +583,8 @@ def main(argv=None) -> int:
         ["model", f"{args.model} ({pretrained}); {sizes['body'] / 1e6:.1f}M non-embedding + {sizes['head'] / 1e6:.1f}M lm_head parameters"
                   + (" (tied)" if sizes["tied"] else "")],
         ["machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}"],
-        ["measured peaks", f"{peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s memory read ({args.threads} threads)"],
+        ["measured peaks", f"{peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s memory read ({args.threads} threads; "
+                           f"the shares use these); measured again after the cells: {peaks_after['flops'] / 1e9:.0f} GFLOP/s, {peaks_after['bandwidth'] / 1e9:.1f} GB/s"],
         ["torch threads / batch size / runs", f"{args.threads} / {args.batch_size} / {args.reps} (backend order rotated per run)"],
         ["study's lm_head", "last position only" if args.study_logits == "last" else "every position"],
         ["load average before / after", f"{load_before[0]:.2f} / {load_after[0]:.2f} (1 min; other users share the CPUs)"],
@@ -534,15 +605,17 @@ def main(argv=None) -> int:
         "",
         tabulate(rows, headers=headers, tablefmt="github"),
         "",
-    ] + targets_section(medians, matmul_shares) + generation_profile(gen_profile, peaks, sizes, step) + [
+    ] + targets_section(medians, matmul_shares) + generation_profile(gen_profile, peaks, sizes, step) \
+        + classification_profile(cls_profile, peaks, sizes) + [
         tabulate(info, headers=["", ""], tablefmt="github"),
         "",
     ] + ([f"**Differences:** {'; '.join(failures)}", ""] if failures else []))
     if args.out:
         write_report(Path(args.out), text, own)
     if args.json:
-        Path(args.json).write_text(json.dumps({"peaks": peaks, "sizes": sizes, "threads": args.threads, "decode_matmuls": step,
+        Path(args.json).write_text(json.dumps({"peaks": peaks, "peaks_after": peaks_after, "sizes": sizes, "threads": args.threads, "decode_matmuls": step,
                                                "generation_counters": [list(c) for c in gen_profile],
+                                               "classification_profile": [[t, k, n, c, o, st, b] for t, k, n, c, o, st, b in cls_profile],
                                                "cells": raw, "failures": failures}, indent=1))
     print(text)
     return 1 if failures else 0

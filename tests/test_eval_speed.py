@@ -159,3 +159,48 @@ def test_generation_profile_reads_genft_hf_counters(es, tiny_model):
     assert f"({prompt} tokens," in cells[3]
     assert cells[7] == str(st["decode_steps"]) and cells[8] == f"{(3 * 7 - 3) / st['decode_steps']:.1f}"
     assert es.generation_profile([], peaks, sizes, step) == []
+
+
+def test_classification_profile_splits_a_real_profiled_call(es, tiny_model):
+    """One loglikelihood call of genft-hf under the benchmark's own timer with its profiler on: the linear
+    layers' GEMMs (one per linear layer per forward, plus the lm_head), the attention kernels and the rest."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    from genft.backend import GenftHFLM
+
+    torch.set_num_threads(1)
+    lm = GenftHFLM(pretrained=tiny_model, device="cpu", batch_size=4)
+    lm._fast_ok()  # its one-time check runs forwards of its own; the benchmark calls it at load too
+    bucket = {"seconds": 0.0, "profile": True}
+    lm = es._timed(lm, bucket)
+    demos = "Review: good film\nSentiment: positive\n\nReview: dull plot\nSentiment: negative\n\n"
+    reqs = [Instance("loglikelihood", {}, (demos + f"Review: {t}\nSentiment:", lab), i)
+            for i, t in enumerate(["great", "boring and long", "fine", "awful acting", "a joy"])
+            for lab in (" positive", " negative")]
+    lm.loglikelihood(reqs, disable_tqdm=True)
+    assert "profile" not in bucket and bucket["ops"]
+    ops = es.op_seconds(bucket["ops"])
+    assert ops["linear"] > 0 and ops["attention"] > 0 and ops["other"] > 0
+    assert abs(ops["linear"] + ops["attention"] + ops["other"] - ops["total"]) < 1e-9
+    assert ops["total"] <= bucket["seconds"]
+    st = dict(lm.stats)
+    layers = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)]
+    gemms = sum(ev.count for ev in bucket["ops"] if ev.key in es.LINEAR_OPS)
+    # every linear layer but the lm_head once per forward, the lm_head once per scoring batch
+    assert gemms == (len(layers) - 1) * st["forward_calls"] + (st["forward_calls"] - st["prefix_forwards"])
+    # the next call is not profiled
+    bucket["seconds"] = 0.0
+    del bucket["ops"]
+    lm.loglikelihood(reqs[:2], disable_tqdm=True)
+    assert "ops" not in bucket and bucket["seconds"] > 0
+
+    peaks = {"flops": 1e11, "bandwidth": 2e10}
+    sizes = es.model_sizes(lm.model)
+    lines = es.classification_profile([("genft_x", 2, 5, 2.0, ops, st, 0.5)], peaks, sizes)
+    row = next(line for line in lines if line.startswith("| genft_x |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    flops = 2 * sizes["body"] * st["forward_positions"] + 2 * sizes["head"] * st["head_rows"]
+    assert cells[3] == "2.00" and cells[4] == f"{ops['linear']:.2f} ({100 * flops / ops['linear'] / 1e11:.0f}% of peak)"
+    assert cells[9] == "25%" and cells[10] == f"{100 * 0.5 / ops['linear']:.0f}%"
+    assert es.classification_profile([], peaks, sizes) == []
