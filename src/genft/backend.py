@@ -4,7 +4,8 @@ With the study's fixed first-k demonstrations every item of a test set starts wi
 and every label of an item shares the item's prompt.  lm-eval's `hf` model recomputes all of it for every
 (item, label) pair.  `GenftHFLM` (registered as `genft-hf`) is a subclass of `lm_eval.models.huggingface.HFLM`:
 same `model_args` (pretrained, peft, dtype, device, batch_size, ...), same tokenization (HFLM's own
-`_encode_pair` / `tok_encode` path is reused untouched), same (logprob, is_greedy) and greedy texts, but:
+`_encode_pair` / `tok_encode` path, with each distinct string encoded once per loglikelihood call instead of
+once per label), same (logprob, is_greedy) and greedy texts, but:
 
 * Shared prefixes.  The distinct contexts of a call are sorted by token ids and cut into groups whose
   longest common token prefix is worth sharing (`plan_prefix_groups`: an exact cost model over the sorted
