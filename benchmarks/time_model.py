@@ -121,6 +121,9 @@ def main(argv=None) -> int:
             rows.append(f"| {family} | {len(sub)} | {name} | {est / 60:.1f} | {measured / 60:.1f} | {ratio:.2f} |")
     tr = [(m["training"]["trained_tokens"], m["training"]["wall_time_s"]) for m in manifests.values()
           if m.get("training", {}).get("wall_time_s")]
+    times = sorted(_utc(c.provenance.time, f"cell {c.key}: provenance.time") for c in cells)
+    span = f"{times[0]:%Y-%m-%d %H:%M} to {times[-1]:%H:%M} UTC" if times[0].date() == times[-1].date() \
+        else f"{times[0]:%Y-%m-%d %H:%M} to {times[-1]:%Y-%m-%d %H:%M} UTC"
     consts = "\n".join(f"| {k} | {code[k]:.4g} | {fitted[k]:.4g} |" for k in code)
     command = " ".join(["python benchmarks/time_model.py", a.output]
                        + ([f"--since {a.since}"] if a.since else [])
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         "## The suites' time model (genft.suite.estimate), recalibrated",
         "",
-        f"`{command}`: {len(cells)} finished cells ({backend}) and "
+        f"`{command}`: {len(cells)} finished cells ({backend}; finished {span}) and "
         f"{len(tr)} fine-tunes ({sum(t for t, _ in tr)} tokens in {sum(w for _, w in tr) / 60:.1f} min) of that "
         "suite's output folder, fitted by least squares to estimate.py's model (classification: n x CLS_ITEM_S x "
         "(1 + CLS_SHOT x shots) x labels/2; generation: n x (GEN_ITEM_S + GEN_SHOT_S x shots); training: tokens / "

@@ -1,12 +1,14 @@
 """The time model: what a fine-tune or a cell is expected to take, calibrated by what this suite measured.
 
-The defaults are SmolLM2-135M on 2 CPU cores (genft-hf, 2 threads), fitted by benchmarks/time_model.py to
-the 94 cells of runs/study-cpu evaluated on an idle machine (reports/benchmarks.md, time_model): classification
-0.155 s/item for two labels whatever the shots (the study's fixed demonstrations are one prefix, which genft-hf
-scores once; the fit saw no random-demonstration cells); generation (to 60 new tokens) 1.19 s/item + 0.047 s
-per demonstration; LoRA training 81 tokens/s (padding-free batches of 8, benchmarks/finetune_speed.py).  One
-thread, or a machine shared with other work: about twice as long.  Once cells of a suite finish, the plan
-scales the defaults per task family by measured / estimated time (`calibrate`).
+The defaults are SmolLM2-135M on 2 CPU cores (genft-hf, 2 threads, a machine measuring ~370 GFLOP/s fp32
+matmul), fitted by benchmarks/time_model.py to the 200 cells and 10 fine-tunes of runs/study-cpu on an idle
+machine (2026-12-03; reports/benchmarks.md, time_model): classification 0.055 s/item for two labels whatever
+the shots (the study's fixed demonstrations are one prefix, which genft-hf scores once; the fit saw no
+random-demonstration cells); generation (to 60 new tokens, cut at the first blank line) 0.337 s/item + 0.017 s
+per demonstration; LoRA training 224 tokens/s (padding-free batches of 8, the LM head at target positions).
+One thread, or a machine shared with other work: about twice as long; a slower machine: in proportion to its
+matmul speed.  Once cells of a suite finish, the plan scales the defaults per task family by measured /
+estimated time (`calibrate`).
 """
 from __future__ import annotations
 
@@ -19,13 +21,13 @@ from ..files import fmt_duration
 from ..prompts import get_task
 
 LOAD_S = 15.0  # one model load
-CLS_ITEM_S = 0.155  # per classification item at 0 shots, for two labels
+CLS_ITEM_S = 0.055  # per classification item at 0 shots, for two labels
 CLS_SHOT = {"hf": 1.0, "genft-hf": 0.0, "vllm": 0.05}  # extra cost per demonstration, x the 0-shot cost
-GEN_ITEM_S = 1.19  # per generated item (up to 60 new tokens) ...
-GEN_SHOT_S = 0.047  # ... plus per demonstration
+GEN_ITEM_S = 0.337  # per generated item (up to 60 new tokens) ...
+GEN_SHOT_S = 0.017  # ... plus per demonstration
 ONE_THREAD = 2.0  # the slowdown of one thread (the defaults are for 2)
 BACKEND_FACTOR = {"hf": 1.0, "genft-hf": 1.0, "vllm": 0.3}
-TRAIN_TOKENS_S = 81.0  # LoRA on SmolLM2-135M, 2 threads, padding-free batches
+TRAIN_TOKENS_S = 224.0  # LoRA on SmolLM2-135M, 2 threads, padding-free batches
 
 
 def slowdown(threads: int | None) -> float:
