@@ -142,14 +142,22 @@ def study_model(pretrained: str, batch_size: int, logits: str = "last", **kwargs
 # --------------------------------------------------------------------------- machine and work
 
 
-def machine_peaks(threads: int) -> dict:
-    """fp32 matmul FLOP/s (2048^3) and memory read bandwidth (256 MiB sum), best of 5, at `threads`."""
+def machine_peaks(threads: int, rounds: int = 3, gap_s: float = 1.0) -> dict:
+    """fp32 matmul FLOP/s (2048^3) and memory read bandwidth (256 MiB sum) at `threads`: the best of 5 calls in
+    each of `rounds` rounds `gap_s` apart (one round can fall in a slow spell: a reading of 218 GFLOP/s where the
+    same machine gave 371 minutes later)."""
     import torch
 
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     x = torch.randn(64 * 1024 * 1024)
-    return {"flops": 2 * 2048**3 / best_seconds(lambda: a @ b), "bandwidth": x.numel() * 4 / best_seconds(x.sum)}
+    mm, rd = [], []
+    for i in range(rounds):
+        if i:
+            time.sleep(gap_s)
+        mm.append(best_seconds(lambda: a @ b))
+        rd.append(best_seconds(x.sum))
+    return {"flops": 2 * 2048**3 / min(mm), "bandwidth": x.numel() * 4 / min(rd)}
 
 
 def best_seconds(f, reps: int = 5) -> float:
