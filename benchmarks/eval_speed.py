@@ -414,13 +414,15 @@ def classification_profile(cells: list, peaks: dict, sizes: dict) -> list[str]:
         return []
     rows = []
     for task, shots, n, call_s, ops, st, bound in cells:
+        if not ops["linear"]:
+            rows.append(f"| {task} | {shots} | {n} | {call_s:.2f} | no linear operators profiled | | | | {bound:.2f} | | |")
+            continue
         flops = 2 * sizes["body"] * st.get("forward_positions", 0) + 2 * sizes["head"] * st.get("head_rows", 0)
-        rate = flops / ops["linear"] / peaks["flops"] if ops["linear"] else 0.0
+        rate = flops / ops["linear"] / peaks["flops"]
         outside = max(call_s - ops["total"], 0.0)
         rows.append(f"| {task} | {shots} | {n} | {call_s:.2f} | {ops['linear']:.2f} ({100 * rate:.0f}% of peak) "
                     f"| {ops['attention']:.2f} | {ops['other']:.2f} | {outside:.2f} | {bound:.2f} "
-                    f"| {100 * bound / call_s:.0f}% | {100 * bound / ops['linear']:.0f}% |" if ops["linear"] else
-                    f"| {task} | {shots} | {n} | {call_s:.2f} | no linear operators profiled | | | | {bound:.2f} | | |")
+                    f"| {100 * bound / call_s:.0f}% | {100 * bound / ops['linear']:.0f}% |")
     return [
         "**Where genft-hf's classification time goes** (one extra run of each cell under torch's profiler, each",
         "operator's own time; the profiler adds a little to every operator).  'linears': the GEMMs of the linear",
