@@ -320,7 +320,7 @@ def test_generations_that_copy_a_demonstration_are_counted(tmp_path):
                    demo_targets=[demo]),
             record("summary", "builtin_sports", "in", shots=0, rouge=[0.1, 0.2, 0.3, 0.4], outputs=outs)]
     md, _ = build("synth", roundtrip(tmp_path, recs), figures_=False)
-    header, _ = table(section(md, "## Generation"), "## Generation: repeated and identical outputs")
+    header, _ = table(section(md, "## Generation"), "## Generation: repeated, empty, copied and identical outputs")
     rows = [[c.strip() for c in ln.strip().strip("|").split(" | ")]
             for ln in section(md, "## Generation").splitlines() if ln.startswith(f"| {BASE} ")]
     by_shots = {r[header.index("shots")]: r[header.index("copies a demo")] for r in rows}

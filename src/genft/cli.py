@@ -88,18 +88,24 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """Write the suite's markdown report, figures and evidence file (reports/<suite>.md, reports/<suite>/)."""
+    """Write the suite's markdown report, figures and evidence file (reports/<suite>.md, reports/<suite>/); or,
+    with --compare, print which finding parts changed verdict between two judgements."""
+    from .report import load_settings, write_report
+    from .report.compare import compare, verdicts
+
+    if args.compare:
+        if args.suite or args.cells:
+            print("genft: error: --compare takes its two sources itself (no suite, no --cells)", file=sys.stderr)
+            return 2
+        old = verdicts(args.compare[0], load_settings(args.old_settings) if args.old_settings else None)
+        new = verdicts(args.compare[1], load_settings(args.settings) if args.settings else None)
+        print(compare(old, new, everything=args.all), end="")
+        return 0
     if bool(args.suite) == bool(args.cells):
         print("genft: error: give a suite (file or output folder) or --cells FILE, not both", file=sys.stderr)
         return 2
-    from .report import write_report
-    from .suite.store import StoreError
-
-    try:
-        print(write_report(args.cells or args.suite, out_dir=args.out_dir))
-    except StoreError as e:
-        print(f"genft: error: {e}", file=sys.stderr)
-        return 2
+    settings = load_settings(args.settings) if args.settings else None
+    print(write_report(args.cells or args.suite, out_dir=args.out_dir, settings=settings))
     return 0
 
 
@@ -197,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", nargs="?", help="the suite: its file or its output folder")
     p.add_argument("--cells", help="rebuild from a report's evidence file (reports/<suite>/cells.jsonl.gz)")
     p.add_argument("--out-dir", default="reports", help="folder for the report (default: reports)")
+    p.add_argument("--settings", metavar="SUITE|defaults", help="judge under the report settings of this suite "
+                   "file's `report:` block (or genft's defaults) instead of the stored ones; with --compare: the "
+                   "NEW side's")
+    p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="print the finding parts whose verdict "
+                   "changed between two judgements: evidence files (*.jsonl.gz, judged now) or report markdown "
+                   "(*.md, read as written)")
+    p.add_argument("--old-settings", metavar="SUITE|defaults", help="with --compare: settings for the OLD side")
+    p.add_argument("--all", action="store_true", help="with --compare: list unchanged parts too")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -13,7 +13,8 @@ from .findings import DOES_NOT_HOLD, FINDINGS, HOLDS, INCONCLUSIVE, NOT_MEASURED
 from .model import SuiteData
 from ..suite.report_settings import Margin, ReportSettings
 from .stats import holm, paired_bootstrap
-from .write import build, load, write_report
+from .write import build, load, load_settings, write_report
 
 __all__ = ["DOES_NOT_HOLD", "FINDINGS", "HOLDS", "INCONCLUSIVE", "NOT_MEASURED", "Margin", "ReportSettings",
-           "SuiteData", "build", "findings", "holm", "load", "paired_bootstrap", "read_evidence", "write_report"]
+           "SuiteData", "build", "findings", "holm", "load", "load_settings", "paired_bootstrap",
+           "read_evidence", "write_report"]

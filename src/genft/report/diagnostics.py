@@ -1,7 +1,13 @@
 """What a cell's outputs say beyond its score: one-label answers, identical outputs between two arms,
-repeated generations, labels the first-token rule never picks.  Pure functions of `CellRecord`s."""
+repeated, empty and copied generations, labels the first-token rule never picks.  Pure functions of
+`CellRecord`s.
+
+Generations are compared after normalization (`normalize`: punctuation removed, white space folded), so an
+output that copies a demonstration's target up to a trailing " ." counts as a copy, and two arms whose
+outputs differ only in spacing or punctuation count as identical."""
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from typing import Sequence
 
@@ -12,12 +18,19 @@ from ..prompts import get_task
 from ..suite.store import CellRecord
 
 
+def normalize(text: str) -> str:
+    """A generation as the diagnostics compare it: punctuation (Unicode category P*) removed, runs of white
+    space folded to one space, stripped.  Case is kept."""
+    kept = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    return " ".join(kept.split())
+
+
 def outputs(rec: CellRecord) -> list[str]:
     """Per item: the predicted label (first-token rule), or the generation as it is scored (stripped, then cut
-    at the first blank line)."""
+    at the first blank line) and normalized (`normalize`)."""
     if get_task(rec.task).is_classification:
         return list(rec.outputs)
-    return [clean_generation(o) for o in rec.outputs]
+    return [normalize(clean_generation(o)) for o in rec.outputs]
 
 
 def _values(rec: CellRecord, name: str) -> list[float]:
@@ -40,8 +53,8 @@ def top_label(recs: Sequence[CellRecord]) -> tuple[str, float] | None:
 
 
 def one_label(recs: Sequence[CellRecord], share: float) -> str | None:
-    """Why an arm carries no information: it answers one label on >= `share` of its items (pooled over its
-    replicates) and scores at or below the test set's majority rate; None when it is informative."""
+    """Why an arm sits at the floor: it answers one label on >= `share` of its items (pooled over its
+    replicates) and scores at or below the test set's majority rate; None when it does not."""
     top = top_label(recs)
     if top is None or top[1] < share:
         return None
@@ -62,9 +75,9 @@ def same_output_share(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) ->
 
 
 def repeated_share(rec: CellRecord) -> float:
-    """Generation: the share of items whose (non-empty) output is the cell's most frequent output, when that
-    output occurs on two or more items: a model repeating one text (often a demonstration's target) for
-    different inputs."""
+    """Generation: the share of items whose (non-empty, normalized) output is the cell's most frequent output,
+    when that output occurs on two or more items: a model repeating one text (often a demonstration's target)
+    for different inputs."""
     outs = outputs(rec)
     counts = Counter(o for o in outs if o)
     if not counts:
@@ -73,14 +86,21 @@ def repeated_share(rec: CellRecord) -> float:
     return k / len(outs) if k > 1 else 0.0
 
 
+def empty_share(rec: CellRecord) -> float:
+    """Generation: the share of items whose normalized output is empty."""
+    outs = outputs(rec)
+    return sum(not o for o in outs) / len(outs) if outs else 0.0
+
+
 def demo_copy_share(rec: CellRecord) -> float | None:
-    """Generation: the share of items whose output is, word for word, the target of one of the demonstrations
-    the item was given (None where the record does not say which demonstrations: random demos, 0 shots)."""
+    """Generation: the share of items whose normalized output is the normalized target of one of the
+    demonstrations the item was given (None where the record does not say which demonstrations: random demos,
+    0 shots)."""
     if not rec.demo_targets:
         return None
-    targets = {t.strip() for t in rec.demo_targets if t.strip()}
+    targets = {normalize(t) for t in rec.demo_targets if normalize(t)}
     outs = outputs(rec)
-    return sum(o.strip() in targets for o in outs) / len(outs) if outs else None
+    return sum(o in targets for o in outs) / len(outs) if outs else None
 
 
 def never_first(recs: Sequence[CellRecord]) -> list[str]:

@@ -7,7 +7,12 @@ comparisons between conditions.
   first k (`demo_seed` None) or a random draw with one seed; cells of one condition differ only in the
   fine-tuning seed.
 * A *comparison* pairs conditions on their common test items (and, for arms of one group, their common
-  seeds), bootstraps its statistic (`stats`) and knows whether it is degenerate (`diagnostics`).
+  seeds), bootstraps its statistic (`stats`, draws keyed on the test items and the groups, so comparisons can
+  be pooled) and knows whether it carries no information (`degenerate`: every arm at the floor, or the same
+  output on every item) or has an arm that collapsed to one label (`note`: kept, marked).
+* A fine-tuned group's *in-domain check* (`effect`): its change against its base on its own training data
+  set's test set (Prompt-1, first-k demonstrations, 0 shots, or its FTICL shot count), and whether it took
+  effect: the change exceeds the margin and its interval lies above zero.
 """
 from __future__ import annotations
 
@@ -168,8 +173,9 @@ class Comp:
     b: float
     est: Estimate
     same_outputs: float | None = None  # share of items with the same output in both arms
-    degenerate: str | None = None
+    degenerate: str | None = None  # why it carries no information (left out of every judgement)
     reference: float = float("nan")  # the score a relative margin is taken of
+    note: str | None = None  # kept, but marked: an arm that collapsed to one label
 
     @property
     def diff(self) -> float:
@@ -191,12 +197,35 @@ class Comp:
     def mark(self) -> str:
         if self.degenerate:
             return "≡" if self.degenerate.startswith("identical") else "⚠"
-        return "▲" if self.lo > 0 else "▼" if self.hi < 0 else ""
+        arrow = "▲" if self.lo > 0 else "▼" if self.hi < 0 else ""
+        return arrow + ("⊘" if self.note else "")
 
     def text(self) -> str:
         seeds = f" ({self.est.replicates} seeds)" if self.est.replicates > 1 else ""
         mark = f" {self.mark}" if self.mark else ""
         return f"{self.diff:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}]{seeds}{mark}"
+
+
+TOOK_EFFECT, NO_EFFECT, NOT_CHECKED = "took effect", "did not take effect", "not checked"
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A fine-tuned group's in-domain check against its base."""
+
+    status: str  # TOOK_EFFECT | NO_EFFECT | NOT_CHECKED
+    what: str  # where it was checked, or why it was not
+    comp: Comp | None = None
+    margin: float = float("nan")
+
+    @property
+    def took(self) -> bool:
+        return self.status == TOOK_EFFECT
+
+    def text(self) -> str:
+        if self.comp is None:
+            return f"{self.status} ({self.what})"
+        return f"{self.status}: {self.what} {self.comp.text()} (margin {self.margin:.3f})"
 
 
 class SuiteData:
@@ -253,6 +282,7 @@ class SuiteData:
         self.cells: list[CellRecord] = sorted(cells, key=lambda c: (
             self.groups[group_key(c)].sort_key(), set_order[c.task, c.dataset], self._cell_order(c)))
         self._cache: dict[tuple, Comp] = {}
+        self._effects: dict[tuple, Effect] = {}
 
     @staticmethod
     def _cell_order(c: CellRecord) -> tuple:
@@ -313,10 +343,16 @@ class SuiteData:
                 if len({g.size for g in gs}) == len(gs) > 1]
 
     # -- comparisons
+    @staticmethod
+    def items_key(conds: Sequence[Cond]) -> tuple:
+        """What a comparison's item draws are keyed on: the test set and the items common to its conditions."""
+        docs = sorted(set.intersection(*(set(c.doc_ids) for cond in conds for c in cond.cells)))
+        return (conds[0].task, conds[0].dataset, tuple(docs))
+
     def arms(self, conds: Sequence[Cond]) -> tuple[list[Arm], list[list[list[str]]]]:
         """Arms on the items common to every condition; the arms of one group on the seeds common to its
-        conditions.  Also each arm's outputs (per replicate, per item)."""
-        docs = sorted(set.intersection(*(set(c.doc_ids) for cond in conds for c in cond.cells)))
+        conditions.  Also each arm's outputs (per replicate, per item; generations normalized)."""
+        docs = list(self.items_key(conds)[2])
         seeds: dict[tuple, list] = {}
         for cond in conds:
             common = [s for s in seeds.get(cond.group.key, cond.seeds) if s in cond.seeds]
@@ -338,20 +374,30 @@ class SuiteData:
 
     def evaluate(self, conds: Sequence[Cond], stat: Callable[[np.ndarray], np.ndarray]) -> Estimate:
         arms, _ = self.arms(conds)
-        return estimate(arms, stat, n_resamples=self.settings.n_resamples, seed=self.settings.seed)
+        return estimate(arms, stat, n_resamples=self.settings.n_resamples, seed=self.settings.seed,
+                        items_key=self.items_key(conds))
 
     def degenerate(self, conds: Sequence[Cond], outs: Sequence | None = None) -> str | None:
-        """Why comparing these conditions is no evidence: every item gets the same output in all of them, or
-        one of them answers one label (at or below the majority rate)."""
-        for c in conds:
-            why = diagnostics.one_label(c.cells, self.settings.one_label_share)
-            if why:
-                return f"one label: {c.group.label} {why}"
+        """Why comparing these conditions carries no information: every one of them sits at the floor (answers
+        one label at or below the majority rate), or every item gets the same output in all of them."""
+        floors = [diagnostics.one_label(c.cells, self.settings.one_label_share) for c in conds]
+        if len(conds) > 1 and all(floors):
+            return "floor: every arm answers one label (" + "; ".join(
+                f"{c.group.label} {why}" for c, why in zip(conds, floors)) + ")"
         if outs is None:
             outs = self.arms(conds)[1]
         if len(outs) > 1 and diagnostics.same_output_share(outs[0], [r for o in outs[1:] for r in o]) == 1.0:
             return "identical outputs on every item"
         return None
+
+    def collapse(self, conds: Sequence[Cond]) -> str | None:
+        """An arm at the floor while another is not: kept as evidence, marked (a fine-tuned model that collapsed
+        to one label is an outcome of fine-tuning)."""
+        floors = [diagnostics.one_label(c.cells, self.settings.one_label_share) for c in conds]
+        if not any(floors) or all(floors):
+            return None
+        return "; ".join(f"{'collapse' if not c.group.is_base else 'floor'}: {c.group.label} {why}"
+                         for c, why in zip(conds, floors) if why)
 
     def compare(self, a: Cond | None, b: Cond | None) -> Comp | None:
         if a is None or b is None:
@@ -360,11 +406,38 @@ class SuiteData:
         if key not in self._cache:
             arms, outs = self.arms([a, b])
             est = estimate(arms, lambda m: m[:, 0] - m[:, 1], n_resamples=self.settings.n_resamples,
-                           seed=self.settings.seed)
+                           seed=self.settings.seed, items_key=self.items_key([a, b]))
             self._cache[key] = Comp(float(arms[0].values.mean()), float(arms[1].values.mean()), est,
                                     diagnostics.same_output_share(outs[0], outs[1]), self.degenerate([a, b], outs),
-                                    float(arms[1].values.mean()))
+                                    float(arms[1].values.mean()), self.collapse([a, b]))
         return self._cache[key]
+
+    def margin(self, metric: str, reference: float) -> float:
+        return self.settings.margin(metric).of(reference)
+
+    def effect(self, g: Group) -> Effect:
+        """The in-domain check of a fine-tuned group: its own training data set's test set, Prompt-1, the
+        study's first-k demonstrations, 0 shots (FTICL: its own shot count when measured), against its base at
+        the same settings.  It took effect when the change exceeds the margin and its interval lies above 0."""
+        if g.key in self._effects:
+            return self._effects[g.key]
+        ts = (g.task, g.dataset)
+        shots = [k for k in ([g.icl] if g.icl else []) + [0]
+                 if self.cond(g, ts, 1, k) is not None and self.cond(self.base_group(g.base), ts, 1, k) is not None]
+        if not shots:
+            out = Effect(NOT_CHECKED, f"no Prompt-1 cell of it and its base on {g.task}/{g.dataset}")
+        else:
+            c = self.cond(g, ts, 1, shots[0])
+            comp = self.vs_base(c)
+            margin = self.margin(c.metric, comp.reference)
+            what = f"{g.task}/{g.dataset} {shots[0]}-shot, FT − base"
+            if comp.degenerate:
+                out = Effect(NO_EFFECT, what + f" ({comp.degenerate})", comp, margin)
+            else:
+                took = comp.diff > margin and comp.lo > 0
+                out = Effect(TOOK_EFFECT if took else NO_EFFECT, what, comp, margin)
+        self._effects[g.key] = out
+        return out
 
     def vs_base(self, c: Cond | None) -> Comp | None:
         if c is None or c.group.is_base:

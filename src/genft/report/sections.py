@@ -22,8 +22,9 @@ def section_header(s: SuiteData) -> list[str]:
         f"same test items ({st.n_resamples} resamples, seed {st.seed}, percentile interval), which for a model with "
         f"several fine-tuning seeds resamples the seeds first (marked `(k seeds)`); an interval without that mark "
         f"rests on one seed and carries the item variance only. ▲ / ▼ mark intervals that exclude zero; ≡ marks "
-        f"arms with identical outputs on every item and ⚠ an arm answering one label (both degenerate: no "
-        f"evidence).")
+        f"arms with the same output on every item (generations compared after removing punctuation and folding "
+        f"white space) and ⚠ arms that all answer one label at or below the majority rate (both: no information); "
+        f"⊘ marks a kept comparison in which one arm collapsed to one label.")
     lines.append("")
     runs = run_table(s)
     walls = [float(r["wall"]) for r in runs if r["wall"] is not None]
@@ -62,10 +63,12 @@ def section_header(s: SuiteData) -> list[str]:
         ["prompts evaluated", join(f"Prompt-{p}" for p in s.prompts())],
         ["shots", join(sorted({c.shots for c in s.cells}))],
         ["equivalence margins", margins],
-        ["degenerate arm", f"one label on ≥ {st.one_label_share:.0%} of the items, at or below the majority rate"],
-        ["~0 ROUGE-L", f"interval below {st.near_zero}"],
+        ["floor (one label)", f"one label on ≥ {st.one_label_share:.0%} of the items, at or below the majority "
+                              f"rate"],
+        ["~0 ROUGE-L", f"below {st.near_zero}"],
         ["weight-deviation tolerance", f"ratio within 1 ± {st.weight_tolerance}"],
-        ["family-wise α per finding part", f"{st.alpha} (Holm)"],
+        ["α per finding part", f"{st.alpha} (pooled {1 - st.alpha:.0%} interval; Holm over the individual "
+                               f"comparisons)"],
     ]
     lines += ["## Settings", "", table(settings, ["", "value"]), ""]
 
@@ -79,18 +82,27 @@ def section_header(s: SuiteData) -> list[str]:
                           ", ".join(hashes) + (" ⚠ differs between cells" if len(hashes) > 1 else "")])
     lines += ["### Test sets", "", table(data_rows, ["test set", "domain", "kind", "n items", "majority rate",
                                                     "data sha256"]), ""]
-    model_rows = []
+    model_rows, no_effect = [], []
     for g in s.ordered_groups:
         if g.is_base:
-            model_rows.append([g.label, g.base, "— (base model)", "", "", "", "", join(g.runs), ""])
+            model_rows.append([g.label, g.base, "— (base model)", "", "", "", "", join(g.runs), "", ""])
         else:
+            eff = s.effect(g)
+            if not eff.took:
+                no_effect.append(g.label)
             model_rows.append([g.label, g.base, f"{g.task}/{g.dataset}", str(g.size), g.method,
                                f"{g.icl} ({g.ft.icl_demos or 'fixed'})" if g.icl else "0 (plain)",
-                               join(g.seeds), join(g.runs), g.key[2][:12]])
+                               join(g.seeds), join(g.runs), g.key[2][:12], ("" if eff.took else "⚠ ") + eff.text()])
+    took = (f"{len(no_effect)} of {len(s.groups) - len(s.bases)} fine-tuned models did not take effect (or were "
+            f"not checked) in-domain: {', '.join(no_effect)}; their comparisons cannot support an \"on par / does "
+            f"not hurt\" claim." if no_effect else "Every fine-tuned model took effect in-domain.")
     lines += ["### Models", "", "One row per recipe: runs with the same recipe hash but for the seed "
-              "(`replicate_hash`) are replicates; nothing else is averaged.", "",
+              "(`replicate_hash`) are replicates; nothing else is averaged. *In-domain check*: the model against "
+              "its base on its own training set's test set (Prompt-1, first-k demonstrations, 0 shots or its FTICL "
+              "shot count); it took effect when the change exceeds the margin and its interval lies above zero.",
+              "", took, "",
               table(model_rows, ["model", "base", "fine-tuned on", "train size", "method", "FTICL demos", "seeds",
-                                 "runs", "replicate hash"]), ""]
+                                 "runs", "replicate hash", "in-domain check"]), ""]
     return lines
 
 
@@ -180,13 +192,14 @@ def section_labels(s: SuiteData) -> list[str]:
 def section_generations(s: SuiteData) -> list[str]:
     """Per generation cell: the share of items repeating one output, and per fine-tuned cell the share of items
     with the same output as the base model (same shots, prompt, demonstrations)."""
-    lines = ["## Generation: repeated and identical outputs", "",
-             "Per generation cell: *repeated* = the share of items whose output (stripped, cut at the first blank "
-             "line) is the cell's most frequent output, when that occurs on two or more items (a model repeating "
-             "one text, typically a demonstration's target, for different inputs); *same as base* = the share of "
-             "items on which a fine-tuned model's output equals the base model's; *copies a demo* = the share of "
-             "items whose output is, word for word, the target of one of its demonstrations (cells with the study's "
-             "first-k demonstrations; — at 0 shots and for random demonstrations).", ""]
+    lines = ["## Generation: repeated, empty, copied and identical outputs", "",
+             "Outputs are compared as scored (stripped, cut at the first blank line) and normalized (punctuation "
+             "removed, white space folded). Per generation cell: *repeated* = the share of items whose output is "
+             "the cell's most frequent output, when that occurs on two or more items (a model repeating one text, "
+             "typically a demonstration's target, for different inputs); *empty* = the share of empty outputs; "
+             "*copies a demo* = the share of items whose output is the target of one of its demonstrations (cells "
+             "with the study's first-k demonstrations; — at 0 shots and for random demonstrations); *same as base* "
+             "= the share of items on which a fine-tuned model's output equals the base model's.", ""]
     rows = []
     for c in s.cells:
         if task_kind(c.task) != "generation":
@@ -195,12 +208,12 @@ def section_generations(s: SuiteData) -> list[str]:
         comp = s.vs_base(cond)
         seed = f" (seed {c.finetune.seed})" if c.finetune and len(s.group_of(c).seeds) > 1 else ""
         rows.append([s.group_of(c).label + seed, f"{c.task}/{c.dataset}", f"P{c.prompt}", str(c.shots),
-                     fmt(c.score), fmt(diagnostics.repeated_share(c), 2), fmt(diagnostics.demo_copy_share(c), 2),
-                     fmt(comp.same_outputs, 2) if comp is not None else "—"])
+                     fmt(c.score), fmt(diagnostics.repeated_share(c), 2), fmt(diagnostics.empty_share(c), 2),
+                     fmt(diagnostics.demo_copy_share(c), 2), fmt(comp.same_outputs, 2) if comp is not None else "—"])
     if not rows:
         return lines + ["Not measured in this suite: no generation cells.", ""]
-    return lines + [table(rows, ["model", "test set", "prompt", "shots", "ROUGE-L", "repeated", "copies a demo",
-                                 "same as base"]), ""]
+    return lines + [table(rows, ["model", "test set", "prompt", "shots", "ROUGE-L", "repeated", "empty",
+                                 "copies a demo", "same as base"]), ""]
 
 
 def section_appendix(s: SuiteData) -> list[str]:

@@ -119,9 +119,10 @@ def section_seeds(s: SuiteData) -> list[str]:
         if len(c.cells) < 2:
             continue
         agg = seed_interval([x.score for x in c.cells])
+        interval = (f"[{fmt(agg['lo'])}, {fmt(agg['hi'])}]" if agg["sd"] > 0 else
+                    "— (equal scores: the seed variance is not measurable from these seeds)")
         rows.append([c.group.label, f"{c.task}/{c.dataset}", f"P{c.prompt}", str(c.shots), c.demos, str(agg["n"]),
-                     join(c.seeds), c.metric, fmt(agg["mean"]), f"[{fmt(agg['lo'])}, {fmt(agg['hi'])}]",
-                     f"{fmt(agg['min'])}–{fmt(agg['max'])}"])
+                     join(c.seeds), c.metric, fmt(agg["mean"]), interval, f"{fmt(agg['min'])}–{fmt(agg['max'])}"])
     if rows:
         return lines + [table(rows, ["model", "test set", "prompt", "shots", "demos", "replicates", "FT seeds",
                                      "metric", "mean", "95% t-interval", "min–max"]), ""]

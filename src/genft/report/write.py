@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Mapping
 from ..files import atomic_write
 from ..suite import load_suite
 from ..suite import store
+from ..suite.schema import parse
 from ..suite.store import CellRecord
 from . import figures, sections, tables
 from .evidence import FILE_NAME, _training_facts, evidence_bytes, read_evidence
@@ -75,6 +76,14 @@ def build(name: str, records: Iterable[CellRecord], manifests: Mapping | None = 
               f"holds the report settings and the training facts of each run). `genft report --cells "
               f"{fig_dir}/{FILE_NAME}` rebuilds this report from it, byte for byte, without running any model.", ""]
     return "\n".join(lines).rstrip() + "\n", figs
+
+
+def load_settings(ref: str | os.PathLike) -> ReportSettings:
+    """Report settings by reference: `defaults` (genft's), or a suite file's `report:` block (validated like
+    the whole suite file; errors name file:line)."""
+    if str(ref) == "defaults":
+        return ReportSettings()
+    return parse(Path(ref))[0].report
 
 
 def load(source: str | os.PathLike) -> tuple[str, list[CellRecord], dict, ReportSettings | None]:

@@ -5,6 +5,7 @@ below.  It lives with the suite schema (the report reads it; the suite never imp
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,17 +20,23 @@ class Margin(BaseModel):
         description="absolute: `value` on the metric's own 0-1 scale; relative: `value` times the reference "
                     "arm's score (the base model, or the plain fine-tuned model for FTICL)")
     value: float = Field(gt=0, description="the margin (absolute) or the fraction of the reference score")
+    floor: float = Field(0.0, ge=0, description="relative: the smallest margin, on the metric's own scale (a "
+                         "reference score near 0 would otherwise give a margin near 0)")
 
     def of(self, reference: float) -> float:
-        return self.value if self.kind == "absolute" else self.value * abs(reference)
+        if self.kind == "absolute":
+            return self.value
+        return max(self.value * abs(reference), self.floor) if not math.isnan(reference) else self.floor
 
     def text(self) -> str:
-        return f"±{self.value:g}" if self.kind == "absolute" else f"±{self.value:.0%} of the reference score"
+        if self.kind == "absolute":
+            return f"±{self.value:g}"
+        return f"±{self.value:.0%} of the reference score" + (f", at least {self.floor:g}" if self.floor else "")
 
 
 def _default_margins() -> dict[str, Margin]:
     return {"acc_first": Margin(kind="absolute", value=0.05), "acc": Margin(kind="absolute", value=0.05),
-            "rougeL": Margin(kind="relative", value=0.2)}
+            "rougeL": Margin(kind="relative", value=0.2, floor=0.01)}
 
 
 class ReportSettings(BaseModel):
@@ -40,7 +47,7 @@ class ReportSettings(BaseModel):
     margins: dict[str, Margin] = Field(
         default_factory=_default_margins,
         description="equivalence margin per primary metric; default: 5 accuracy points for acc_first / acc, "
-                    "20% of the reference score for ROUGE-L (0.02 at a ROUGE-L of 0.10)")
+                    "20% of the reference score for ROUGE-L (0.02 at a ROUGE-L of 0.10), at least 0.01")
     one_label_share: float = Field(
         0.9, gt=0.5, le=1.0, description="an arm answering one label on at least this share of the items, at or "
                                          "below the majority rate, carries no information (degenerate)")
