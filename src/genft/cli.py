@@ -120,6 +120,17 @@ def cmd_suite_run(args) -> int:
     return rc
 
 
+def cmd_suite_power(args) -> int:
+    """How precisely each finding part can be judged at the suite's size (before any compute is spent)."""
+    from .report.power import power, render
+    from .suite import load_suite
+
+    suite = load_suite(args.suite)
+    rows, note = power(suite, args.pilot)
+    print(render(suite, rows, note), end="")
+    return 0
+
+
 def cmd_suite_keys(args) -> int:
     from .suite.schema import describe_keys
 
@@ -194,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "ray", "slurm"), help="where units run (default: the suite's "
                    "executor.kind, else local)")
     p.set_defaults(func=cmd_suite_run)
+    p = suite.add_parser("power", help="each finding part's precision at the suite's size: half-width, detectable "
+                         "effect, whether it can be decided, items needed (plans only; loads no model)")
+    p.add_argument("suite")
+    p.add_argument("--pilot", help="an evidence file (reports/<suite>/cells.jsonl.gz) whose per-item variances to "
+                   "use (default: genft's stated defaults)")
+    p.set_defaults(func=cmd_suite_power)
     p = suite.add_parser("validate", help="check a suite file (loads no model, needs no data)")
     p.add_argument("suite")
     p.set_defaults(func=cmd_suite_validate)
