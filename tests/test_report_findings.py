@@ -350,3 +350,35 @@ def test_cross_task_near_zero_and_prompt2(tmp_path):
 def test_missing_cells_say_not_measured(tmp_path):
     s = SuiteData("s", roundtrip(tmp_path, [record("sentiment", "builtin_products", "in", None, correct=ok(10, 5))]))
     assert [f.verdict for f in findings(s)] == [NOT_MEASURED] * 6
+
+
+# ---------------------------------------------------------------- comparing two judgements
+
+
+def test_compare_reads_a_written_report_and_rejudges_evidence_under_other_settings(tmp_path, capsys):
+    """A report's markdown and its evidence file give the same verdicts; the same evidence under a tight
+    margin changes the parity part (3b), and --compare names it with the evidence behind both verdicts."""
+    from genft.cli import main
+    from genft.report import write_report
+    from report_records import stored
+
+    n = 200
+    gold = alternating(n)
+    f = ft("paraphrase", "builtin_people")
+    base = right_on(gold, 120)
+    flip = set(range(5)) | set(range(120, 127))  # 5 answers right -> wrong, 7 wrong -> right: +0.01
+    tuned = [("no" if p == "yes" else "yes") if i in flip else p for i, p in enumerate(base)]
+    recs = took_effect(f) + [record("paraphrase", "builtin_questions", "out", None, gold=gold, preds=base),
+                             record("paraphrase", "builtin_questions", "out", f, gold=gold, preds=tuned)]
+    md = write_report(stored(tmp_path / "out", recs), out_dir=tmp_path / "rep")
+    evidence = tmp_path / "rep" / "synth" / "cells.jsonl.gz"
+    assert main(["report", "--compare", str(md), str(evidence)]) == 0
+    assert capsys.readouterr().out.startswith("0 of 11 finding parts changed verdict.")
+    tight = tmp_path / "tight.yaml"
+    tight.write_text("name: tight\nmodels: {m: tiny}\nreport:\n  margins:\n    acc_first: {kind: absolute, value: 0.001}\n"
+                     "    acc: {kind: absolute, value: 0.001}\n    rougeL: {kind: relative, value: 0.2}\n")
+    assert main(["report", "--compare", str(md), str(evidence), "--settings", str(tight)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 of 11 finding parts changed verdict.")
+    [line] = [ln for ln in out.splitlines() if ln.startswith("| 3b")]
+    assert "| holds " in line and "inconclusive (pooled interval too wide)" in line and "changed" in line

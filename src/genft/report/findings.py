@@ -143,7 +143,7 @@ def _left_text(left: list, vacuous: list) -> str:
         out += f"; left out {len(left)} with no information (" + ", ".join(
             f"{k} {v}" for k, v in sorted(why.items())) + ")"
     if vacuous:
-        out += f"; {len(vacuous)} vacuous (a fine-tune that did not take effect cannot show \"on par\")"
+        out += f"; {len(vacuous)} vacuous (a fine-tune that did not take effect: its parity is automatic)"
     return out
 
 
