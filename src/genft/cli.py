@@ -115,6 +115,8 @@ def cmd_suite_run(args) -> int:
     from .suite import run_suite
 
     rc = run_suite(args.suite, dry_run=args.dry_run, engine=args.executor)
+    if args.dry_run and args.pilot:
+        cmd_suite_power(args)
     if not args.dry_run and not args.no_report:
         print(f"report: {write_report(args.suite)}")
     return rc
@@ -202,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="a suite YAML file, e.g. suites/smoke.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate; do nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--pilot", help="with --dry-run: also print `genft suite power` with this evidence file's "
+                   "per-item variances")
     p.add_argument("--executor", choices=("local", "ray", "slurm"), help="where units run (default: the suite's "
                    "executor.kind, else local)")
     p.set_defaults(func=cmd_suite_run)
