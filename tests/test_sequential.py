@@ -92,3 +92,24 @@ def test_interval_covers_the_mean_and_closes_on_it_at_the_end():
 def test_bad_input_is_named(args, match):
     with pytest.raises(ValueError, match=match):
         sq.interval(*args)
+
+
+def test_drawn_differences_pair_two_staged_cells_in_their_order():
+    from report_records import record
+
+    from genft.suite.store import CellRecord, key_of
+    from genft.suite.stages import item_order
+
+    def staged(correct, seed=0, of=100):
+        raw = record("sentiment", "builtin_products", "in", correct=correct).model_dump(mode="json")
+        raw["material"]["stages"] = {"seed": seed, "step": 4}
+        raw.update(key=key_of(raw["material"]), doc_ids=list(item_order(seed, of)[:len(correct)]))
+        raw["stages"] = {"seed": seed, "step": 4, "stage": len(correct) // 4, "of": of, "stopped": None}
+        return CellRecord.model_validate(raw)
+
+    a, b = staged([1, 1, 0, 1, 0, 0, 1, 1]), staged([0, 1, 0, 0])
+    assert sq.drawn_differences(a, b, "acc_first").tolist() == [1, 0, 0, 1]  # the 4 items both hold, in order
+    with pytest.raises(ValueError, match="do not follow one order"):
+        sq.drawn_differences(a, staged([0, 1, 0, 0], seed=1), "acc_first")
+    with pytest.raises(ValueError, match="not staged"):
+        sq.drawn_differences(a, record("sentiment", "builtin_products", "in", correct=[1, 0]), "acc_first")
