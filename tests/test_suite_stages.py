@@ -169,6 +169,16 @@ def test_without_a_decision_staged_cells_run_to_the_end(tmp_path, data_root):
     assert any("given no stop decision" in line for line in logged)
 
 
+def test_a_round_that_stores_nothing_ends_the_run_unfinished(tmp_path, data_root, monkeypatch):
+    path = make_suite(tmp_path, data_root, {"step": 60}, test_sets=["builtin_products"],
+                      shots={"classification": [0]})
+    spy = Spy(monkeypatch)
+    monkeypatch.setattr(store, "write_cell", lambda *a, **k: None)  # a store that keeps nothing
+    logged: list[str] = []
+    assert gsuite.run_suite(path, log=logged.append) == 1
+    assert len(spy.calls) == 1 and any("1 cells are still not finished" in line for line in logged)
+
+
 _KILL_SCRIPT = """
 import os, sys
 os.environ["OMP_NUM_THREADS"] = "1"

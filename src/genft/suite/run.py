@@ -112,13 +112,14 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
             return _run_elsewhere(suite, p, executor, cache, log, decide)
         if not _todo(p, failed):
             log("every cell is finished: nothing to evaluate")
-        progress = _NoChange()
+        stalled = _Stalled()
+        rounds = 0
         while True:  # one round: every cell at once, or with eval.stages one stage of the cells still running
             p = _decide(suite, p, decide, cache, failed, log)
-            todo = _todo(p, failed)
-            if not todo:
+            todo = [c for c in _todo(p, failed) if rounds == 0 or c.staged]  # unstaged cells: one try a run
+            if not todo or stalled(todo):
                 break
-            progress.check(suite, todo)
+            rounds += 1
             unknown = [c for c in todo if c.key is None]
             if unknown:
                 raise SuiteError(f"{suite.path}: {len(unknown)} cell keys are unknown after provisioning and training "
@@ -157,18 +158,17 @@ def _this_stage(c: planning.Cell) -> planning.Cell:
     return dataclasses.replace(c, est_s=c.est_s * part)
 
 
-class _NoChange:
-    """A round must change what the store holds: the same cells at the same items twice is an error, not a loop."""
+class _Stalled:
+    """True when a round left the cells still to do as they were (same cells, same items held): then the
+    rounds end, and the run reports the unfinished cells instead of evaluating them again and again."""
 
     def __init__(self):
         self.seen: tuple | None = None
 
-    def check(self, suite: Suite, todo: list[planning.Cell]) -> None:
+    def __call__(self, todo: list[planning.Cell]) -> bool:
         state = tuple((c.key, c.held) for c in todo)
-        if state == self.seen:
-            raise SuiteError(f"{suite.path}: a round of evaluation left {len(todo)} cells as they were (e.g. "
-                             f"{todo[0].label()}); see the log above")
-        self.seen = state
+        same, self.seen = state == self.seen, state
+        return same
 
 
 def _stop_rule(suite: Suite, decide: Decide | None, log: Log) -> Decide | None:
@@ -213,13 +213,14 @@ def _run_elsewhere(suite: Suite, p: planning.Plan, executor: ClusterExecutor, ca
     """The plan's units on a cluster engine, a round at a time (with eval.stages: a stage, then the stop
     decision); then what the shared store holds is the result."""
     failed: list[str] = []
-    progress = _NoChange()
+    stalled = _Stalled()
+    rounds = 0
     while True:
         p = _decide(suite, p, decide, cache, [], log)
         units = units_of(p)
-        if not units:
-            break
-        progress.check(suite, p.todo_cells)
+        if not units or stalled(p.todo_cells) or (rounds and not any(c.staged for c in p.todo_cells)):
+            break  # unstaged cells: one try a run
+        rounds += 1
         failed = executor.run_units(suite.path, units, suite.output, log)
         n = store.clean_temp(suite.output)  # what killed attempts left: never a cell
         if n:
