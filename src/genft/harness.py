@@ -94,16 +94,27 @@ def evaluate(
     log_samples: bool = False,
     fewshot_random_seed: int = 1234,
     tm=None,
+    samples: dict[str, list[int]] | None = None,
 ) -> dict:
-    """Evaluate a loaded model on genft tasks at one shot count; returns lm-eval's results dict."""
+    """Evaluate a loaded model on genft tasks at one shot count; returns lm-eval's results dict.
+
+    `samples` (instead of `limit`): task name -> the doc ids to evaluate, each list non-empty and ascending
+    (lm-eval numbers the selected docs in file order and maps them back through this list)."""
     import lm_eval
 
+    if samples is not None:
+        if limit is not None:
+            raise ValueError("give limit or samples, not both")
+        for name, ids in samples.items():
+            if not ids or list(ids) != sorted(set(ids)):
+                raise ValueError(f"samples[{name!r}] must be a non-empty ascending list of doc ids, got {ids!r}")
     tm = tm or task_manager(pretrained, data_root)
     return lm_eval.simple_evaluate(
         model=lm,
         tasks=list(tasks),
         num_fewshot=num_fewshot,
         limit=limit,
+        samples=samples,
         task_manager=tm,
         log_samples=log_samples,
         fewshot_random_seed=fewshot_random_seed,

@@ -10,6 +10,7 @@ estimate beside them):
     planning  a pure function from a suite and the store's contents to a frozen plan; identities and keys
     estimate  the time model and its calibration
     store     CellRecord (typed, versioned), writing and strict reading of cells, the index, the lock
+    stages    staged evaluation: the items' seeded order, stages, rounds and when a stop decision is taken
     execute   the Trainer and Executor seams, one checkpoint's evaluation
     run       run_suite
 """

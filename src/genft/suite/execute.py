@@ -27,7 +27,7 @@ from ..metrics import clean_generation
 from ..prompts import TARGET_DELIMITER, get_task, render_target
 from ..protocol_lm import with_protocol
 from ..training import FIELDS, MANIFEST
-from . import store
+from . import stages, store
 from .estimate import Progress
 from .planning import Cell, Checkpoint, FinetuneJob
 from .spec import REPO, Suite
@@ -229,8 +229,14 @@ def _finetune_info(job: FinetuneJob, weights: str) -> store.FinetuneInfo:
 def make_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
                 shared: int) -> store.CellRecord:
     """The store's record of one finished cell, from lm-eval's result and per-item samples."""
+    return store.CellRecord(**_record_fields(cell, suite, result, sorted(samples, key=lambda s: s["doc_id"]), wall,
+                                             device, shared))
+
+
+def _record_fields(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
+                   shared: int) -> dict:
+    """A record's fields from lm-eval's result and per-item samples, the items in the given order."""
     ck, spec = cell.checkpoint, get_task(cell.task)
-    samples = sorted(samples, key=lambda s: s["doc_id"])
     metrics = {k.split(",", 1)[0]: float(v) for k, v in result.items()
                if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
     names = list(dict.fromkeys(m for s in samples for m in s.get("metrics") or []))
@@ -246,7 +252,7 @@ def make_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], 
     demos = None if cell.demo_seed is not None and cell.shots else [
         render_target(spec, d).strip() for d in gdata.load_split(cell.task, cell.dataset, "demos", suite.data_dir)
         [:cell.shots]]
-    return store.CellRecord(
+    return dict(
         key=cell.key, suite=suite.name, protocol=suite.protocol,
         checkpoint=store.CheckpointInfo(id=ck.id, kind=ck.kind, base=ck.base, path=ck.path, identity=ck.identity),
         finetune=_finetune_info(ck.job, ck.identity["weights"]) if ck.job is not None else None,
@@ -261,9 +267,54 @@ def make_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], 
         material=material)
 
 
+def _mean(values: list) -> float:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def grow_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
+                shared: int) -> tuple[store.CellRecord, list[dict]]:
+    """A staged cell's record after one more stage: its stored record (if any) with the stage's items
+    appended in the order, the metrics recomputed over every item held.  Returns the record and the
+    stage's samples in the order."""
+    seed, step = cell.stages
+    want = stages.next_items(seed, cell.count, cell.held, step, cell.n)
+    pos = {d: i for i, d in enumerate(want)}
+    if sorted(int(s["doc_id"]) for s in samples) != sorted(want):
+        raise RuntimeError(f"{cell.label()}: lm-eval returned items {sorted(s['doc_id'] for s in samples)[:8]}..., "
+                           f"the stage asked for {sorted(want)[:8]}...")
+    samples = sorted(samples, key=lambda s: pos[int(s["doc_id"])])
+    new = _record_fields(cell, suite, result, samples, wall, device, shared)
+    for m, v in new["metrics"].items():  # merging per-item values needs lm-eval's aggregate to be their mean
+        if m not in new["items"] or abs(v - _mean(new["items"][m])) > 1e-9:
+            raise RuntimeError(f"{cell.label()}: lm-eval's {m} is not the mean of its per-item values; "
+                               "this metric cannot be evaluated in stages (drop eval.stages)")
+    if cell.held:
+        old = store.read_cell(store.cell_path(suite.output, cell.key))
+        if old.n != cell.held:
+            raise RuntimeError(f"{store.cell_path(suite.output, cell.key)} changed while the suite ran")
+        new["doc_ids"] = old.doc_ids + new["doc_ids"]
+        new["outputs"] = old.outputs + new["outputs"]
+        new["items"] = {m: old.items.get(m, [None] * old.n) + v for m, v in new["items"].items()}
+        new["wall_s"] = round(old.wall_s + new["wall_s"], 3)
+    new["n"] = len(new["doc_ids"])
+    new["metrics"] = {m: _mean(new["items"][m]) for m in new["metrics"]}
+    spec = get_task(cell.task)
+    if spec.is_classification and new["n"]:
+        new["majority_rate"] = max(sum(new["items"].get(f"gold_{lab}", [])) for lab in spec.labels) / new["n"]
+    new["stages"] = store.StageInfo(seed=seed, step=step, stage=stages.stage_of(new["n"], step), of=cell.count,
+                                    stopped=stages.stop_reason(new["n"], cell.count, cell.n))
+    return store.CellRecord(**new), samples
+
+
+def _samples_bytes(samples: list[dict]) -> bytes:
+    return "".join(json.dumps(s, default=str, ensure_ascii=False) + "\n" for s in samples).encode("utf-8")
+
+
 def evaluate_checkpoint(work: CheckpointWork, ctx: EvalContext) -> None:
     """ONE model load for all the checkpoint's missing cells; one lm-eval call per (shots, demos, limit) group
-    (eval.group: shots) or per cell (eval.group: cell); each finished cell is written at once."""
+    (eval.group: shots) or per cell (eval.group: cell); each finished cell is written at once.  A staged cell
+    is evaluated on its next stage's items only, and its record grows by them (`grow_record`)."""
     suite, ck, ev = ctx.suite, work.checkpoint, ctx.suite.eval
     for name in ("lm_eval.api.task", "lm_eval.evaluator"):  # per-cell noise ("Overwriting num_fewshot")
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -275,23 +326,36 @@ def evaluate_checkpoint(work: CheckpointWork, ctx: EvalContext) -> None:
     tm = harness.task_manager(ck.path, suite.data_dir)
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for i, c in enumerate(work.cells):
-        gk = (c.shots, c.demo_seed, c.limit) if ev.group == "shots" else (c.shots, c.demo_seed, c.limit, i)
+        # staged cells name their items (lm-eval's samples); lm-eval takes a limit or samples, not both
+        limit = "staged" if c.staged else c.limit
+        gk = (c.shots, c.demo_seed, limit) if ev.group == "shots" else (c.shots, c.demo_seed, limit, i)
         groups[gk].append(c)
     for gk, cells in groups.items():
         shots, dseed, limit = gk[:3]
         specs = [_random_demo_task(tm, c.task_name) if dseed is not None else c.task_name for c in cells]
+        chosen = None
+        if limit == "staged":
+            chosen = {c.task_name: sorted(stages.next_items(c.stages[0], c.count, c.held, c.stages[1], c.n))
+                      for c in cells}
+            limit = None
         t1 = time.time()
         res = harness.evaluate(with_protocol(lm, suite.protocol, shots), specs, num_fewshot=shots, limit=limit,
-                               pretrained=ck.path, data_root=suite.data_dir,
+                               pretrained=ck.path, data_root=suite.data_dir, samples=chosen,
                                log_samples=True, fewshot_random_seed=1234 if dseed is None else dseed, tm=tm)
         wall = time.time() - t1
         weights = {c.task_name: _cost_weight(res["samples"][c.task_name], c.family == "generation") for c in cells}
         total_w = sum(weights.values())
         for c in cells:
-            samples = sorted(res["samples"][c.task_name], key=lambda s: s["doc_id"])
-            cwall = wall * weights[c.task_name] / total_w
-            rec = make_record(c, suite, res["results"][c.task_name], samples, cwall, ctx.device, len(cells))
-            lines = "".join(json.dumps(s, default=str, ensure_ascii=False) + "\n" for s in samples)
-            store.write_cell(suite.output, rec, lines.encode("utf-8"))
+            samples, cwall = res["samples"][c.task_name], wall * weights[c.task_name] / total_w
+            if c.staged:
+                rec, samples = grow_record(c, suite, res["results"][c.task_name], samples, cwall, ctx.device,
+                                           len(cells))
+                old = store.samples_path(suite.output, c.key).read_bytes().splitlines(keepends=True)[:c.held] \
+                    if c.held else []
+                store.write_cell(suite.output, rec, b"".join(old) + _samples_bytes(samples))
+            else:
+                samples = sorted(samples, key=lambda s: s["doc_id"])
+                rec = make_record(c, suite, res["results"][c.task_name], samples, cwall, ctx.device, len(cells))
+                store.write_cell(suite.output, rec, _samples_bytes(samples))
             ctx.progress.finished(c, cwall, rec.metrics.get(c.metric))
     del lm

@@ -9,8 +9,9 @@ Identities (what a key is built from):
   manifest, so a retrained checkpoint never reuses cells scored on other weights.  Its cells' keys are known
   once it is trained;
 * a cell: the checkpoint's identity, the evaluation device kind, the effective dtype, the backend, the test
-  and demonstration files' sha256s, prompt, shots, limit, demonstration choice and the harness files' hash.
-  Not in it: the batch size and output paths.
+  and demonstration files' sha256s, prompt, shots, limit, demonstration choice and the harness files' hash;
+  a staged cell (eval.stages) adds the seed and step of its items' order.  Not in it: the batch size, the
+  output paths and the stop rule (a cell that stopped says why; changing the rule continues it).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..harness import task_name, tasks_dir
 from ..models import MARKER, NAMED, genft_home, prepare, weights_fingerprint
 from ..prompts import TARGET_DELIMITER, get_task
 from ..training import MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, load_training_items, validate
-from . import estimate, store
+from . import estimate, stages, store
 from .spec import Suite, TestSet
 from .schema import SuiteError
 
@@ -81,6 +82,19 @@ class Cell:
     done: bool
     problem: str | None  # a file is there but cannot count (named, re-run)
     wall_s: float | None  # measured, when done
+    stages: tuple[int, int] | None = None  # staged evaluation: (seed, step) of the items' order
+    count: int | None = None  # items in the test set (the order's length)
+    held: int = 0  # items its stored record holds (staged cells grow stage by stage)
+    stopped: str | None = None  # a staged record's stop reason (decided / exhausted / limit)
+
+    @property
+    def staged(self) -> bool:
+        return self.stages is not None
+
+    @property
+    def stage(self) -> int:
+        """Stages evaluated (0: none yet; unstaged cells: 0)."""
+        return stages.stage_of(self.held, self.stages[1]) if self.stages else 0
 
     @property
     def task_name(self) -> str:
@@ -94,9 +108,11 @@ class Cell:
     def metric(self) -> str:
         return get_task(self.task).primary_metric
 
-    def label(self) -> str:
+    def label(self, stage: bool = True) -> str:
+        """What a person reads; `stage`: name the stage it runs next (staged cells still running)."""
         demos = "" if self.demo_seed is None else f" random demos seed {self.demo_seed}"
-        return f"{self.task_name} {self.shots}-shot{demos} on {self.checkpoint.id}"
+        stage = f" stage {self.stage + 1}" if stage and self.staged and not self.done else ""
+        return f"{self.task_name} {self.shots}-shot{demos} on {self.checkpoint.id}{stage}"
 
 
 @dataclass(frozen=True)
@@ -214,10 +230,12 @@ def harness_hash(task: str, dataset: str, prompt: int) -> str:
 
 def cell_key_material(checkpoint: Checkpoint, device: str, backend: str, protocol: str, task: str, dataset: str,
                       test_sha: str, demos_sha: str, prompt: int, shots: int, limit: int | None,
-                      demo_seed: int | None) -> dict:
-    """Everything that determines a cell's numbers; its sha256 is the cell key."""
+                      demo_seed: int | None, stages: tuple[int, int] | None = None) -> dict:
+    """Everything that determines a cell's numbers; its sha256 is the cell key.  `stages`: (seed, step) of a
+    staged cell's item order (unstaged cells' keys do not have the entry)."""
+    staged = {} if stages is None else {"stages": {"seed": stages[0], "step": stages[1]}}
     return {
-        "cell_version": store.RECORD_VERSION,
+        "cell_version": store.KEY_VERSION,
         "protocol": protocol,
         "checkpoint": checkpoint.identity,
         "dtype": checkpoint.dtype,
@@ -233,6 +251,7 @@ def cell_key_material(checkpoint: Checkpoint, device: str, backend: str, protoco
         "demos": "first_n" if demo_seed is None or not shots else {"random": demo_seed},
         "target_delimiter": TARGET_DELIMITER,
         "harness": harness_hash(task, dataset, prompt),
+        **staged,
     }
 
 
@@ -378,24 +397,35 @@ def plan(suite: Suite, provision: bool = False, fingerprints: dict | None = None
                     if ev.demos in ("random", "both") and shots > 0:
                         seeds += list(ev.demo_seeds)
                     for dseed in seeds:
-                        cells.append(_cell(suite, ck, device_id, task, ds, prompt, shots, limit, dseed, n, sha))
+                        cells.append(_cell(suite, ck, device_id, task, ds, prompt, shots, limit, dseed, n, sha,
+                                           count))
     ratios = estimate.calibrate((c.family, c.wall_s, c.est_s) for c in cells if c.done and c.wall_s)
     return Plan(suite=suite, device=device, jobs=tuple(jobs), checkpoints=tuple(checkpoints), cells=tuple(cells),
                 missing_data=tuple(missing), ratios=ratios, train_tps=train_tps)
 
 
 def _cell(suite: Suite, ck: Checkpoint, device_id: str, task: str, ds: str, prompt: int, shots: int,
-          limit: int | None, dseed: int | None, n: int | None, sha: tuple[str, str] | None) -> Cell:
+          limit: int | None, dseed: int | None, n: int | None, sha: tuple[str, str] | None, count: int | None) -> Cell:
+    st = suite.eval.stages
+    order = None if st is None else (st.seed, st.step)
     key = material = None
     if ck.identity is not None and ck.dtype is not None and sha is not None:
         material = cell_key_material(ck, device_id, suite.eval.backend, suite.protocol, task, ds, sha[0], sha[1],
-                                     prompt, shots, limit, dseed)
+                                     prompt, shots, limit, dseed, order)
         key = store.key_of(material)
-    rec, problem = store.check_cell(suite.output, key, n) if key else (None, None)
-    est = estimate.cell_seconds(task, shots, n or limit or 500, suite.eval.backend, suite.threads)
+    rec, problem = store.check_cell(suite.output, key, n, staged=order is not None) if key else (None, None)
+    done, held, stopped = rec is not None, rec.n if rec is not None else 0, None
+    if rec is not None and rec.stages is not None:
+        stopped = rec.stages.stopped
+        # a record stopped by a decision is finished while the suite stops on decisions; else it runs on
+        done = stopped in ("exhausted", "limit") or (stopped == "decided" and st is not None and st.stop == "decided")
+    # done: the items it holds (calibration compares this with wall_s); to do: the items left (staged: at most)
+    items = (held if done else n - held) if n is not None else (limit or 500)
+    est = estimate.cell_seconds(task, shots, items, suite.eval.backend, suite.threads)
     return Cell(checkpoint=ck, task=task, dataset=ds, domain=gdata.all_datasets()[ds].domain, prompt=prompt,
                 shots=shots, limit=limit, demo_seed=dseed, n=n, key=key, material=material, est_s=est,
-                done=rec is not None, problem=problem, wall_s=rec.wall_s if rec is not None else None)
+                done=done, problem=problem, wall_s=rec.wall_s if rec is not None else None, stages=order,
+                count=count, held=held, stopped=stopped)
 
 
 def plan_index(p: Plan, time: str) -> dict:
@@ -410,7 +440,8 @@ def plan_index(p: Plan, time: str) -> dict:
                   "est_s": round(j.est_s, 1)} for j in p.jobs],
         "cells": [{"key": c.key, "model": c.checkpoint.id, "task": c.task, "dataset": c.dataset, "prompt": c.prompt,
                    "shots": c.shots, "limit": c.limit, "demo_seed": c.demo_seed, "done": c.done,
-                   "problem": c.problem, "est_s": round(c.est_s, 1)} for c in p.cells],
+                   "problem": c.problem, "est_s": round(c.est_s, 1),
+                   **({"held": c.held, "of": c.n, "stopped": c.stopped} if c.staged else {})} for c in p.cells],
         "estimate_s": {k: round(v, 1) for k, v in p.estimate().items()},
     }
 
@@ -439,6 +470,8 @@ def describe(p: Plan) -> list[str]:
         t = sum(c.est_s * p.ratios.get(c.family, 1.0) for c in left)
         lines.append(f"    {ck.id} ({ck.kind}{', ' + ck.task if ck.task else ''}): {len(cs)} cells, {len(left)} to run"
                      + (f", ~{fmt(t + estimate.LOAD_S)}" if left else ""))
+    if s.eval.stages is not None:
+        lines.append(stages.describe(p.cells, s.eval.stages.step, s.eval.stages.seed, s.eval.stages.stop))
     for problem in p.problems:
         lines.append(f"  not counted, will be re-run: {problem}")
     if p.missing_data:

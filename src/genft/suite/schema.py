@@ -111,6 +111,18 @@ class PromptsSection(_Section):
     base: Any = Field(None, description="prompt ids for the base model")
 
 
+class StagesSection(_Section):
+    """Staged evaluation: each cell's test items in a seeded fixed order, evaluated a stage at a time."""
+
+    step: int = Field(ge=1, description="items per stage: stage s holds the first s*step items of the order")
+    seed: int = Field(0, ge=0, description="the seed of the items' order (a permutation of the test set, the same "
+                      "for every cell of a test set); seed and step are in every staged cell's key")
+    stop: Literal["decided", "exhausted"] = Field("decided", description="decided: after each stage, a cell stops "
+                                                  "once the run's stop decision names it (a run given none runs "
+                                                  "to the end); exhausted: every cell runs to the end of its test "
+                                                  "set (or eval.limit)")
+
+
 class EvalSection(_Section):
     test_sets: Any = Field("all", description="all | list of data set names or task names")
     shots: Any = Field("study", description="study | list | {generation|classification|nli|<task>: [k, ...]}")
@@ -127,6 +139,9 @@ class EvalSection(_Section):
                         description="auto (cuda if available) | cpu | cuda | cuda:N; the device kind is in the key")
     group: Literal["shots", "cell"] = Field("shots", description="shots: one lm-eval call per (checkpoint, shots); "
                                             "cell: one call per cell (finer resume, exact per-cell times)")
+    stages: StagesSection | None = Field(None, description="opt-in: evaluate every cell in stages of a seeded, fixed "
+                                         "item order, stopping a cell when the verdict is in, e.g. "
+                                         "{step: 100, seed: 0, stop: decided}; default: every item at once")
 
 
 class Resources(_Section):

@@ -14,7 +14,8 @@ from ..models import NAMED
 from ..prompts import FAMILIES, PROMPT_IDS, TASKS
 from ..training import ConfigError, config_from_mapping, load_yaml_config, validate
 from .report_settings import ReportSettings
-from .schema import NAME_PATTERN, SUITE_MANAGED, EvalSection, ExecutorSection, ModelSection, RunSection, SuiteError, SuiteFile, Where, parse
+from .schema import (NAME_PATTERN, SUITE_MANAGED, EvalSection, ExecutorSection, ModelSection, RunSection, StagesSection,
+                     SuiteError, SuiteFile, Where, parse)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -70,6 +71,7 @@ class EvalSpec:
     batch_size: int
     device: str
     group: str
+    stages: StagesSection | None = None  # staged evaluation (stages.py); None: every item at once
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,7 @@ def _eval(w: Where, e: EvalSection, source: str, root: Path) -> EvalSpec:
     limit = _per_task(w, e.limit, ("eval", "limit"), parse_limit, lambda t: None, nli_follows_classification=True)
     return EvalSpec(test_sets=test_sets, shots=shots, prompts=prompts, limit=limit, demos=e.demos,
                     demo_seeds=tuple(_int_list(w, e.demo_seeds, ("eval", "demo_seeds"))), backend=e.backend,
-                    batch_size=e.batch_size, device=e.device, group=e.group)
+                    batch_size=e.batch_size, device=e.device, group=e.group, stages=e.stages)
 
 
 def load_suite(path: str | os.PathLike) -> Suite:

@@ -11,7 +11,13 @@ Output folder of a suite::
 `CellRecord` is the contract between the suite and the report: the report reads nothing else, and a record
 that does not validate (a missing or renamed field, items of the wrong length, a key that is not the hash of
 its key material) is an error naming the file, never a blank column.  A cell counts as done only when its
-record parses, validates, has the key the plan expects and holds every item (`check_cell`).
+record parses, validates, has the key the plan expects and holds every item (`check_cell`); a staged cell
+(eval.stages) grows stage by stage, its record rewritten atomically after each, and counts as done with
+fewer items only when its record says why it stopped (`StageInfo.stopped`).
+
+Versions: record_version 3 added `stages`; a version-2 record (from before staging: every item at once) is
+read as a version-3 record without stages.  The key material's version (`KEY_VERSION`) changes only when
+what determines a cell's numbers changes, so stored cells keep their keys across record versions.
 """
 from __future__ import annotations
 
@@ -26,8 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..files import atomic_write, file_key, now_utc, read_json, read_json_or_none, sha256_json, write_json
 from ..prompts import get_task
 from ..training import MANIFEST
+from .stages import item_order, stage_items, stop_reason
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
+READS_VERSIONS = (2, 3)  # 2: before staged evaluation (read as 3 without stages)
+KEY_VERSION = 2  # the key material's version: cells keep their keys across record versions
 
 
 class StoreError(RuntimeError):
@@ -96,10 +105,24 @@ class Provenance(_Record):
     target_delimiter: str
 
 
+class StageInfo(_Record):
+    """A staged cell's progress (eval.stages): the items it holds are the first n of the seeded order."""
+
+    seed: int = Field(description="the seed of the items' order")
+    step: int = Field(description="items per stage")
+    stage: int = Field(ge=1, description="stages evaluated: the record holds the first min(stage*step, cap) items "
+                       "of the order (cap: the test set's items, or the limit when smaller)")
+    of: int = Field(ge=1, description="items in the test set (the order's length)")
+    stopped: Literal["decided", "exhausted", "limit"] | None = Field(
+        description="why no more stages run: decided (the run's stop decision), exhausted (every test item held), "
+                    "limit (the cell's limit reached first); None: more stages to run, the cell is not finished")
+    why: str | None = Field(None, description="the stop decision's reason (decided only)")
+
+
 class CellRecord(_Record):
     """One finished evaluation cell: a checkpoint on one test set at one prompt, shot count and demo choice."""
 
-    record_version: Literal[2] = RECORD_VERSION
+    record_version: Literal[3] = RECORD_VERSION
     key: str
     suite: str
     protocol: Literal["clean", "study"] = Field(description="the data protocol: clean (defective items dropped) or "
@@ -124,6 +147,15 @@ class CellRecord(_Record):
     wall_s: float
     provenance: Provenance
     material: dict[str, Any] = Field(description="the key material; key == sha256 of it")
+    stages: StageInfo | None = Field(None, description="staged evaluation: the items held of how many, the stage, "
+                                     "why it stopped; None: every item (or the first `limit`) at once")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("record_version") == 2:  # before staging: every item at once
+            return {**raw, "record_version": RECORD_VERSION, "stages": None}
+        return raw
 
     @model_validator(mode="after")
     def _consistent(self) -> "CellRecord":
@@ -142,7 +174,31 @@ class CellRecord(_Record):
         metric = get_task(self.task).primary_metric
         if metric not in self.items or metric not in self.metrics:
             raise ValueError(f"the primary metric {metric!r} of task {self.task} is missing")
+        self._check_stages()
         return self
+
+    def _check_stages(self) -> None:
+        st, mat = self.stages, self.material.get("stages")
+        if st is None:
+            if mat is not None:
+                raise ValueError("the key material is staged but the record has no stages")
+            return
+        if mat != {"seed": st.seed, "step": st.step}:
+            raise ValueError(f"stages seed {st.seed} / step {st.step} differ from the key material's {mat}")
+        cap = min(st.of, self.limit) if self.limit else st.of
+        if self.n != stage_items(st.stage, st.step, cap):
+            raise ValueError(f"stage {st.stage} of step {st.step} holds {stage_items(st.stage, st.step, cap)} items, "
+                             f"the record {self.n}")
+        if self.doc_ids != list(item_order(st.seed, st.of)[:self.n]):
+            raise ValueError(f"doc_ids are not the first {self.n} items of the order of seed {st.seed}")
+        natural = stop_reason(self.n, st.of, cap)
+        if natural is not None and st.stopped != natural:
+            raise ValueError(f"it holds {self.n} of {st.of} items (cap {cap}): stopped must be {natural!r}, "
+                             f"not {st.stopped!r}")
+        if natural is None and st.stopped not in (None, "decided"):
+            raise ValueError(f"stopped {st.stopped!r} but it holds {self.n} of {cap} items")
+        if st.why is not None and st.stopped != "decided":
+            raise ValueError("a stop reason is given but the cell was not stopped by a decision")
 
     # -- derived, for readers
     @property
@@ -220,18 +276,21 @@ def _read_cell(path: Path) -> CellRecord:
         raise StoreError(f"{path}: cannot read the cell record ({e.strerror or e})") from None
     except ValueError as e:
         raise StoreError(f"{e} (a torn or corrupt cell record)") from None
-    if isinstance(raw, dict) and raw.get("record_version") != RECORD_VERSION:
-        raise StoreError(f"{path}: record_version {raw.get('record_version')!r}, this genft reads version "
-                         f"{RECORD_VERSION}; re-run the suite to re-evaluate the cell")
+    if isinstance(raw, dict) and raw.get("record_version") not in READS_VERSIONS:
+        raise StoreError(f"{path}: record_version {raw.get('record_version')!r}, this genft reads versions "
+                         f"{', '.join(map(str, READS_VERSIONS))}; re-run the suite to re-evaluate the cell")
     try:
         return CellRecord.model_validate(raw)
     except ValidationError as e:
         raise StoreError(f"{path}: not a valid cell record: {_explain(e)}") from None
 
 
-def check_cell(output: Path, key: str, n_expected: int | None) -> tuple[CellRecord | None, str | None]:
-    """(record, None) when the cell is done; (None, None) when there is no file; (None, why) when a file is
-    there but cannot count (torn, corrupt, another key, items missing, no samples file)."""
+def check_cell(output: Path, key: str, n_expected: int | None,
+               staged: bool = False) -> tuple[CellRecord | None, str | None]:
+    """(record, None) when the cell is done, or for a staged cell when its record is sound (it may hold a
+    part of its items: `stages` says how many and whether it stopped); (None, None) when there is no file;
+    (None, why) when a file is there but cannot count (torn, corrupt, another key, items missing, no samples
+    file)."""
     path = cell_path(output, key)
     if not path.exists():
         return None, None
@@ -241,11 +300,33 @@ def check_cell(output: Path, key: str, n_expected: int | None) -> tuple[CellReco
         return None, str(e)
     if rec.key != key:
         return None, f"{path}: holds the record of cell {rec.key[:12]}, not {key[:12]}"
-    if n_expected is not None and (rec.n != n_expected or rec.doc_ids != list(range(n_expected))):
+    if staged:
+        if rec.stages is None:
+            return None, f"{path}: the cell is staged but its record has no stages"
+        cap = min(rec.stages.of, rec.limit) if rec.limit else rec.stages.of
+        if n_expected is not None and cap != n_expected:
+            return None, f"{path}: its record can hold {cap} items, the cell has {n_expected}"
+    elif n_expected is not None and (rec.n != n_expected or rec.doc_ids != list(range(n_expected))):
         return None, f"{path}: holds {rec.n} items, the cell has {n_expected}"
-    if not samples_path(output, key).is_file():
-        return None, f"{path}: its samples file {samples_path(output, key).name} is missing"
+    spath = samples_path(output, key)
+    if not spath.is_file():
+        return None, f"{path}: its samples file {spath.name} is missing"
+    if staged and spath.read_bytes().count(b"\n") < rec.n:  # a stage appends to it; the record holds n
+        return None, f"{path}: its samples file {spath.name} holds fewer than its {rec.n} items"
     return rec, None
+
+
+def stop_cell(output: Path, key: str, why: str) -> CellRecord:
+    """Mark a staged cell's record as stopped by a decision (rewritten atomically; its items unchanged)."""
+    path = cell_path(output, key)
+    rec = read_cell(path)
+    if rec.stages is None or rec.stages.stopped is not None:
+        raise StoreError(f"{path}: not a running staged cell; only those can be stopped")
+    raw = rec.model_dump(mode="json")
+    raw["stages"].update(stopped="decided", why=str(why))
+    new = CellRecord.model_validate(raw)
+    write_json(path, new.model_dump(mode="json"))
+    return new
 
 
 def read_cells(output: Path, keys: Iterable[str]) -> list[CellRecord]:

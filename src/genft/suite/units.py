@@ -1,5 +1,5 @@
 """Units of work for engines that run elsewhere (Ray, Slurm): "fine-tune one checkpoint" and "evaluate one
-checkpoint on its missing cells".  A unit names only the suite file and a checkpoint; the worker plans the
+checkpoint on its missing cells" (with eval.stages: on the next stage of its cells at the lowest stage).  A unit names only the suite file and a checkpoint; the worker plans the
 suite afresh from the shared store, so it needs nothing from the driver's memory, and a retried unit skips
 what an earlier attempt finished (cells are atomic files: a killed attempt leaves at most a temporary file).
 """
@@ -13,6 +13,7 @@ from . import planning, store
 from .estimate import Progress
 from .execute import CheckpointWork, EvalContext, SubprocessTrainer, Trainer, evaluate_checkpoint, finetune
 from .spec import load_suite
+from .stages import round_cells
 
 Log = Callable[[str], None]
 
@@ -37,8 +38,9 @@ def units_of(p: planning.Plan) -> list[Unit]:
     fine-tune, when that is among the units; base models' at once)."""
     todo = {j.run for j in p.todo_jobs}
     units = [Unit("finetune", j.run) for j in p.todo_jobs]
+    this_round = {c.checkpoint.id for c in round_cells(p.todo_cells)}  # staged: the cells at the lowest stage
     for ck in p.checkpoints:
-        if any(not c.done for c in p.cells if c.checkpoint is ck):
+        if ck.id in this_round:
             units.append(Unit("evaluate", ck.id, after=ck.id if ck.id in todo else None))
     return units
 
@@ -65,7 +67,7 @@ def run_unit(suite_path: str, unit: Unit, *waited_for: object, trainer: Trainer 
         if error:
             raise RuntimeError(f"{unit.id}: {error}")
         return f"{unit.id}: trained"
-    cells = [c for c in p.todo_cells if c.checkpoint.id == unit.checkpoint]
+    cells = [c for c in round_cells(p.todo_cells) if c.checkpoint.id == unit.checkpoint]
     if not cells:
         return f"{unit.id}: every cell already finished"
     if any(c.key is None for c in cells):
