@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import anytime
 from .diagnostics import same_output_share
 from .model import Comp, Group, SuiteData, TestSet, fmt, task_kind
 from .stats import Estimate, holm, pooled
@@ -96,6 +97,7 @@ class Part:
     counts: str = "no comparisons"
     pooled: Estimate | None = None
     unit: str = "margins"
+    anytime: str | None = None  # the verdict from confidence sequences, where every comparison is staged
 
 
 @dataclass
@@ -147,8 +149,7 @@ def _left_text(left: list, vacuous: list) -> str:
     return out
 
 
-def _pooled_verdict(claim: str, est: Estimate) -> str:
-    lo, hi = est.lo, est.hi
+def _pooled_verdict(claim: str, lo: float, hi: float) -> str:
     if claim in ("greater", "less"):
         if lo > -1 and hi < 1:
             return f"{DOES_NOT_HOLD} (no difference: pooled interval inside ±1 margin)"
@@ -232,7 +233,14 @@ def judge_part(part: Part, s: SuiteData) -> Part:
     if n_pos and n_neg:
         part.verdict = f"{INCONCLUSIVE} (mixed: comparisons significantly disagree in sign)"
     else:
-        part.verdict = _pooled_verdict(part.claim, est)
+        part.verdict = _pooled_verdict(part.claim, est.lo, est.hi)
+    comps = [e.comp for e in used]
+    b = anytime.pooled_bounds(comps, offsets, units, st.alpha)  # None unless every comparison is staged
+    if b is not None:
+        part.anytime = _pooled_verdict(part.claim, *b)
+        if anytime.stopped_early(comps):  # cells stopped on a decision: the verdict rests on the sequences
+            part.verdict = part.anytime + " [anytime-valid: staged evaluation]"
+            part.counts += f"; anytime-valid pooled bounds [{b[0]:+.2f}, {b[1]:+.2f}] {part.unit}"
     return part
 
 
@@ -252,34 +260,56 @@ def _judge_steps(part: Part, s: SuiteData) -> Part:
         e.verdict_class = DEGENERATE
     if used:
         _classify(part, used, st)
+    seq = {id(e): anytime.bounds(e.comp, 0.0, e.margin, st.alpha / len(used)) for e in used}
+    seq_classes = None if not used or any(b is None for b in seq.values()) else {
+        k: SUPPORTS if b[1] < 1 else CONTRADICTS if b[0] > 0 else UNDETERMINED for k, b in seq.items()}
+    staged = seq_classes is not None and anytime.stopped_early([e.comp for e in used])
+    if staged:  # cells stopped on a decision: each step's class rests on its confidence sequence
+        for e in used:
+            e.verdict_class = seq_classes[id(e)]
     if not part.evidence:
         part.verdict, part.counts = NOT_MEASURED, "no comparisons"
         return part
     by: dict[tuple, list] = {}
     for e in part.evidence:
         by.setdefault(e.series, []).append(e)
-    sup = con = open_ = 0
-    for steps in by.values():
-        classes = [e.verdict_class for e in steps if e in used]
-        if SUPPORTS in classes:
-            sup += 1
-        elif classes and all(c == CONTRADICTS for c in classes) and len(classes) == len(steps):
-            con += 1
-        else:
-            open_ += 1
+    sup, con, open_ = _series_counts(by, used, {id(e): e.verdict_class for e in used})
+    if seq_classes is not None:
+        part.anytime = series_verdict(*_series_counts(by, used, seq_classes)[:2], True)
     c = Counter(e.verdict_class for e in used)
     part.counts = (f"{len(by)} series, {len(part.evidence)} steps (Holm over {len(used)}): {c[SUPPORTS]} steps "
                    f"without a reliable gain, {c[CONTRADICTS]} with a gain, {c[UNDETERMINED]} undetermined; series: "
                    f"{sup} support, {con} contradict, {open_} open{_left_text(left, vacuous)}")
-    if sup and con:
-        part.verdict = f"{INCONCLUSIVE} (mixed: series disagree)"
-    elif sup:
-        part.verdict = HOLDS
-    elif con:
-        part.verdict = DOES_NOT_HOLD
-    else:
-        part.verdict = f"{INCONCLUSIVE} ({'no informative step' if not used else 'intervals too wide'})"
+    part.verdict = series_verdict(sup, con, bool(used))
+    if staged:
+        part.verdict += " [anytime-valid: staged evaluation]"
     return part
+
+
+def _series_counts(by: dict, used: list, classes: dict) -> tuple[int, int, int]:
+    """(supporting, contradicting, open) series: a series supports when some used step supports, contradicts
+    when every step is used and contradicts."""
+    sup = con = open_ = 0
+    for steps in by.values():
+        mine = [classes[id(e)] for e in steps if e in used]
+        if SUPPORTS in mine:
+            sup += 1
+        elif mine and len(mine) == len(steps) and all(c == CONTRADICTS for c in mine):
+            con += 1
+        else:
+            open_ += 1
+    return sup, con, open_
+
+
+def series_verdict(sup: int, con: int, any_used: bool) -> str:
+    """Training size: the part's verdict from its series' (supporting, contradicting) counts."""
+    if sup and con:
+        return f"{INCONCLUSIVE} (mixed: series disagree)"
+    if sup:
+        return HOLDS
+    if con:
+        return DOES_NOT_HOLD
+    return f"{INCONCLUSIVE} ({'no informative step' if not any_used else 'intervals too wide'})"
 
 
 def combine(parts: list[Part]) -> str:
@@ -288,7 +318,7 @@ def combine(parts: list[Part]) -> str:
         return NOT_MEASURED
     if any(v.startswith(DOES_NOT_HOLD) for v in verdicts):
         return DOES_NOT_HOLD
-    if all(v == HOLDS for v in verdicts):
+    if all(v.startswith(HOLDS) for v in verdicts):
         return HOLDS
     missing = [p.name.split(":")[0] for p in parts if p.verdict == NOT_MEASURED]
     open_ = [p.name.split(":")[0] for p in parts if p.verdict.startswith(INCONCLUSIVE)]
@@ -369,7 +399,7 @@ def _best(s: SuiteData, a_conds: list, b_conds: list) -> Comp:
     ib = k + int(np.argmax(means[k:]))
     return Comp(means[ia], means[ib], est, same_output_share(outs[ia], outs[ib]),
                 s.degenerate([conds[ia], conds[ib]], [outs[ia], outs[ib]]), means[ib],
-                s.collapse([conds[ia], conds[ib]]))
+                s.collapse([conds[ia], conds[ib]]), tuple(conds), "best")
 
 
 @finding
@@ -470,7 +500,7 @@ def finding_cross_task(s: SuiteData) -> Finding:
                     est = s.evaluate([c], lambda m: m[:, 0])
                     pa.evidence.append(Evidence(g, ts, f"ROUGE-L, {c.shots}-shot P1 (~0: below "
                                                        f"{s.settings.near_zero})",
-                                                Comp(est.value, float("nan"), est)))
+                                                Comp(est.value, float("nan"), est, conds=(c,), kind="value")))
                     e = _evidence(s, g, ts, f"Prompt-2 − Prompt-1, {c.shots}-shot",
                                   s.compare(s.cond(g, ts, 2, c.shots, c.demo_seed), c))
                     if e is not None:

@@ -176,6 +176,8 @@ class Comp:
     degenerate: str | None = None  # why it carries no information (left out of every judgement)
     reference: float = float("nan")  # the score a relative margin is taken of
     note: str | None = None  # kept, but marked: an arm that collapsed to one label
+    conds: tuple = ()  # the conditions it compares (a, b) or reads (a)
+    kind: str = "diff"  # diff: mean(a) - mean(b) per item; value: mean(a); best: a selection over conditions
 
     @property
     def diff(self) -> float:
@@ -409,7 +411,7 @@ class SuiteData:
                            seed=self.settings.seed, items_key=self.items_key([a, b]))
             self._cache[key] = Comp(float(arms[0].values.mean()), float(arms[1].values.mean()), est,
                                     diagnostics.same_output_share(outs[0], outs[1]), self.degenerate([a, b], outs),
-                                    float(arms[1].values.mean()), self.collapse([a, b]))
+                                    float(arms[1].values.mean()), self.collapse([a, b]), (a, b), "diff")
         return self._cache[key]
 
     def margin(self, metric: str, reference: float) -> float:
