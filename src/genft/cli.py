@@ -112,9 +112,11 @@ def cmd_report(args) -> int:
 def cmd_suite_run(args) -> int:
     """Run the suite, then (unless --no-report or --dry-run) write its report from the store."""
     from .report import write_report
-    from .suite import run_suite
+    from .report.stopping import make_decide
+    from .suite import load_suite, run_suite
 
-    rc = run_suite(args.suite, dry_run=args.dry_run, engine=args.executor)
+    decide = make_decide(load_suite(args.suite).report)  # staged suites: stop cells once their parts are decided
+    rc = run_suite(args.suite, dry_run=args.dry_run, engine=args.executor, decide=decide)
     if args.dry_run and args.pilot:
         cmd_suite_power(args)
     if not args.dry_run and not args.no_report:

@@ -27,8 +27,10 @@ KINDS = ("diff", "value")
 
 
 def population(comp: Comp) -> int | None:
-    """The test set's size when every record of the comparison is staged (their order's length), else None."""
-    sizes = {r.stages.of if r.stages is not None else None for c in comp.conds for r in c.cells}
+    """The items the staged records draw from (their test set's size, or the limit when smaller) when every
+    record of the comparison is staged, else None."""
+    sizes = {None if r.stages is None else min(r.stages.of, r.limit) if r.limit else r.stages.of
+             for c in comp.conds for r in c.cells}
     return sizes.pop() if len(sizes) == 1 and None not in sizes else None
 
 
