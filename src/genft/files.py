@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+# atomic_write's temporary files: "." + the target's name + "." + tempfile's 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def _umask() -> int:
@@ -34,6 +41,39 @@ def atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def temp_target(name: str) -> str | None:
+    """The file an atomic_write temporary file of this name was for, or None when the name is not one."""
+    m = _TEMP_NAME.match(name)
+    return m.group("target") if m else None
+
+
+class Busy(RuntimeError):
+    """A lock held by another process; the message is what the holder wrote into the lock file."""
+
+
+def hold_lock(path: Path, blocking: bool = False) -> IO[str]:
+    """An exclusive flock on `path` (created if needed), held until the returned file is closed (the OS
+    releases it even after kill -9); the holder's pid, host and start time are written into it.  Busy when
+    another process holds it (blocking=False); any other failure (a filesystem without locks, no permission)
+    is the OSError itself, never mistaken for a busy lock."""
+    path = Path(path)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip() if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else ""
+        f.close()
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise Busy(holder or "holder unknown") from None
+        raise OSError(e.errno, f"cannot lock {path}: {e.strerror} (does this filesystem support flock?)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_utc()}\n")
+    f.flush()
+    return f
 
 
 def sha256_file(path: Path) -> str:
