@@ -178,7 +178,8 @@ def test_clean_temp_removes_only_genfts_own_temporary_files(tmp_path):
     (out / "cells").mkdir(parents=True)
     (out / "plans").mkdir()
     key = "a" * 64
-    own = [out / ".plan.json.ab3_x9zq.tmp", out / "plans" / ".smoke.json.k2j4h5g6.tmp",
+    own = [out / ".plan.json.ab3_x9zq.tmp", out / "cells" / f".{key}.json.xyz.tmp",
+           out / "plans" / ".smoke.json.k2j4h5g6.tmp",
            out / "cells" / f".{key}.json.0123abcd.tmp", out / "cells" / f".{key}.samples.jsonl.zzzzzzzz.tmp"]
     foreign = [out / ".notes.tmp", out / ".my.data.tmp", out / ".results.csv.ab3_x9zq.tmp",
                out / "cells" / ".notes.json.12345678.tmp", out / "cells" / f".{key}.json.tmp"]

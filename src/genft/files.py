@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-# atomic_write's temporary files: "." + the target's name + "." + tempfile's 8 random characters + ".tmp"
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+# atomic_write's temporary files: "." + the target's name + "." + tempfile's random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]+\.tmp$")
 
 
 def _umask() -> int:
