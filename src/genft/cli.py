@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
+from pathlib import Path
+
+from .files import write_json
 
 
 def _add_data_dir(p):
@@ -47,8 +51,6 @@ def cmd_model_prepare(args) -> int:
 
 def cmd_eval(args) -> int:
     """Evaluate one model on genft tasks and print a table (one model load for every task and shot count)."""
-    import json
-
     from tabulate import tabulate
 
     from . import harness
@@ -79,11 +81,9 @@ def cmd_eval(args) -> int:
         left = (time.time() - began) / i * (len(cells) - i)
         print(f"[{i}/{len(cells)}] {name} {shots}-shot: {score} ({wall:.0f}s, ~{left / 60:.0f} min left)", flush=True)
     print(tabulate(rows, headers=["task", "shots", "score", "seconds", "items/s"], tablefmt="github"))
-    if args.output:
-        tmp = f"{args.output}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"model": pretrained, "backend": args.backend, "limit": args.limit, "cells": records}, f, indent=1)
-        os.replace(tmp, args.output)
+    if args.output:  # through genft's one atomic write (an unpredictable temporary file, then a rename)
+        write_json(Path(args.output), {"model": pretrained, "backend": args.backend, "limit": args.limit,
+                                       "cells": records})
     return 0
 
 
@@ -209,10 +209,24 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ModelError, SuiteError, StoreError, KeyError, FileNotFoundError) as e:
+    except (DataError, ModelError, SuiteError, StoreError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"genft: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only, no permission, a missing file: one line (every write is atomic)
+        print(f"genft: error: {os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def os_error(e: OSError) -> str:
+    """An OSError as one line: the file, what happened, and for the usual causes what to do."""
+    what = e.strerror or str(e)
+    where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    hint = {errno.ENOSPC: "free some space (nothing partial was kept: every file genft writes is atomic)",
+            errno.EDQUOT: "free some space or raise the quota", errno.EROFS: "the filesystem is read-only: write "
+            "elsewhere (--data-dir, --out-dir, the suite's output)", errno.EACCES: "no permission: write elsewhere "
+            "or fix the folder's permissions", errno.EPERM: "not permitted: write elsewhere"}.get(e.errno, "")
+    return f"{where + ': ' if where else ''}{what}{'; ' + hint if hint else ''}"
 
 
 if __name__ == "__main__":
