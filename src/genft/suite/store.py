@@ -122,6 +122,17 @@ class CellRecord(_Record):
     wall_s: float
     provenance: Provenance
     material: dict[str, Any] = Field(description="the key material; key == sha256 of it")
+    checksum: str | None = Field(None, description="sha256 of the record's content without this field (what "
+                                 "content_sha256 computes): a record edited after it was written fails to load; "
+                                 "absent in records written before genft kept it")
+
+    def content_sha256(self) -> str:
+        """The sha256 of everything in the record but its checksum (canonical JSON)."""
+        return sha256_json(self.model_dump(mode="json", exclude={"checksum"}))
+
+    def sealed(self) -> "CellRecord":
+        """The record with its checksum set (what the store writes)."""
+        return self.model_copy(update={"checksum": self.content_sha256()})
 
     @model_validator(mode="after")
     def _consistent(self) -> "CellRecord":
@@ -140,6 +151,9 @@ class CellRecord(_Record):
         metric = get_task(self.task).primary_metric
         if metric not in self.items or metric not in self.metrics:
             raise ValueError(f"the primary metric {metric!r} of task {self.task} is missing")
+        if self.checksum is not None and self.checksum != self.content_sha256():
+            raise ValueError("the record's content does not match its checksum: it was edited after genft wrote it; "
+                             "delete the file to re-run the cell")
         return self
 
     # -- derived, for readers
@@ -179,7 +193,7 @@ def write_cell(output: Path, record: CellRecord, samples_jsonl: bytes) -> Path:
     """Samples first, then the record: the record's presence (valid) means the cell is complete."""
     atomic_write(samples_path(output, record.key), samples_jsonl)
     path = cell_path(output, record.key)
-    write_json(path, record.model_dump(mode="json"))
+    write_json(path, (record if record.checksum else record.sealed()).model_dump(mode="json"))
     return path
 
 
