@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import data as gdata
 from ..files import fmt_duration, read_json_or_none, sha256_cached, sha256_json
 from ..harness import task_name, tasks_dir
-from ..models import MARKER, NAMED, genft_home, prepare, weights_fingerprint
+from ..models import (MARKER, NAMED, download_hub_model, genft_home, hub_cache, hub_snapshot, prepare,
+                      weights_fingerprint)
 from ..prompts import TARGET_DELIMITER, get_task
 from ..training import (MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, foreign_files,
                         load_training_items, validate)
@@ -204,51 +204,11 @@ def base_identity(ref: str, cache: dict, provision: bool) -> tuple[str, dict | N
         return ref, {"weights": _fingerprint(Path(ref), cache)}
     ident: dict = {"hub": ref}
     if provision and hub_snapshot(ref) is None:
-        _download_hub_model(ref)
+        download_hub_model(ref)
     refs = hub_cache() / ("models--" + ref.replace("/", "--")) / "refs" / "main"
     if refs.is_file():
         ident["revision"] = refs.read_text().strip()
     return ref, ident
-
-
-def hub_cache() -> Path:
-    """The Hugging Face hub cache transformers loads from (HF_HUB_CACHE, else HF_HOME/hub, else
-    ~/.cache/huggingface/hub, as huggingface_hub read them)."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def hub_snapshot(ref: str) -> Path | None:
-    """A hub id's cached snapshot folder (its main revision) when it holds a config.json, else None."""
-    if Path(ref).is_absolute() or ref.count("/") != 1:
-        return None
-    repo = hub_cache() / ("models--" + ref.replace("/", "--"))
-    refs = repo / "refs" / "main"
-    if not refs.is_file():
-        return None
-    snapshot = repo / "snapshots" / refs.read_text().strip()
-    return snapshot if (snapshot / "config.json").is_file() else None
-
-
-def _download_hub_model(ref: str) -> None:
-    """Provision a hub id into the hub cache (its config, tokenizer and weights), or say why it cannot be."""
-    from huggingface_hub import snapshot_download
-
-    from huggingface_hub import constants
-
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    where = f"the local hub cache ({hub_cache()})"
-    if offline:
-        raise SuiteError(f"model {ref!r}: a hub id that is not in {where}, and the hub is offline (HF_HUB_OFFLINE); "
-                         f"download it where there is internet (`hf download {ref}`, into this cache or a folder "
-                         "you then name in the suite), or name a local model folder")
-    try:
-        snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-    except Exception as e:  # noqa: BLE001  (the hub's errors: no network, no such repository, gated, ...)
-        raise SuiteError(f"model {ref!r}: could not download it from the hub into {where} "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download it with "
-                         f"`hf download {ref}`, or name a local model folder") from None
 
 
 # ---------------------------------------------------------------- cells
