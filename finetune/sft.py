@@ -62,6 +62,11 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, TruncationError) as e:
         print(f"finetune/sft.py: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only, permission: one line; what was saved so far resumes
+        from genft.files import describe_os_error
+
+        print(f"finetune/sft.py: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

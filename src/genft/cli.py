@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 import time
 from pathlib import Path
 
-from .files import write_json
+from .files import describe_os_error, write_json
 
 
 def _add_data_dir(p):
@@ -214,19 +213,8 @@ def main(argv=None) -> int:
         print(f"genft: error: {msg}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, read-only, no permission, a missing file: one line (every write is atomic)
-        print(f"genft: error: {os_error(e)}", file=sys.stderr)
+        print(f"genft: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
-
-
-def os_error(e: OSError) -> str:
-    """An OSError as one line: the file, what happened, and for the usual causes what to do."""
-    what = e.strerror or str(e)
-    where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
-    hint = {errno.ENOSPC: "free some space (nothing partial was kept: every file genft writes is atomic)",
-            errno.EDQUOT: "free some space or raise the quota", errno.EROFS: "the filesystem is read-only: write "
-            "elsewhere (--data-dir, --out-dir, the suite's output)", errno.EACCES: "no permission: write elsewhere "
-            "or fix the folder's permissions", errno.EPERM: "not permitted: write elsewhere"}.get(e.errno, "")
-    return f"{where + ': ' if where else ''}{what}{'; ' + hint if hint else ''}"
 
 
 if __name__ == "__main__":

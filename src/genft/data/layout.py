@@ -24,14 +24,13 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..files import hold_lock, sha256_file
+from ..files import folder_lock, sha256_file
 from ..prompts import TaskSpec, get_task
 from .registry import DataError, data_command, get_dataset
 
 CLEAN, STUDY = "clean", "study"
 PROTOCOLS = (CLEAN, STUDY)
 UNLABELED = "-"  # MNLI's gold label for items with no annotator consensus
-DATA_LOCK = ".genft-data.lock"  # held while a data set folder is swapped in (concurrent writers take turns)
 
 # ---------------------------------------------------------------- paths
 
@@ -201,7 +200,7 @@ def write_dataset(
             files[split] = {"count": len(items), "sha256": file_sha256(path)}
         info = {"task": task, "dataset": name, "protocol": protocol, **(meta or {}), "files": files}
         (tmp / "meta.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        with hold_lock(data_dir(root) / DATA_LOCK, blocking=True):  # writers of one data folder swap in turn
+        with folder_lock(final.parent):  # writers of one task folder swap their data set folders in turn
             if final.exists():
                 old = final.with_name(f".{name}.old")
                 shutil.rmtree(old, ignore_errors=True)

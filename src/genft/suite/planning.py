@@ -424,7 +424,7 @@ def _cell(suite: Suite, ck: Checkpoint, device_id: str, task: str, ds: str, prom
 
 
 def plan_index(p: Plan, time: str) -> dict:
-    """plan.json: what the report and people read to know which cells are current and done."""
+    """plans/<suite>.json: what the report and people read to know which cells are current and done."""
     return {
         "suite": p.suite.name,
         "file": str(p.suite.path),
