@@ -127,8 +127,10 @@ def test_a_float_in_a_recipe_is_an_error_before_anything_is_written(tmp_path, da
         recipe.write_text(f"task: sentiment\n{bad}\n")
         with pytest.raises(ConfigError, match=f"float.yaml: {what}: "):
             load_yaml_config(recipe)
-    recipe.write_text("task: sentiment\nmax_steps: 2.0\nlearning_rate: 2e-4\n")  # exact values convert
-    assert load_yaml_config(recipe) == {"task": "sentiment", "max_steps": 2, "learning_rate": 2e-4}
+    recipe.write_text("task: sentiment\nmax_steps: 2.0\nlearning_rate: 2e-4\nnum_train_epochs: 1\n")
+    values = load_yaml_config(recipe)  # exact values convert; an int for a float stays (the recipe hash with it)
+    assert values == {"task": "sentiment", "max_steps": 2, "learning_rate": 2e-4, "num_train_epochs": 1}
+    assert type(values["max_steps"]) is int and type(values["num_train_epochs"]) is int
 
 
 # ---------------------------------------------------------------- never delete what genft did not write

@@ -140,7 +140,7 @@ def _type_name(key: str) -> str:
 def check_types(values: Mapping[str, Any], source: str = "config") -> dict:
     """The settings, type-checked against FinetuneConfig (an int setting takes 2 or 2.0, never 2.7 or true; a
     number may be written 2e-4); ConfigError naming the source, the setting and the value otherwise.  Returns
-    the values converted to their fields' types."""
+    the values converted to their fields' types (but an int for a float: as written)."""
     unknown = [k for k in values if k not in FIELDS]
     if unknown:
         raise ConfigError(f"{source}: unknown setting {unknown[0]!r}"
@@ -156,7 +156,10 @@ def check_types(values: Mapping[str, Any], source: str = "config") -> dict:
         key = ".".join(str(x) for x in err["loc"][:1]) or "(settings)"
         raise ConfigError(f"{source}: {key}: {err['msg'].lower()} (got {values.get(key, err.get('input'))!r}); "
                           f"{FIELD_HELP.get(key, '')}".rstrip("; ")) from None
-    return {k: getattr(checked, k) for k in values}
+    # an int where a float is expected stays as written (2 is a valid float): the recipe hash of a config that
+    # was valid before type checking stays what it was
+    return {k: v if type(v) is int and isinstance(getattr(checked, k), float) else getattr(checked, k)
+            for k, v in values.items()}
 
 
 def config_from_mapping(values: Mapping[str, Any], source: str = "config") -> FinetuneConfig:
