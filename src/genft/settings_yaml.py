@@ -106,11 +106,13 @@ def loads(text: str, where: str) -> tuple[Any, yaml.Node | None]:
 def load(path: str | os.PathLike) -> tuple[Any, yaml.Node | None]:
     """(the values, the node graph) of a settings file, bounded in size, expansion and depth (module doc)."""
     path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise YamlError(f"{path}: {size} bytes; genft reads settings files of at most {MAX_BYTES} bytes")
+    with open(path, "rb") as f:
+        data = f.read(MAX_BYTES + 1)  # (never more, whatever the file claims or becomes)
+    if len(data) > MAX_BYTES:
+        raise YamlError(f"{path}: more than {MAX_BYTES} bytes; genft reads settings files of at most {MAX_BYTES} "
+                        "bytes")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise YamlError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return loads(text, str(path))
