@@ -1,7 +1,7 @@
 """Supervised fine-tuning for genft with TRL: plain (FT) or with in-context demonstrations (FTICL), full or LoRA.
 
 In the style of TRL's trl/scripts/sft.py: settings come from the command line or a `--config` YAML
-(yaml.safe_load; the command line wins), argument names are TRL's, and ONE trl.SFTTrainer is built.
+(read bounded by genft.settings_yaml and type-checked; the command line wins), argument names are TRL's, and ONE trl.SFTTrainer is built.
 The work is in genft.training; see finetune/README.md.
 
     # the study's recipe (full fine-tuning, lr 2e-5, 2 epochs, effective batch 32, max length 1024, seed 42)
@@ -62,6 +62,11 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, TruncationError) as e:
         print(f"finetune/sft.py: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only, permission: one line; what was saved so far resumes
+        from genft.files import describe_os_error
+
+        print(f"finetune/sft.py: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

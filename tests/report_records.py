@@ -75,7 +75,8 @@ def stored(output: Path, records: list[CellRecord], manifests: dict | None = Non
     """Write the records (and manifests) into a suite output folder with the real store; return the folder."""
     for r in records:
         store.write_cell(output, r, b"{}\n")
-    store.write_index(output, {"cells": [{"key": r.key, "done": True} for r in records]})
+    store.write_index(output, {"suite": records[0].suite if records else "t",
+                               "cells": [{"key": r.key, "done": True} for r in records]})
     for run, man in (manifests or {}).items():
         write_json(output / "checkpoints" / run / store.MANIFEST, man)
     return output

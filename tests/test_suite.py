@@ -336,7 +336,7 @@ def test_run_rerun_and_changed_settings(tmp_path, data_root, monkeypatch):
     assert len(gen.outputs) == 2 and all(isinstance(o, str) for o in gen.outputs)
     assert (out / "cells" / f"{rec.key}.samples.jsonl").is_file()
     assert set(gsuite.load_manifests(out)) == {"ft-products"}
-    plan_json = json.loads((out / "plan.json").read_text())
+    plan_json = json.loads((out / "plans" / "t.json").read_text())
     assert len(plan_json["cells"]) == 7 and all(x["done"] for x in plan_json["cells"])
 
     # a finished suite: no model load, no training, no file touched

@@ -5,6 +5,9 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
+
+from .files import describe_os_error, write_json
 
 
 def _add_data_dir(p):
@@ -47,8 +50,6 @@ def cmd_model_prepare(args) -> int:
 
 def cmd_eval(args) -> int:
     """Evaluate one model on genft tasks and print a table (one model load for every task and shot count)."""
-    import json
-
     from tabulate import tabulate
 
     from . import harness
@@ -79,11 +80,9 @@ def cmd_eval(args) -> int:
         left = (time.time() - began) / i * (len(cells) - i)
         print(f"[{i}/{len(cells)}] {name} {shots}-shot: {score} ({wall:.0f}s, ~{left / 60:.0f} min left)", flush=True)
     print(tabulate(rows, headers=["task", "shots", "score", "seconds", "items/s"], tablefmt="github"))
-    if args.output:
-        tmp = f"{args.output}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"model": pretrained, "backend": args.backend, "limit": args.limit, "cells": records}, f, indent=1)
-        os.replace(tmp, args.output)
+    if args.output:  # through genft's one atomic write (an unpredictable temporary file, then a rename)
+        write_json(Path(args.output), {"model": pretrained, "backend": args.backend, "limit": args.limit,
+                                       "cells": records})
     return 0
 
 
@@ -246,9 +245,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ModelError, SuiteError, StoreError, KeyError, FileNotFoundError) as e:
+    except (DataError, ModelError, SuiteError, StoreError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"genft: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, read-only, no permission, a missing file: one line (every write is atomic)
+        print(f"genft: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
 
 

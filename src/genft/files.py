@@ -1,13 +1,21 @@
 """File helpers shared by every module that writes results: atomic writes, content hashes, JSON, time stamps."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+# atomic_write's temporary files: "." + the target's name + "." + tempfile's random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]+\.tmp$")
 
 
 def _umask() -> int:
@@ -34,6 +42,51 @@ def atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def temp_target(name: str) -> str | None:
+    """The file an atomic_write temporary file of this name was for, or None when the name is not one."""
+    m = _TEMP_NAME.match(name)
+    return m.group("target") if m else None
+
+
+class Busy(RuntimeError):
+    """A lock held by another process; the message is what the holder wrote into the lock file."""
+
+
+def hold_lock(path: Path) -> IO[str]:
+    """An exclusive flock on `path` (created if needed), held until the returned file is closed (the OS
+    releases it even after kill -9); the holder's pid, host and start time are written into it.  Busy when
+    another process holds it; any other failure (a filesystem without locks, no permission)
+    is the OSError itself, never mistaken for a busy lock."""
+    path = Path(path)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip() if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else ""
+        f.close()
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise Busy(holder or "holder unknown") from None
+        raise OSError(e.errno, f"cannot lock {path}: {e.strerror} (does this filesystem support flock?)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_utc()}\n")
+    f.flush()
+    return f
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """An exclusive flock on a folder itself, waited for and held for the `with` block: writers of one folder
+    take turns, and no lock file is left behind in it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (closing releases the flock)
 
 
 def sha256_file(path: Path) -> str:
@@ -103,3 +156,14 @@ def fmt_duration(s: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s" if s < 600 else f"{round(s / 60)} min"
     return f"{s // 3600} h {round(s % 3600 / 60):02d} min"
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as one line: the file, what happened, and for the usual causes what to do."""
+    what = e.strerror or str(e)
+    where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    hint = {errno.ENOSPC: "free some space (nothing partial was kept: every file genft writes is atomic)",
+            errno.EDQUOT: "free some space or raise the quota", errno.EROFS: "the filesystem is read-only: write "
+            "elsewhere (--data-dir, --out-dir, the suite's output)", errno.EACCES: "no permission: write elsewhere "
+            "or fix the folder's permissions", errno.EPERM: "not permitted: write elsewhere"}.get(e.errno, "")
+    return f"{where + ': ' if where else ''}{what}{'; ' + hint if hint else ''}"

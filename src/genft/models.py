@@ -40,18 +40,27 @@ def genft_home() -> Path:
 
 
 def _atomic_build(name: str, build) -> Path:
-    """Build a model folder in a temporary place and rename it into the cache: never a half-written model."""
+    """Build a model folder in a temporary place and rename it into the cache: never a half-written model.
+    Builders racing for one name each build their own copy; the first rename wins and the others discard
+    theirs (a complete model is never replaced).  A folder there without genft's marker is not genft's
+    (genft renames only complete builds into place): an error naming it, never deleted."""
     final = genft_home() / "models" / name
     if (final / MARKER).is_file():
         return final
+    if final.exists():
+        raise ModelError(f"{final} exists but is not a model genft built (no {MARKER}); genft does not delete it: "
+                         "move it away (or set GENFT_HOME to another cache), then run again")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
     try:
         info = build(tmp)
         (tmp / MARKER).write_text(json.dumps({"name": name, **info}, indent=2) + "\n")
-        if final.exists():  # an incomplete leftover from an interrupted build
-            shutil.rmtree(final)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / MARKER).is_file():  # not another builder's finished model: a real error
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another builder won the race: its model is the same
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -247,6 +256,47 @@ def resolve(ref: str) -> str:
     if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
         raise ModelError(f"{ref}: no such model folder; run `genft model prepare NAME` or give a hub id")
     return ref  # a hub id: loading it needs the hub, which the caller reports if it fails
+
+
+# ---------------------------------------------------------------- hub ids
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache transformers loads from (HF_HUB_CACHE, else HF_HOME/hub, else
+    ~/.cache/huggingface/hub, as huggingface_hub read them)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_snapshot(ref: str) -> Path | None:
+    """A hub id's cached snapshot folder (its main revision) when it holds a config.json, else None."""
+    if Path(ref).is_absolute() or ref.count("/") != 1:
+        return None
+    repo = hub_cache() / ("models--" + ref.replace("/", "--"))
+    refs = repo / "refs" / "main"
+    if not refs.is_file():
+        return None
+    snapshot = repo / "snapshots" / refs.read_text().strip()
+    return snapshot if (snapshot / "config.json").is_file() else None
+
+
+def download_hub_model(ref: str) -> None:
+    """Provision a hub id into the hub cache (its config, tokenizer and weights), or say why it cannot be."""
+    from huggingface_hub import constants, snapshot_download
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    where = f"the local hub cache ({hub_cache()})"
+    if offline:
+        raise ModelError(f"model {ref!r}: a hub id that is not in {where}, and the hub is offline (HF_HUB_OFFLINE); "
+                         f"download it where there is internet (`hf download {ref}`, into this cache or a folder "
+                         "you then name in the suite), or name a local model folder")
+    try:
+        snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:  # noqa: BLE001  (the hub's errors: no network, no such repository, gated, ...)
+        raise ModelError(f"model {ref!r}: could not download it from the hub into {where} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download it with "
+                         f"`hf download {ref}`, or name a local model folder") from None
 
 
 # What determines a model's outputs: weights, config and tokenizer.  Not: genft's own records, the trainer's

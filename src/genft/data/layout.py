@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..files import sha256_file
+from ..files import folder_lock, sha256_file
 from ..prompts import TaskSpec, get_task
 from .registry import DataError, data_command, get_dataset
 
@@ -200,14 +200,15 @@ def write_dataset(
             files[split] = {"count": len(items), "sha256": file_sha256(path)}
         info = {"task": task, "dataset": name, "protocol": protocol, **(meta or {}), "files": files}
         (tmp / "meta.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        if final.exists():
-            old = final.with_name(f".{name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        with folder_lock(final.parent):  # writers of one task folder swap their data set folders in turn
+            if final.exists():
+                old = final.with_name(f".{name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
         return info
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

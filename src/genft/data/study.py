@@ -12,14 +12,16 @@ by their git blob ids (from the commit's tree) when present, and imported as XSu
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
-import shutil
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -33,7 +35,13 @@ from .registry import STUDY_DATASETS, DataError
 STUDY_REPOSITORY = "LHRYANG/Generalization_of_FT-LLM"
 STUDY_COMMIT = "f3718fc8ebbef352441ace9c0b74fe316e9cd349"  # short hash f3718fc
 STUDY_ARCHIVE_URL = f"https://codeload.github.com/{STUDY_REPOSITORY}/tar.gz/{STUDY_COMMIT}"
-DOWNLOAD_TIMEOUT_S = 60
+DOWNLOAD_TIMEOUT_S = 60  # one read
+DOWNLOAD_DEADLINE_S = 1800  # the whole download
+MAX_DOWNLOAD_BYTES = 1 << 30
+MAX_UNPACKED_BYTES = 1 << 30  # an archive's members together
+MAX_RATIO = 100  # unpacked / archive bytes, beyond RATIO_FLOOR_BYTES
+RATIO_FLOOR_BYTES = 64 << 20
+MAX_MEMBERS = 20_000
 _SUMS_FILE = Path(__file__).with_name("study_release.json")
 
 
@@ -80,11 +88,37 @@ def verify_release(folder: Path, origin: str) -> int:
 
 
 def _download(url: str, dest: Path, log: Callable) -> None:
+    """Download `url` into `dest`, bounded: each read waits at most DOWNLOAD_TIMEOUT_S, the whole download
+    DOWNLOAD_DEADLINE_S (a server that drip-feeds bytes cannot hold it forever), at most MAX_DOWNLOAD_BYTES,
+    and exactly the Content-Length the server announced (a connection cut early is an error, not an archive)."""
     log(f"downloading {url}")
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(dest, "wb") as f:
-            shutil.copyfileobj(resp, f, 1 << 20)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+            length = resp.headers.get("Content-Length")
+            expected = int(length) if length and length.strip().isdigit() else None
+            if expected is not None and expected > MAX_DOWNLOAD_BYTES:
+                raise DataError(f"{url}: the server announces {expected} bytes, more than the {MAX_DOWNLOAD_BYTES} "
+                                "genft downloads for the study's release; refusing it")
+            got = 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise DataError(f"{url}: the download took longer than {DOWNLOAD_DEADLINE_S} s ({got} bytes "
+                                    "so far); refusing it. Download the archive another way and pass the file")
+                chunk = resp.read1(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+                if got > MAX_DOWNLOAD_BYTES:
+                    raise DataError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes; refusing it")
+                f.write(chunk)
+            if expected is not None and got != expected:
+                raise DataError(f"{url}: the download was cut short ({got} of the {expected} bytes the server "
+                                "announced); nothing was imported. Run the command again, or download the archive "
+                                "another way and pass the file")
+    except DataError:
+        raise
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
         raise DataError(
             f"could not download {url} ({reason}). On a machine with internet, download it with a browser or "
@@ -100,19 +134,51 @@ def _safe_zip_names(zf: zipfile.ZipFile, archive: Path) -> None:
             raise DataError(f"{archive}: member {name!r} would be written outside the folder; refusing the archive")
 
 
+def unpack_limit(archive_bytes: int) -> int:
+    """The most an archive of this size may unpack to: MAX_UNPACKED_BYTES, and no more than MAX_RATIO times its
+    size once that exceeds RATIO_FLOOR_BYTES (a zip bomb expands a thousandfold; text archives ~10x)."""
+    return min(MAX_UNPACKED_BYTES, max(RATIO_FLOOR_BYTES, MAX_RATIO * archive_bytes))
+
+
+def _too_big(origin: str, what: str, limit: int, archive_bytes: int) -> DataError:
+    return DataError(f"{origin}: the archive {what}, more than the {limit} bytes genft unpacks from a "
+                     f"{archive_bytes}-byte archive (at most {MAX_UNPACKED_BYTES} bytes, {MAX_RATIO} times the "
+                     "archive's size); refusing it (the study's release unpacks to about 25 MB)")
+
+
 def _extract(archive: Path, dest: Path, origin: str) -> None:
-    """Unpack a .zip or .tar[.gz|.bz2|.xz] (recognized by content); members that leave `dest` are an error."""
+    """Unpack a .zip or .tar[.gz|.bz2|.xz] (recognized by content), bounded in size (unpack_limit) and in members
+    (MAX_MEMBERS); members that leave `dest` are an error."""
+    size = archive.stat().st_size
+    limit = unpack_limit(size)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             _safe_zip_names(zf, archive)
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise DataError(f"{origin}: {len(infos)} members, more than the {MAX_MEMBERS} genft unpacks; refusing it")
+            total = sum(i.file_size for i in infos)  # (zipfile never reads a member past its declared size)
+            if total > limit:
+                raise _too_big(origin, f"unpacks to {total} bytes", limit, size)
             zf.extractall(dest)
         return
+
+    def bounded(tf: tarfile.TarFile):
+        total = members = 0
+        for m in tf:
+            total, members = total + max(m.size, 0), members + 1
+            if total > limit:
+                raise _too_big(origin, f"unpacks to more than {total} bytes", limit, size)
+            if members > MAX_MEMBERS:
+                raise DataError(f"{origin}: more than {MAX_MEMBERS} members; refusing it")
+            yield m
+
     try:
-        with tarfile.open(archive, "r:*") as tf:
-            tf.extractall(dest, filter="data")
+        with tarfile.open(archive, "r|*") as tf:  # a stream: members are checked as they come, never all unpacked first
+            tf.extractall(dest, members=bounded(tf), filter="data")
     except tarfile.FilterError as e:
         raise DataError(f"{origin}: member {e.tarinfo.name!r} rejected ({e}); refusing the archive") from None
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"{origin}: not a readable .zip or .tar.gz archive ({e})") from None
 
 

@@ -39,7 +39,8 @@ def evidence_bytes(name: str, records: Iterable[CellRecord], manifests: Mapping[
     header = {"genft_evidence": EVIDENCE_VERSION, "suite": name, "settings": settings.model_dump(mode="json"),
               "runs": {run: _training_facts(manifests[run]) for run in runs if run in manifests}}
     lines = [json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":"))]
-    lines += [json.dumps(records[k].model_dump(mode="json"), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    lines += [json.dumps(records[k].model_dump(mode="json", exclude=None if records[k].checksum else {"checksum"}),
+                         sort_keys=True, ensure_ascii=False, separators=(",", ":"))  # (older records: as they were)
               for k in sorted(records)]
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as f:

@@ -92,12 +92,12 @@ def load(source: str | os.PathLike) -> tuple[str, list[CellRecord], dict, Report
     p = Path(source)
     if p.name.endswith(".jsonl.gz"):
         return read_evidence(p)
-    name = settings = None
-    if not p.is_dir():
+    if not p.is_dir():  # a suite file: its own index in its output folder, never another suite's there
         suite = load_suite(p)
-        p, name, settings = Path(suite.output), suite.name, suite.report
-    records, _ = store.load_finished(p)
-    return name or _name_of(p, records), records, store.load_manifests(p), settings
+        records, _ = store.load_finished(suite.output, suite.name, str(suite.path))
+        return suite.name, records, store.load_manifests(suite.output), suite.report
+    records, idx = store.load_finished(p)
+    return idx.get("suite") or _name_of(p, records), records, store.load_manifests(p), None
 
 
 def _name_of(source: str | os.PathLike, records: list[CellRecord]) -> str:

@@ -5,7 +5,10 @@ driver only orders work and reports failures.  Ray and submitit are optional ext
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -120,6 +123,23 @@ class SlurmExecutor(ClusterExecutor):
                     running[u.id] = (u, job)
                     log(f"slurm: {u.id} job {job.job_id} (attempt {attempts[u.id]}), log {job.paths.stdout}")
 
+        with _sigterm_raises():
+            try:
+                return self._follow(units, waiting, running, attempts, submit, log)
+            except BaseException:  # the driver is interrupted (Ctrl-C, SIGTERM): its jobs must not run on
+                jobs = [job for _, job in running.values()]  # (not asked whether each is done: that can fail too)
+                if jobs:
+                    log(f"slurm: interrupted: cancelling {len(jobs)} submitted jobs "
+                        f"({', '.join(str(j.job_id) for j in jobs)})")
+                for job in jobs:
+                    try:
+                        job.cancel(check=False)
+                    except Exception as e:  # noqa: BLE001  (best effort: report, cancel the others)
+                        log(f"slurm: could not cancel job {job.job_id} ({e}); cancel it yourself (scancel)")
+                raise
+
+    def _follow(self, units, waiting, running, attempts, submit, log) -> list[str]:
+        """Submit what can start, then follow the jobs: resubmit failures, submit what waited for them."""
         submit([u for u in units if u not in waiting])
         failed: list[str] = []
         while running:
@@ -148,6 +168,24 @@ class SlurmExecutor(ClusterExecutor):
                 waiting = [w for w in waiting if w not in ready]
                 submit(ready)
         return failed
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While the driver follows its jobs, SIGTERM (kill, Slurm's own time limit) raises KeyboardInterrupt, so
+    that the jobs it submitted are cancelled; kill -9 cannot be caught (cancel those with scancel)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def make_executor(section: ExecutorSection) -> ClusterExecutor | None:

@@ -26,7 +26,7 @@ from ..files import atomic_write, fmt_duration, now_utc, read_json_or_none
 from ..metrics import clean_generation
 from ..prompts import TARGET_DELIMITER, get_task, render_target
 from ..protocol_lm import with_protocol
-from ..training import FIELDS, MANIFEST
+from ..training import FIELDS, MANIFEST, foreign_files
 from . import stages, store
 from .estimate import Progress
 from .planning import Cell, Checkpoint, FinetuneJob
@@ -55,6 +55,10 @@ def finetune(job: FinetuneJob, trainer: Trainer, log: Log) -> str | None:
     """Make one fine-tuned checkpoint: clear a folder that holds another run, write the config, train, check
     the manifest's recipe hash against the plan's.  Returns None when done, else why it failed."""
     if job.status == "retrain":
+        foreign = foreign_files(job.out_dir)
+        if foreign:  # (planned before someone put them there): refuse, delete nothing
+            return (f"{job.out_dir} holds files genft did not write ({', '.join(p.name for p in foreign[:5])}); genft "
+                    f"never deletes them: move them out of {job.out_dir}, then re-run")
         log(f"fine-tune {job.run}: {job.out_dir} holds a run with another config or data: removing it, retraining")
         trash = job.out_dir.with_name(f".{job.run}.old")
         shutil.rmtree(trash, ignore_errors=True)

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import data as gdata
 from ..files import fmt_duration, read_json_or_none, sha256_cached, sha256_json
 from ..harness import task_name, tasks_dir
-from ..models import MARKER, NAMED, genft_home, prepare, weights_fingerprint
+from ..models import (MARKER, NAMED, download_hub_model, genft_home, hub_cache, hub_snapshot, prepare,
+                      weights_fingerprint)
 from ..prompts import TARGET_DELIMITER, get_task
-from ..training import MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, load_training_items, validate
+from ..training import (MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, foreign_files,
+                        load_training_items, validate)
 from . import estimate, stages, store
 from .spec import Suite, TestSet
 from .schema import SuiteError
@@ -114,6 +115,19 @@ class Cell:
         stage = f" stage {self.stage + 1}" if stage and self.staged and not self.done else ""
         return f"{self.task_name} {self.shots}-shot{demos} on {self.checkpoint.id}{stage}"
 
+    def unknown_key_reason(self) -> str | None:
+        """Why the cell's key is not known yet (None when it is)."""
+        ck = self.checkpoint
+        if self.key is not None:
+            return None
+        if ck.identity is None:
+            return (f"checkpoint {ck.id} is not trained yet" if ck.kind == "finetuned"
+                    else f"model {ck.path} is not provisioned")
+        if ck.dtype is None:
+            return (f"model {ck.path} has no local config.json to take its dtype from (a hub id not in the local "
+                    f"hub cache {hub_cache()}): download it, or set the model's dtype: in the suite")
+        return f"data set {self.task}/{self.dataset} is missing (test.jsonl or demos.jsonl)"
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -168,10 +182,14 @@ def device_identity(device: str) -> str:
 
 def effective_dtype(path: str, dtype: str | None) -> str | None:
     """The dtype the weights are evaluated in: the suite's, else (None or auto) the checkpoint's own from its
-    config.json (what transformers' dtype='auto' loads), else float32; None while the config is not local."""
+    config.json (a folder's, or a hub id's cached snapshot's: what transformers' dtype='auto' loads), else
+    float32; None while the config is not local."""
     if dtype not in (None, "auto"):
         return dtype
     cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        snapshot = hub_snapshot(path)
+        cfg = snapshot / "config.json" if snapshot is not None else cfg
     if not cfg.is_file():
         return None
     conf = read_json_or_none(cfg) or {}
@@ -201,9 +219,9 @@ def base_identity(ref: str, cache: dict, provision: bool) -> tuple[str, dict | N
     if Path(ref).is_dir():
         return ref, {"weights": _fingerprint(Path(ref), cache)}
     ident: dict = {"hub": ref}
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache"
-                                                      / "huggingface") / "hub")
-    refs = hub / ("models--" + ref.replace("/", "--")) / "refs" / "main"
+    if provision and hub_snapshot(ref) is None:
+        download_hub_model(ref)
+    refs = hub_cache() / ("models--" + ref.replace("/", "--")) / "refs" / "main"
     if refs.is_file():
         ident["revision"] = refs.read_text().strip()
     return ref, ident
@@ -327,6 +345,13 @@ def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: list[
     elif chash and started and started.get("config_hash") == chash:
         status = "resume"
     elif started or (out_dir.exists() and any(out_dir.iterdir())):
+        foreign = foreign_files(out_dir)
+        if foreign:  # never cleared: what genft did not write stays, and the run waits for the folder
+            other = "a run of another config and " if started else ""
+            raise SuiteError(
+                f"{suite.path}: finetune[{spec.index}] ({spec.name}): {out_dir} holds {other}files genft did not write "
+                f"({', '.join(p.name for p in foreign[:5])}{', ...' if len(foreign) > 5 else ''}); genft never deletes "
+                f"them: move them out of {out_dir} (or delete the folder yourself), then re-run")
         status = "retrain"
     return FinetuneJob(run=run, name=spec.name, index=spec.index, seed=seed, method=spec.method,
                        config=dataclasses.asdict(cfg), out_dir=out_dir,
@@ -429,7 +454,7 @@ def _cell(suite: Suite, ck: Checkpoint, device_id: str, task: str, ds: str, prom
 
 
 def plan_index(p: Plan, time: str) -> dict:
-    """plan.json: what the report and people read to know which cells are current and done."""
+    """plans/<suite>.json: what the report and people read to know which cells are current and done."""
     return {
         "suite": p.suite.name,
         "file": str(p.suite.path),

@@ -123,7 +123,7 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
             unknown = [c for c in todo if c.key is None]
             if unknown:
                 raise SuiteError(f"{suite.path}: {len(unknown)} cell keys are unknown after provisioning and training "
-                                 f"(e.g. {unknown[0].label()}): data or model missing")
+                                 f"(e.g. {unknown[0].label()}): {unknown[0].unknown_key_reason()}")
             cells = [_this_stage(c) for c in round_cells(todo)]
             for c in cells:
                 if c.problem:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from .. import settings_yaml
 from ..harness import BACKENDS
 from ..training import DATA_FIELDS, FIELD_HELP, DataArguments, FinetuneConfig
 from .report_settings import ReportSettings
@@ -195,13 +196,10 @@ class SuiteFile(_Section):
 class Where:
     """Error messages with the file, the line (from the YAML node tree) and the key's path."""
 
-    def __init__(self, path: Path, text: str):
+    def __init__(self, path: Path, node: yaml.Node | None):
+        """`node`: the file's node graph from settings_yaml (bounded: aliases expand to a bounded size)."""
         self.path = path
         self.lines: dict[tuple, int] = {}
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:  # safe_load reports the YAML error itself
-            node = None
         if node is not None:
             self._walk(node, ())
 
@@ -272,12 +270,11 @@ def parse(path: Path) -> tuple[SuiteFile, Where, dict]:
     """Read and check a suite file's structure and types; (the parsed file, its locator, the raw mapping)."""
     if not path.is_file():
         raise SuiteError(f"{path}: no such suite file")
-    text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SuiteError(f"{path}: not valid YAML ({e})") from None
-    where = Where(path, text)
+        raw, node = settings_yaml.load(path)
+    except settings_yaml.YamlError as e:
+        raise SuiteError(str(e)) from None
+    where = Where(path, node)
     if not isinstance(raw, dict):
         raise SuiteError(f"{path}: expected a mapping with keys {', '.join(SuiteFile.model_fields)}")
     try:

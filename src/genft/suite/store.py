@@ -2,7 +2,7 @@
 
 Output folder of a suite::
 
-    <output>/plan.json                  the index: the last plan's cells (key, what, done) and fine-tunes
+    <output>/plans/<suite>.json         each suite's index: its last plan's cells (key, what, done) and fine-tunes
     <output>/cells/<key>.json           one finished cell: a `CellRecord` (written last, atomically)
     <output>/cells/<key>.samples.jsonl  lm-eval's per-item samples of that cell (written first)
     <output>/checkpoints/<run>/         fine-tuned models, each with genft_manifest.json
@@ -21,15 +21,13 @@ what determines a cell's numbers changes, so stored cells keep their keys across
 """
 from __future__ import annotations
 
-import fcntl
-import os
-import socket
+import re
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..files import atomic_write, file_key, now_utc, read_json, read_json_or_none, sha256_json, write_json
+from ..files import Busy, atomic_write, file_key, hold_lock, read_json, read_json_or_none, sha256_json, temp_target, write_json
 from ..prompts import get_task
 from ..training import MANIFEST
 from .stages import item_order, stage_items, stop_reason
@@ -149,6 +147,9 @@ class CellRecord(_Record):
     material: dict[str, Any] = Field(description="the key material; key == sha256 of it")
     stages: StageInfo | None = Field(None, description="staged evaluation: the items held of how many, the stage, "
                                      "why it stopped; None: every item (or the first `limit`) at once")
+    checksum: str | None = Field(None, description="sha256 of the record's content without this field (what "
+                                 "content_sha256 computes): a record edited after it was written fails to load; "
+                                 "absent in records written before genft kept it")
 
     @model_validator(mode="before")
     @classmethod
@@ -156,6 +157,14 @@ class CellRecord(_Record):
         if isinstance(raw, dict) and raw.get("record_version") == 2:  # before staging: every item at once
             return {**raw, "record_version": RECORD_VERSION, "stages": None}
         return raw
+
+    def content_sha256(self) -> str:
+        """The sha256 of everything in the record but its checksum (canonical JSON)."""
+        return sha256_json(self.model_dump(mode="json", exclude={"checksum"}))
+
+    def sealed(self) -> "CellRecord":
+        """The record with its checksum set (what the store writes)."""
+        return self.model_copy(update={"checksum": self.content_sha256()})
 
     @model_validator(mode="after")
     def _consistent(self) -> "CellRecord":
@@ -175,6 +184,9 @@ class CellRecord(_Record):
         if metric not in self.items or metric not in self.metrics:
             raise ValueError(f"the primary metric {metric!r} of task {self.task} is missing")
         self._check_stages()
+        if self.checksum is not None and self.checksum != self.content_sha256():
+            raise ValueError("the record's content does not match its checksum: it was edited after genft wrote it; "
+                             "delete the file to re-run the cell")
         return self
 
     def _check_stages(self) -> None:
@@ -237,7 +249,7 @@ def write_cell(output: Path, record: CellRecord, samples_jsonl: bytes) -> Path:
     """Samples first, then the record: the record's presence (valid) means the cell is complete."""
     atomic_write(samples_path(output, record.key), samples_jsonl)
     path = cell_path(output, record.key)
-    write_json(path, record.model_dump(mode="json"))
+    write_json(path, (record if record.checksum else record.sealed()).model_dump(mode="json"))
     return path
 
 
@@ -322,9 +334,9 @@ def stop_cell(output: Path, key: str, why: str) -> CellRecord:
     rec = read_cell(path)
     if rec.stages is None or rec.stages.stopped is not None:
         raise StoreError(f"{path}: not a running staged cell; only those can be stopped")
-    raw = rec.model_dump(mode="json")
+    raw = rec.model_dump(mode="json", exclude={"checksum"})
     raw["stages"].update(stopped="decided", why=str(why))
-    new = CellRecord.model_validate(raw)
+    new = CellRecord.model_validate(raw).sealed()
     write_json(path, new.model_dump(mode="json"))
     return new
 
@@ -343,28 +355,60 @@ def read_cells(output: Path, keys: Iterable[str]) -> list[CellRecord]:
     return out
 
 
-# ---------------------------------------------------------------- the index (plan.json)
+# ---------------------------------------------------------------- the index (plans/<suite>.json)
+
+LEGACY_INDEX = "plan.json"  # one index per output folder, written by genft before per-suite indexes
 
 
-def plan_index_path(output: Path) -> Path:
-    return Path(output) / "plan.json"
+def plans_dir(output: Path) -> Path:
+    return Path(output) / "plans"
+
+
+def plan_index_path(output: Path, suite: str) -> Path:
+    """A suite's own index in the output folder: suites sharing a folder keep apart which cells are theirs."""
+    return plans_dir(output) / f"{suite}.json"
 
 
 def write_index(output: Path, index: Mapping) -> None:
-    write_json(plan_index_path(output), dict(index))
+    write_json(plan_index_path(output, index["suite"]), dict(index))
 
 
-def read_index(output: Path) -> dict:
-    """The last plan's index; StoreError when the suite has not run (no plan.json) or it is corrupt."""
-    path = plan_index_path(output)
-    if not path.is_file():
-        raise StoreError(f"{path}: no plan index: the suite has not run here yet (`genft suite run SUITE`)")
+def _index_of(output: Path, suite: str | None, suite_file: str | None) -> Path:
+    if suite is not None:
+        path = plan_index_path(output, suite)
+        legacy = Path(output) / LEGACY_INDEX
+        if not path.is_file() and legacy.is_file() and (read_json_or_none(legacy) or {}).get("suite") == suite:
+            return legacy
+        if not path.is_file():
+            raise StoreError(f"{path}: no plan index of suite {suite}: it has not run in {output} yet "
+                             f"(`genft suite run {suite_file or 'SUITE'}`)")
+        return path
+    found = sorted(plans_dir(output).glob("*.json")) if plans_dir(output).is_dir() else []
+    if not found and (Path(output) / LEGACY_INDEX).is_file():
+        return Path(output) / LEGACY_INDEX
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise StoreError(f"{plans_dir(output)}: no plan index: no suite has run in {output} yet (`genft suite run "
+                         "SUITE`)")
+    raise StoreError(f"{output}: {len(found)} suites share this output folder ({', '.join(p.stem for p in found)}); "
+                     "name the one to report by its suite file (`genft report SUITE.yaml`)")
+
+
+def read_index(output: Path, suite: str | None = None, suite_file: str | None = None) -> dict:
+    """A suite's last plan (the only suite's when `suite` is None); StoreError when it has not run here, when
+    the index is corrupt, or when the index is of another suite file of the same name."""
+    path = _index_of(output, suite, suite_file)
     try:
         idx = read_json(path)
     except ValueError as e:
         raise StoreError(f"{e}; re-run the suite to rewrite it") from None
     if not isinstance(idx, dict) or not isinstance(idx.get("cells"), list):
         raise StoreError(f"{path}: not a plan index (no 'cells' list); re-run the suite to rewrite it")
+    if suite_file is not None and idx.get("file") not in (None, str(suite_file)):
+        raise StoreError(f"{path}: the index of suite {suite} from {idx.get('file')}, not {suite_file}: two suite "
+                         f"files named {suite} share the output folder {output}; give them different names or "
+                         "outputs, or re-run this one")
     return idx
 
 
@@ -372,10 +416,12 @@ def done_keys(index: Mapping) -> list[str]:
     return [c["key"] for c in index["cells"] if c.get("done") and c.get("key")]
 
 
-def load_finished(output: Path) -> tuple[list[CellRecord], dict]:
-    """The records of every cell the last plan marked done, and the index itself (which also says what is
-    not finished).  Strict: a listed record that is missing or invalid is a StoreError naming the file."""
-    idx = read_index(output)
+def load_finished(output: Path, suite: str | None = None, suite_file: str | None = None
+                  ) -> tuple[list[CellRecord], dict]:
+    """The records of every cell a suite's last plan marked done (the only suite's in the folder when `suite`
+    is None), and the index itself (which also says what is not finished).  Strict: a listed record that is
+    missing or invalid is a StoreError naming the file."""
+    idx = read_index(output, suite, suite_file)
     return read_cells(output, done_keys(idx)), idx
 
 
@@ -407,35 +453,40 @@ class Lock:
 
     def __enter__(self) -> "Lock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a+")
         try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.f.seek(0)
-            other = self.f.read().strip()
-            self.f.close()
-            raise StoreError(f"{self.path.parent}: another `genft suite run` is using this output folder ({other}); "
+            self.f = hold_lock(self.path)
+        except Busy as e:
+            raise StoreError(f"{self.path.parent}: another `genft suite run` is using this output folder ({e}); "
                              "wait for it or give this suite another output") from None
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_utc()}\n")
-        self.f.flush()
+        except OSError as e:
+            raise StoreError(f"{self.path.parent}: {e.strerror}; a suite needs a locked output folder: put the "
+                             "output on a filesystem with flock") from None
         return self
 
     def __exit__(self, *exc) -> None:
-        fcntl.flock(self.f, fcntl.LOCK_UN)
-        self.f.close()
+        self.f.close()  # (closing releases the flock)
+
+
+_CELL_FILE = re.compile(r"^[0-9a-f]{64}\.(json|samples\.jsonl)$")
+_OWN_TARGETS = {"cells": _CELL_FILE, "configs": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.yaml$"),
+                "plans": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.json$"),
+                "": re.compile(r"^(plan\.json|\.fingerprints\.json)$")}
 
 
 def clean_temp(output: Path) -> int:
-    """Remove temporary files left by a killed run (call under the lock, so that no writer is active)."""
+    """Remove the temporary files of genft's own atomic writes left by a killed run (call under the lock, so
+    that no writer is active): only a `.<name>.XXXXXXXX.tmp` whose <name> is a file genft writes in that
+    folder (a cell, a config, an index); any other file is left alone."""
     n = 0
     output = Path(output)
-    for d in (cells_dir(output), output / "configs", output):
+    for sub, own in _OWN_TARGETS.items():
+        d = output / sub if sub else output
         if d.is_dir():
             for p in d.glob(".*.tmp"):
-                p.unlink(missing_ok=True)
-                n += 1
+                target = temp_target(p.name)
+                if target is not None and own.match(target) and p.is_file() and not p.is_symlink():
+                    p.unlink(missing_ok=True)
+                    n += 1
     return n
 
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from pydantic import ConfigDict, ValidationError, create_model
+
 from .. import data as gdata
+from .. import settings_yaml
 from ..files import sha256_file, sha256_json
 from ..prompts import PROMPT_IDS, TASKS
 
 MANIFEST = "genft_manifest.json"
 RUN_FILE = "genft_run.json"
+LOCK_FILE = ".genft_sft.lock"  # sft.py holds it while it trains into the folder
 ADAPTER_DIR = "adapter"
 MANIFEST_VERSION = 2  # 2: weights_sha256, replicate_hash
 ICL_DEMOS = ("fixed", "random")
@@ -113,34 +118,72 @@ DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataArguments))
 FIELD_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(FinetuneConfig)}
 
 
-def config_from_mapping(values: Mapping[str, Any], source: str = "config") -> FinetuneConfig:
+def _settings_types():
+    """A pydantic model of FinetuneConfig's fields, to type-check settings wherever they come from: a recipe
+    file, a suite, the command line or Python (a setting not given is not checked: its default holds)."""
+    hints = typing.get_type_hints(FinetuneConfig)
+    fields: dict[str, Any] = {f.name: (hints[f.name], None) for f in dataclasses.fields(FinetuneConfig)}
+    fields["lora_target_modules"] = (str | list[str] | None, None)  # "all-linear", "q_proj v_proj" or a list
+    return create_model("FinetuneSettings", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+_TYPES = _settings_types()
+_BOOL_FIELDS = {name for name, f in _TYPES.model_fields.items()
+                if f.annotation is bool or bool in typing.get_args(f.annotation)}
+
+
+def _type_name(key: str) -> str:
+    tp = _TYPES.model_fields[key].annotation
+    return getattr(tp, "__name__", None) or str(tp)
+
+
+def check_types(values: Mapping[str, Any], source: str = "config") -> dict:
+    """The settings, type-checked against FinetuneConfig (an int setting takes 2 or 2.0, never 2.7 or true; a
+    number may be written 2e-4); ConfigError naming the source, the setting and the value otherwise.  Returns
+    the values converted to their fields' types (but an int for a float: as written)."""
     unknown = [k for k in values if k not in FIELDS]
     if unknown:
         raise ConfigError(f"{source}: unknown setting {unknown[0]!r}"
                           f"{' (and ' + ', '.join(map(repr, unknown[1:])) + ')' if unknown[1:] else ''}; "
                           f"known settings: {', '.join(FIELDS)}")
-    return FinetuneConfig(**dict(values))
+    for k, v in values.items():
+        if isinstance(v, bool) and k not in _BOOL_FIELDS:
+            raise ConfigError(f"{source}: {k}: expected {_type_name(k)}, got {v!r}")
+    try:
+        checked = _TYPES.model_validate(dict(values))
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"][:1]) or "(settings)"
+        raise ConfigError(f"{source}: {key}: {err['msg'].lower()} (got {values.get(key, err.get('input'))!r}); "
+                          f"{FIELD_HELP.get(key, '')}".rstrip("; ")) from None
+    # an int where a float is expected stays as written (2 is a valid float): the recipe hash of a config that
+    # was valid before type checking stays what it was
+    return {k: v if type(v) is int and isinstance(getattr(checked, k), float) else getattr(checked, k)
+            for k, v in values.items()}
+
+
+def config_from_mapping(values: Mapping[str, Any], source: str = "config") -> FinetuneConfig:
+    return FinetuneConfig(**check_types(values, source))
 
 
 def load_yaml_config(path: str | os.PathLike) -> dict:
-    """Read a --config YAML (yaml.safe_load) and check its keys; unknown keys are errors naming key and file."""
-    import yaml
-
+    """Read a --config YAML (bounded: genft.settings_yaml) and check its keys and their types; errors name the
+    file and the setting."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config {path}: no such file")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({e})") from None
+        values, _ = settings_yaml.load(path)
+    except settings_yaml.YamlError as e:
+        raise ConfigError(f"--config {e}") from None
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of settings, got {type(values).__name__}")
-    unknown = [k for k in values if k not in FIELDS]
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown setting {unknown[0]!r} (known: {', '.join(FIELDS)})")
-    return values
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"--config {path}: setting names are words, got {bad[0]!r}")
+    return check_types(values, f"--config {path}")
 
 
 def _norm_modules(mods):
@@ -156,6 +199,8 @@ def _norm_modules(mods):
 
 def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     """Check and complete a config (fills the default data set); raises ConfigError / DataError. Creates nothing."""
+    for k, v in check_types(dataclasses.asdict(cfg), "config").items():
+        setattr(cfg, k, v)
     if not cfg.task:
         raise ConfigError("task: required (--task), one of " + ", ".join(TASKS))
     if cfg.task not in TASKS:

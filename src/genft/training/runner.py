@@ -2,6 +2,7 @@
 merged LoRA model, and the manifest written last."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .. import models
-from ..files import fmt_duration, now_utc, read_json_or_none, write_json
+from ..files import Busy, fmt_duration, hold_lock, now_utc, read_json_or_none, temp_target, write_json
 from ..models import weights_fingerprint
 from .config import (
     ADAPTER_DIR,
+    LOCK_FILE,
     MANIFEST,
     MANIFEST_VERSION,
     OPERATIONAL,
@@ -41,6 +43,41 @@ def _diff(old: Mapping, new: Mapping) -> str:
     return "; ".join(diffs) or "(same settings; the training data files changed)"
 
 
+# What a run writes into its output folder (sft.py, TRL, transformers): everything else there is not genft's.
+RUN_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+             "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+             "chat_template.jinja", "training_args.bin", RUN_FILE, MANIFEST, LOCK_FILE)
+RUN_DIRS = (ADAPTER_DIR, "checkpoint-[0-9]*")
+
+
+def _is_run_output(p: Path) -> bool:
+    name = p.name
+    if p.is_symlink():
+        return False
+    if p.is_dir():
+        return any(fnmatch.fnmatchcase(name, pat) for pat in RUN_DIRS)
+    target = temp_target(name)
+    if target is not None:
+        return target in (RUN_FILE, MANIFEST)
+    if name == "README.md":  # TRL's model card (front matter with its tags); a README of someone else's is not
+        try:
+            head = p.read_text(encoding="utf-8", errors="replace")[:2000]
+        except OSError:
+            return False
+        return head.startswith("---") and "generated_from_trainer" in head and "trl" in head
+    return any(fnmatch.fnmatchcase(name, pat) for pat in RUN_FILES)
+
+
+def foreign_files(out: Path) -> list[Path]:
+    """What a fine-tuning output folder holds that no run wrote (a user's notes, another tool's files): genft
+    never deletes these; a folder holding any is refused rather than cleared."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if not _is_run_output(p))
+
+
 def output_state(out: Path, chash: str, cfg: FinetuneConfig) -> str:
     """'new', 'resume' or 'done'; raises ConfigError when OUT holds another run or unrelated files."""
     if not out.exists():
@@ -51,7 +88,7 @@ def output_state(out: Path, chash: str, cfg: FinetuneConfig) -> str:
     run = manifest or read_json_or_none(out / RUN_FILE)
     if run is None:
         # (a temporary file is another process of the same launch writing genft_run.json right now)
-        if any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in out.iterdir()):
+        if any(p.name != LOCK_FILE and not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in out.iterdir()):
             raise ConfigError(f"output_dir: {out} is not empty and holds no genft run; choose another --output_dir")
         return "new"
     if run.get("config_hash") != chash:
@@ -91,6 +128,25 @@ def make_progress_callback(log: Callable[[str], None] = print):
                 f"left {fmt_duration(left) if math.isfinite(left) else '?'}")
 
     return Progress()
+
+
+class _CheckpointIsFinal(Exception):
+    """Raised at the start of a resumed training whose checkpoint already holds its last step."""
+
+
+def make_final_checkpoint_guard():
+    """A callback that stops a resumed training before its first step when the checkpoint it resumed from is
+    the last step (a run killed after its last save, before its manifest): transformers' loop would run one
+    step past max_steps (its stop check follows a step).  The trainer has loaded the checkpoint's weights,
+    optimizer and state by then (on every process, sharded or not)."""
+    from transformers import TrainerCallback
+
+    class FinalCheckpointGuard(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                raise _CheckpointIsFinal()
+
+    return FinalCheckpointGuard()
 
 
 # ---------------------------------------------------------------- the run
@@ -202,10 +258,31 @@ def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
 
     # ---- everything checked: from here on the output folder is written
     out.mkdir(parents=True, exist_ok=True)
-    if state == "new" and int(os.environ.get("RANK", "0") or 0) == 0:  # one writer per launch
-        write_json(out / RUN_FILE, {"config": config_dict(cfg), "config_hash": chash, "data": files,
-                                            "started_at": now_utc()})
-    return _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log)
+    main_process = int(os.environ.get("RANK", "0") or 0) == 0
+    lock = _lock_output(out) if main_process else None  # one launch per folder (its other processes follow it)
+    try:
+        if lock is not None:
+            state = output_state(out, chash, cfg)  # again, now that no other launch can write here
+            if state == "done":
+                log(f"[genft] {out} was finished by another process meanwhile (config {chash[:12]}); nothing to do")
+                return json.loads((out / MANIFEST).read_text())
+        if state == "new" and main_process:  # one writer per launch
+            write_json(out / RUN_FILE, {"config": config_dict(cfg), "config_hash": chash, "data": files,
+                                        "started_at": now_utc()})
+        return _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _lock_output(out: Path):
+    """The output folder's lock, held while this launch trains into it: a second sft.py into the same folder
+    (a re-run while the first still trains, a retried cluster job) is refused instead of training twice."""
+    try:
+        return hold_lock(out / LOCK_FILE)
+    except Busy as e:
+        raise ConfigError(f"output_dir: {out} is being trained into by another process ({e}); wait for it to "
+                          "finish (then this run finds it done), or use another --output_dir") from None
 
 
 def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log) -> dict:
@@ -263,7 +340,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     )
     train_ds = Dataset.from_list(examples)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[make_progress_callback(log)])
+                         peft_config=peft_config, callbacks=[make_progress_callback(log), make_final_checkpoint_guard()])
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces the raw log dicts
@@ -287,7 +364,12 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     t0 = time.time()
     with scored_positions_only() as lm_head:
         log(f"[genft] LM head in the loss: at {lm_head}")
-        result = trainer.train(resume_from_checkpoint=last)
+        try:
+            train_loss = trainer.train(resume_from_checkpoint=last).training_loss
+        except _CheckpointIsFinal:
+            train_loss = None  # (the mean loss over the steps of an earlier, killed process: not known)
+            log(f"[genft] {last} holds the last step ({trainer.state.global_step}/{trainer.state.max_steps}): "
+                "saving it, no step trained")
     wall = time.time() - t0
     tokens = trainer.state.num_input_tokens_seen - (trainer._initial_num_input_tokens_seen
                                                     if hasattr(trainer, "_initial_num_input_tokens_seen") else 0)
@@ -331,7 +413,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
             "training": {
                 "global_steps": trainer.state.global_step,
                 "epochs": trainer.state.epoch,
-                "train_loss": result.training_loss,
+                "train_loss": train_loss,
                 "final_loss": loss_curve[-1][1] if loss_curve else None,
                 "loss_curve": loss_curve,
                 "wall_time_s": round(wall, 2),
