@@ -310,7 +310,7 @@ def test_records_of_version_2_read_as_unstaged_and_stores_check_staged_files(tmp
     rec, problem = store.check_cell(tmp_path, staged.key, 100, staged=True)
     assert rec is None and "fewer than its 8 items" in problem
     store.write_cell(tmp_path, staged, b"{}\n" * 8)
-    assert store.check_cell(tmp_path, staged.key, 100, staged=True)[0] == staged
+    assert store.check_cell(tmp_path, staged.key, 100, staged=True)[0] == staged.sealed()  # the store seals what it writes
     assert "can hold 100 items, the cell has 50" in store.check_cell(tmp_path, staged.key, 50, staged=True)[1]
     stopped = store.stop_cell(tmp_path, staged.key, "decided by a test")
     assert (stopped.stages.stopped, stopped.stages.why) == ("decided", "decided by a test")
