@@ -29,8 +29,40 @@ def tiny_model() -> str:
 
 
 @pytest.fixture(scope="session")
+def study_release(tmp_path_factory):
+    """A small release in the study's format made by the tests (tests/study_release.py): its data/ folder, a
+    sums file for it and GitHub-style archives."""
+    from study_release import make_release
+
+    return make_release(tmp_path_factory.mktemp("study-release"))
+
+
+@pytest.fixture
+def release_sums(study_release, monkeypatch):
+    """genft's import checks the made release against its own sums file (instead of the real release's)."""
+    from genft.data import study
+
+    monkeypatch.setattr(study, "_SUMS_FILE", study_release.sums)
+    study.release_sums.cache_clear()
+    yield study_release
+    study.release_sums.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def study_format_data(study_release, tmp_path_factory) -> Path:
+    """The made release imported into the canonical layout (clean protocol): the study's 18 data sets in the
+    study's format, on any clone."""
+    from genft.data import import_study
+
+    root = tmp_path_factory.mktemp("study-format-data")
+    import_study(study_release.data, root, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="session")
 def study_data(tmp_path_factory) -> Path:
-    """The study's release imported into the canonical layout (skipped where ../shared is absent)."""
+    """The study's real release imported into the canonical layout, for the tests of its own content (skipped
+    where it is absent: set GENFT_STUDY_DATA to its data/ folder)."""
     if not STUDY_DATA.is_dir():
         pytest.skip(f"the study's data is not at {STUDY_DATA} (set GENFT_STUDY_DATA)")
     from genft.data import import_study
