@@ -608,11 +608,12 @@ def test_smollm2_generation_matches_hf(smollm2, gen_data):
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_smollm2_generation_matches_hf_ci(smollm2, study_data):
-    """CI's share of the check above: SocialIQA with two demonstrations, 5 items through 2 decode slots."""
+def test_smollm2_generation_matches_hf_ci(smollm2, study_format_data):
+    """CI's share of the check above, on any clone: SocialIQA in the study's format (the release the tests
+    make) with two demonstrations, 5 items through 2 decode slots."""
     if not _harness_ready():
         pytest.skip("genft.harness / harness_tasks not available")
-    fast = _compare_cells(smollm2, study_data, cells=[("genft_question_socialiqa", 2, 5)], gen_batch_size=2)
+    fast = _compare_cells(smollm2, study_format_data, cells=[("genft_question_socialiqa", 2, 5)], gen_batch_size=2)
     assert fast.stats["prefill_calls"] >= 3 and fast.stats["prefix_forwards"] == 1
 
 

@@ -2,22 +2,22 @@ import json
 import subprocess
 import sys
 
-from conftest import STUDY_DATA
-
 
 def genft(*args, **kw):
     return subprocess.run([sys.executable, "-m", "genft.cli", *args], capture_output=True, text=True, **kw)
 
 
-def test_import_study_cli(tmp_path):
-    if not STUDY_DATA.is_dir():
-        import pytest
-
-        pytest.skip("no study data")
-    out = genft("data", "import-study", str(STUDY_DATA), "--data-dir", str(tmp_path))
+def test_import_study_cli(tmp_path, study_release):
+    out = genft("data", "import-study", str(study_release.data), "--data-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "nli/mnli_m: test 492, demos 8, train_2000 2000" in out.stdout
+    assert "nli/mnli_m: test 253, demos 8, train_2000 6, train_4000 8, train_6000 10; dropped 3 defective items " \
+           "(gold '-' or an empty text) in test" in out.stdout
     assert len(list(tmp_path.glob("*/*/test.jsonl"))) == 18
+    # a second import with another protocol into the folder: exit 2, a message, the data untouched
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = genft("data", "import-study", str(study_release.data), "--protocol", "study", "--data-dir", str(tmp_path))
+    assert out.returncode == 2 and "holds clean-protocol data" in out.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_cli_errors_exit_nonzero_with_a_message(tmp_path):
