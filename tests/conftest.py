@@ -38,7 +38,7 @@ def study_release(tmp_path_factory):
 
 
 @pytest.fixture
-def release_sums(study_release, monkeypatch):
+def release_checked(study_release, monkeypatch):
     """genft's import checks the made release against its own sums file (instead of the real release's)."""
     from genft.data import study
 

@@ -59,6 +59,9 @@ def _defective(spec, item: dict, what: str) -> dict:
     return {**item, what.split()[1]: ""}
 
 
+_STUDY_ORDER = ["summary", "question", "sentiment", "inference", "detection"]  # prompt_map.json's key order
+
+
 def prompt_map_bytes() -> bytes:
     """prompt_map.json as the study released it (a list of two dicts keyed by the study's task folders, 4-space
     JSON, no final newline), written from genft's prompt templates."""
@@ -69,9 +72,6 @@ def prompt_map_bytes() -> bytes:
                                                        prompt)
                         for spec in sorted(TASKS.values(), key=lambda s: _STUDY_ORDER.index(s.study_name))})
     return json.dumps(prompts, indent=4).encode()
-
-
-_STUDY_ORDER = ["summary", "question", "sentiment", "inference", "detection"]
 
 
 @dataclass(frozen=True)

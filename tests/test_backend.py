@@ -9,14 +9,20 @@ suites' generation cells.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from lm_eval.api.instance import Instance
 
+from conftest import REPO
 from genft.backend import GenftHFLM, common_prefix_len, plan_prefix_groups
 
 TOL = 1e-4
@@ -539,14 +545,6 @@ def test_simple_evaluate_by_name(lively, builtin_data, hf_reference, monkeypatch
 
 def test_genft_lm_eval_command(lively, builtin_data, hf_reference, tmp_path):
     """`genft-lm-eval --model genft-hf ...`: lm-eval's own command line with genft-hf registered."""
-    import json
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from conftest import REPO
-
     command = shutil.which("genft-lm-eval", path=str(Path(sys.executable).parent))
     assert command, "the genft-lm-eval command is not installed beside this python (pip install -e .)"
     env = {**os.environ, "GENFT_DATA_DIR": str(builtin_data), "OMP_NUM_THREADS": "1"}

@@ -26,9 +26,9 @@ QUIET = {"log": lambda *_: None}
 
 
 @pytest.fixture
-def archives(release_sums):
+def archives(release_checked):
     """The made release's archives, checked against the made release's sums."""
-    return release_sums.archives
+    return release_checked.archives
 
 
 @contextlib.contextmanager
@@ -278,7 +278,7 @@ def test_harness_scores_a_gold_dash_item_wrong(tmp_path, tiny_model):
                                                                          get_task("nli").labels)
 
 
-def test_xsum_4000_and_6000_are_checked_by_their_git_blob_ids(tmp_path, release_sums):
+def test_xsum_4000_and_6000_are_checked_by_their_git_blob_ids(tmp_path, release_checked):
     """The copy genft's sums were computed from lacks XSum train_4000/6000; the pinned commit's tree gives their git
     blob ids, so a release that holds them is checked too (and imports them), and a wrong one is refused; a
     release without them is complete."""
@@ -286,7 +286,7 @@ def test_xsum_4000_and_6000_are_checked_by_their_git_blob_ids(tmp_path, release_
     assert len(shipped["sha256"]) == 51 and set(shipped["git_blob_sha1"]) == {
         "summary/xsum_train_4000.json", "summary/xsum_train_6000.json"}
     folder = tmp_path / "release"
-    shutil.copytree(release_sums.data, folder)
+    shutil.copytree(release_checked.data, folder)
     (folder / "summary" / "xsum_train_4000.json").write_text(json.dumps([{"input": "doc", "output": "sum"}]))
     with pytest.raises(DataError, match=r"summary/xsum_train_4000.json does not match .* \(git blob sha1 "):
         data.import_study(folder, tmp_path / "data", verify=True, **QUIET)
