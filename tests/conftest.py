@@ -29,8 +29,40 @@ def tiny_model() -> str:
 
 
 @pytest.fixture(scope="session")
+def study_release(tmp_path_factory):
+    """A small release in the study's format made by the tests (tests/study_release.py): its data/ folder, a
+    sums file for it and GitHub-style archives."""
+    from study_release import make_release
+
+    return make_release(tmp_path_factory.mktemp("study-release"))
+
+
+@pytest.fixture
+def release_checked(study_release, monkeypatch):
+    """genft's import checks the made release against its own sums file (instead of the real release's)."""
+    from genft.data import study
+
+    monkeypatch.setattr(study, "_SUMS_FILE", study_release.sums)
+    study.release_sums.cache_clear()
+    yield study_release
+    study.release_sums.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def study_format_data(study_release, tmp_path_factory) -> Path:
+    """The made release imported into the canonical layout (clean protocol): the study's 18 data sets in the
+    study's format, on any clone."""
+    from genft.data import import_study
+
+    root = tmp_path_factory.mktemp("study-format-data")
+    import_study(study_release.data, root, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="session")
 def study_data(tmp_path_factory) -> Path:
-    """The study's release imported into the canonical layout (skipped where ../shared is absent)."""
+    """The study's real release imported into the canonical layout, for the tests of its own content (skipped
+    where it is absent: set GENFT_STUDY_DATA to its data/ folder)."""
     if not STUDY_DATA.is_dir():
         pytest.skip(f"the study's data is not at {STUDY_DATA} (set GENFT_STUDY_DATA)")
     from genft.data import import_study
@@ -38,3 +70,34 @@ def study_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("study-data")
     import_study(STUDY_DATA, root, log=lambda *_: None)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tmp_path_factory, tiny_model) -> Path:
+    """A real suite run, once per session, as a user runs one: genft's builtin data, the tiny model, a LoRA
+    fine-tune with two seeds (finetune/sft.py, 2 steps each), evaluated in-domain, out-of-domain and cross-task at
+    0 and 1 shots.  Returns the suite file; its output folder holds the cells and manifests the run wrote."""
+    import yaml
+
+    from genft import suite as gsuite
+    from genft.builtin import generate
+
+    root = tmp_path_factory.mktemp("tiny-suite")
+    generate(root / "data", log=lambda *_: None)
+    doc = {"name": "tiny-suite", "threads": 1, "data": {"source": "builtin", "data_dir": str(root / "data")},
+           "models": {"tiny": {"model": "tiny"}},
+           "finetune": [{"name": "ft-products", "base": "tiny", "task": "sentiment", "dataset": "builtin_products",
+                         "train_size": 100, "train_limit": 16, "seeds": [1, 2],
+                         "trainer": {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "learning_rate": 5.0e-2,
+                                     "max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128}}],
+           "eval": {"test_sets": ["builtin_products", "builtin_restaurants", "builtin_sports"],
+                    "shots": {"classification": [0, 1], "generation": [0]},
+                    "prompts": {"same_task": [1], "cross_task": [1, 2], "base": [1]},
+                    "limit": {"classification": 8, "generation": 2},
+                    "backend": "genft-hf", "batch_size": 4, "group": "cell"},
+           "output": str(root / "out")}
+    path = root / "tiny-suite.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    lines: list[str] = []
+    assert gsuite.run_suite(path, log=lines.append) == 0, "\n".join(lines[-40:])
+    return path

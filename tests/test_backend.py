@@ -9,14 +9,20 @@ suites' generation cells.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from lm_eval.api.instance import Instance
 
+from conftest import REPO
 from genft.backend import GenftHFLM, common_prefix_len, plan_prefix_groups
 
 TOL = 1e-4
@@ -167,9 +173,13 @@ def test_plan_prefix_groups_finds_each_shared_prefix():
 
 
 def test_plan_prefix_groups_keeps_one_token():
+    """A sequence that is all prefix keeps its last token out of the shared prefix (19 of its 20), so that it
+    still has a token to score; when that leaves less than min_prefix, nothing is shared."""
     seqs = [[1] * 20, [1] * 20 + [2], [1] * 20 + [3]]
-    for p, members in plan_prefix_groups(seqs, min_prefix=4):
-        assert all(len(seqs[m]) - p >= 1 for m in members)
+    assert plan_prefix_groups(seqs, min_prefix=4) == [(19, [0, 1, 2])]
+    assert plan_prefix_groups(seqs, min_prefix=4, keep=3) == [(17, [0, 1, 2])]
+    assert plan_prefix_groups([[1] * 4, [1] * 4 + [2]], min_prefix=4) == [(0, [0, 1])]
+    assert plan_prefix_groups([], min_prefix=4) == []
 
 
 # --------------------------------------------------------------------------- loglikelihood
@@ -470,21 +480,98 @@ def test_registered_and_hf_still_resolves():
     assert get_model("hf") is HFLM
 
 
-def test_simple_evaluate_by_name(lively):
-    """The Python API path: simple_evaluate(model="genft-hf", model_args=...) builds our class."""
+EVAL_TASKS = ["genft_sentiment_builtin_products", "genft_summary_builtin_sports"]
+
+
+@pytest.fixture(scope="module")
+def builtin_data(tmp_path_factory):
+    from genft.builtin import generate
+
+    root = tmp_path_factory.mktemp("builtin-data")
+    generate(root, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hf_reference(lively, builtin_data):
+    """lm-eval's own `hf` on two genft tasks (a classification and a generation), 1 shot, 3 items."""
     import lm_eval
 
-    lm = lm_eval.api.registry.get_model("genft-hf").create_from_arg_string(
-        f"pretrained={lively},batch_size=2,prefix_min_tokens=4", {"device": "cpu"}
-    )
-    assert isinstance(lm, GenftHFLM) and lm.prefix_min_tokens == 4 and lm.batch_size == 2
+    from genft import harness
+
+    return lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={lively},batch_size=2", tasks=EVAL_TASKS,
+                                   num_fewshot=1, limit=3, device="cpu", log_samples=True,
+                                   task_manager=harness.task_manager(lively, builtin_data))
 
 
-def test_fast_off_is_plain_hflm(lively):
-    off = GenftHFLM(pretrained=lively, device="cpu", batch_size=2, fast=False)
-    reqs = _ll_requests()[:6]
-    off.loglikelihood(reqs, disable_tqdm=True)
-    assert off.stats["forward_calls"] == 0
+def _same_results(got, want):
+    for task in EVAL_TASKS:
+        a, b = got["samples"][task], want["samples"][task]
+        assert [x["doc_id"] for x in a] == [x["doc_id"] for x in b] == [0, 1, 2], task
+        for x, y in zip(a, b):
+            for ra, rb in zip(x["resps"], y["resps"]):
+                if isinstance(rb[0], str):
+                    assert ra == rb, task  # the same generated text
+                else:
+                    # (is_greedy: a bool in memory, "True" / "False" in a samples file)
+                    assert abs(float(ra[0][0]) - float(rb[0][0])) < TOL and str(ra[0][1]) == str(rb[0][1]), task
+        metrics = {k: v for k, v in want["results"][task].items() if isinstance(v, float) and "stderr" not in k}
+        assert metrics and {k: got["results"][task][k] for k in metrics} == pytest.approx(metrics, abs=1e-9), task
+
+
+def test_simple_evaluate_by_name(lively, builtin_data, hf_reference, monkeypatch):
+    """The Python API path: `import genft.backend`, then simple_evaluate(model="genft-hf", model_args=...) builds
+    genft's class, runs its own fast path, and scores as hf does."""
+    import lm_eval
+
+    from genft import harness
+
+    built = []
+    real_init = GenftHFLM.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        built.append(self)
+
+    monkeypatch.setattr(GenftHFLM, "__init__", init)
+    got = lm_eval.simple_evaluate(model="genft-hf", model_args=f"pretrained={lively},batch_size=2,prefix_min_tokens=4",
+                                  tasks=EVAL_TASKS, num_fewshot=1, limit=3, device="cpu", log_samples=True,
+                                  task_manager=harness.task_manager(lively, builtin_data))
+    [lm] = built
+    assert lm.prefix_min_tokens == 4 and lm.batch_size == 2 and not lm._fast_reason
+    assert lm.stats["forward_calls"] > 0 and lm.stats["prefix_forwards"] > 0  # genft's own path scored it
+    _same_results(got, hf_reference)
+
+
+def test_genft_lm_eval_command(lively, builtin_data, hf_reference, tmp_path):
+    """`genft-lm-eval --model genft-hf ...`: lm-eval's own command line with genft-hf registered."""
+    command = shutil.which("genft-lm-eval", path=str(Path(sys.executable).parent))
+    assert command, "the genft-lm-eval command is not installed beside this python (pip install -e .)"
+    env = {**os.environ, "GENFT_DATA_DIR": str(builtin_data), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([command, "--model", "genft-hf", "--model_args", f"pretrained={lively}", "--batch_size", "2",
+                          "--device", "cpu", "--include_path", "harness_tasks", "--tasks", ",".join(EVAL_TASKS),
+                          "--num_fewshot", "1", "--limit", "3", "--output_path", str(tmp_path / "out"),
+                          "--log_samples"], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [result_file] = list((tmp_path / "out").rglob("results_*.json"))
+    got = json.loads(result_file.read_text())
+    assert got["config"]["model"] == "genft-hf"
+    got["samples"] = {t: [json.loads(line) for line in next(result_file.parent.glob(f"samples_{t}_[0-9]*.jsonl"))
+                          .read_text().splitlines()] for t in EVAL_TASKS}
+    for t in EVAL_TASKS:
+        got["samples"][t].sort(key=lambda x: x["doc_id"])
+    _same_results(got, hf_reference)
+
+
+def test_fast_off_is_plain_hflm(lively, models):
+    """fast=False hands every request to HFLM itself: hf's numbers and texts exactly, genft's path never runs."""
+    hf, _ = models
+    off = GenftHFLM(pretrained=lively, device="cpu", batch_size=4, fast=False)
+    reqs = _ll_requests()
+    assert off.loglikelihood(reqs, disable_tqdm=True) == hf.loglikelihood(reqs, disable_tqdm=True)
+    gen = _gen_requests([DEMOS_A + f"### Input:\n{t}\n### Sentiment:" for t in ITEMS_A], until=["\n\n"])
+    assert off.generate_until(gen, disable_tqdm=True) == hf.generate_until(gen, disable_tqdm=True)
+    assert off.stats["forward_calls"] == off.stats["prefix_forwards"] == off.stats["prefill_calls"] == 0
 
 
 # --------------------------------------------------------------------------- slow: SmolLM2 on the study's data
@@ -608,11 +695,12 @@ def test_smollm2_generation_matches_hf(smollm2, gen_data):
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_smollm2_generation_matches_hf_ci(smollm2, study_data):
-    """CI's share of the check above: SocialIQA with two demonstrations, 5 items through 2 decode slots."""
+def test_smollm2_generation_matches_hf_ci(smollm2, study_format_data):
+    """CI's share of the check above, on any clone: SocialIQA in the study's format (the release the tests
+    make) with two demonstrations, 5 items through 2 decode slots."""
     if not _harness_ready():
         pytest.skip("genft.harness / harness_tasks not available")
-    fast = _compare_cells(smollm2, study_data, cells=[("genft_question_socialiqa", 2, 5)], gen_batch_size=2)
+    fast = _compare_cells(smollm2, study_format_data, cells=[("genft_question_socialiqa", 2, 5)], gen_batch_size=2)
     assert fast.stats["prefill_calls"] >= 3 and fast.stats["prefix_forwards"] == 1
 
 

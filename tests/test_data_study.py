@@ -1,4 +1,6 @@
-"""`genft data import-study` from archives and URLs (sha256-checked), offline errors, and the study protocol."""
+"""`genft data import-study` from archives and URLs (sha256-checked), offline errors, and the study protocol, on a
+small release in the study's format made by the tests (tests/study_release.py, checked against its own sums);
+the real release's own sums and content where it is present (GENFT_STUDY_DATA)."""
 import contextlib
 import functools
 import http.server
@@ -9,59 +11,24 @@ import socket
 import tarfile
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
+from study_release import CNNDM_TEST, DEFECTS, SHORT_TEST, TEST_ITEMS, TOP, TRAIN_ITEMS
 
 from conftest import STUDY_DATA
 from genft import data
 from genft.data import DataError, study
+from genft.prompts import get_task
 
 needs_release = pytest.mark.skipif(not STUDY_DATA.is_dir(), reason=f"the study's data is not at {STUDY_DATA}")
-TOP = f"Generalization_of_FT-LLM-{data.STUDY_COMMIT}"  # GitHub's archive: one top-level folder, then data/
 QUIET = {"log": lambda *_: None}
 
 
-def _members():
-    """(archive path, bytes) of a GitHub archive of the release: the repository's files around data/."""
-    yield f"{TOP}/README.md", b"# the study's repository\n"
-    yield f"{TOP}/evaluate_cross.py", b"print('not imported')\n"
-    for path in sorted(p for p in STUDY_DATA.rglob("*") if p.is_file() and p.name != "README.md"):
-        yield f"{TOP}/data/{path.relative_to(STUDY_DATA).as_posix()}", path.read_bytes()
-
-
-def write_tar(path, edit=lambda name, blob: blob):
-    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
-        for name, blob in _members():
-            blob = edit(name, blob)
-            if blob is None:
-                continue
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tf.addfile(info, io.BytesIO(blob))
-    return path
-
-
-def write_zip(path, extra=()):
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for name, blob in [*_members(), *extra]:
-            zf.writestr(name, blob)
-    return path
-
-
-@pytest.fixture(scope="module")
-def archives(tmp_path_factory):
-    if not STUDY_DATA.is_dir():
-        pytest.skip(f"the study's data is not at {STUDY_DATA}")
-    d = tmp_path_factory.mktemp("archives")
-    write_tar(d / "release.tar.gz")
-
-    def tamper(name, blob):  # one byte of one file changed: still valid JSON, a different label
-        return blob.replace(b'"entailment"', b'"neutral"', 1) if name.endswith("inference/rte_test_500.json") else blob
-
-    write_tar(d / "tampered.tar.gz", tamper)
-    write_tar(d / "missing.tar.gz", lambda n, b: None if n.endswith("inference/snli_test_500.json") else b)
-    write_zip(d / "release.zip")
-    return d
+@pytest.fixture
+def archives(release_checked):
+    """The made release's archives, checked against the made release's sums."""
+    return release_checked.archives
 
 
 @contextlib.contextmanager
@@ -86,19 +53,42 @@ def _nothing_written(root):
     return not root.exists() or not any(root.rglob("*.jsonl"))
 
 
-def test_import_from_http_checks_every_sha256(archives, tmp_path, study_data):
+def test_import_from_http_checks_every_sha256(archives, tmp_path, study_format_data):
     root = tmp_path / "data"
     with serve(archives) as url:
         res = data.import_study(f"{url}/release.tar.gz", root, **QUIET)
     assert len(res) == 18
     meta = data.read_meta("nli", "mnli_m", root)
+    # 51 files by sha256, and XSum's train_4000 / train_6000 by their git blob ids
     assert meta["release"] == {"repository": "LHRYANG/Generalization_of_FT-LLM", "commit": data.STUDY_COMMIT,
-                               "verified_files": len(data.release_sums()["sha256"])}
+                               "verified_files": 51 + 2}
     assert meta["source_folder"].endswith("/release.tar.gz") and meta["protocol"] == "clean"
+    assert data.train_sizes("summary", "xsum", root) == [2000, 4000, 6000]
     # The same data as importing the folder: every file's content hash is equal.
     for info in data.STUDY_DATASETS.values():
         assert data.read_meta(info.task, info.name, root)["files"] == \
-            data.read_meta(info.task, info.name, study_data)["files"], info.name
+            data.read_meta(info.task, info.name, study_format_data)["files"], info.name
+
+
+def test_clean_import_drops_the_defective_items_and_counts_them(study_format_data):
+    """Every defective item of the release (gold "-", an empty text) is dropped and counted per split; the rest
+    is kept in the release's order."""
+    expected = {}
+    for (name, split), bad in DEFECTS.items():
+        for s in [f"train_{n}" for n in TRAIN_ITEMS] if split == "train" else [split]:
+            n = TRAIN_ITEMS[int(s[6:])] if split == "train" else None
+            kept = sum(i < n for i in bad) if n else len(bad)
+            if kept:
+                expected.setdefault(name, {})[s] = kept
+    assert expected["mnli_m"] == {"test": 3} and expected["xsum"] == {"train_2000": 1, "train_4000": 1, "train_6000": 1}
+    for info in data.STUDY_DATASETS.values():
+        meta = data.read_meta(info.task, info.name, study_format_data)
+        assert meta["dropped_defective"] == expected.get(info.name, {}), info.name
+        released = CNNDM_TEST if info.name == "cnndm" else SHORT_TEST.get(info.name, TEST_ITEMS)
+        test = data.load_split(info.task, info.name, "test", study_format_data)
+        assert len(test) == released - expected.get(info.name, {}).get("test", 0), info.name
+        assert not any(data.is_defective(get_task(info.task), it) for it in test)
+    assert len(data.load_split("summary", "xsum", "train_2000", study_format_data)) == TRAIN_ITEMS[2000] - 1
 
 
 def test_a_tampered_file_fails_with_its_name_and_writes_nothing(archives, tmp_path):
@@ -116,20 +106,28 @@ def test_a_tampered_file_fails_with_its_name_and_writes_nothing(archives, tmp_pa
 
 
 def test_a_missing_file_is_an_error_naming_it(archives, tmp_path):
-    with pytest.raises(DataError, match=r"missing.tar.gz: inference/snli_test_500.json is missing"):
+    with pytest.raises(DataError, match=r"missing.tar.gz: inference/snli_test_500.json is missing \(and 0 more"):
         data.import_study(archives / "missing.tar.gz", tmp_path / "data", **QUIET)
     assert _nothing_written(tmp_path / "data")
 
 
 def test_zip_archive_and_unpacked_repository_folder(archives, tmp_path):
     res = data.import_study(archives / "release.zip", tmp_path / "z", **QUIET)
-    assert len(res) == 18 and data.read_meta("summary", "xsum", tmp_path / "z")["release"]["verified_files"] == 51
+    assert len(res) == 18 and data.read_meta("summary", "xsum", tmp_path / "z")["release"]["verified_files"] == 53
     # A clone / unpacked archive: the folder above data/ works too, and --verify checks it.
     clone = tmp_path / "clone"
     with zipfile.ZipFile(archives / "release.zip") as zf:
         zf.extractall(clone)
     data.import_study(clone / TOP, tmp_path / "c", verify=True, **QUIET)
-    assert data.read_meta("sentiment", "amazon", tmp_path / "c")["release"]["verified_files"] == 51
+    assert data.read_meta("sentiment", "amazon", tmp_path / "c")["release"]["verified_files"] == 53
+    # ... and finds a changed file there too; a folder is not checked unless asked
+    rte = clone / TOP / "data" / "inference" / "rte_test_500.json"
+    rte.write_text(rte.read_text().replace('"entailment"', '"neutral"', 1))
+    with pytest.raises(DataError, match=r"inference/rte_test_500.json does not match"):
+        data.import_study(clone / TOP, tmp_path / "d", verify=True, **QUIET)
+    assert _nothing_written(tmp_path / "d")
+    data.import_study(clone / TOP, tmp_path / "e", **QUIET)
+    assert data.read_meta("nli", "rte", tmp_path / "e")["release"]["commit"] == "unknown (not verified)"
 
 
 def test_archive_members_outside_the_folder_are_refused(tmp_path):
@@ -151,24 +149,19 @@ def test_archive_members_outside_the_folder_are_refused(tmp_path):
         data.import_study(tmp_path / "junk.tar.gz", tmp_path / "data", **QUIET)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_offline_error_says_what_to_download_and_where(tmp_path, monkeypatch):
-    url = f"http://127.0.0.1:{_closed_port()}/LHRYANG/Generalization_of_FT-LLM/tar.gz/{data.STUDY_COMMIT}"
-    monkeypatch.setattr(study, "STUDY_ARCHIVE_URL", url)
-    with pytest.raises(DataError) as e:
-        data.import_study(None, tmp_path / "data", **QUIET)
+    with socket.socket() as closed:  # bound, never listening, held for the test: connecting is refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/LHRYANG/Generalization_of_FT-LLM/tar.gz/{data.STUDY_COMMIT}"
+        monkeypatch.setattr(study, "STUDY_ARCHIVE_URL", url)
+        with pytest.raises(DataError) as e:
+            data.import_study(None, tmp_path / "data", **QUIET)
     msg = str(e.value)
     assert f"could not download {url}" in msg and f"curl -L -o study-release.tar.gz {url}" in msg
     assert "genft data import-study path/to/study-release.tar.gz" in msg
     assert not (tmp_path / "data").exists()
 
 
-@needs_release
 def test_http_404_and_cli_with_url(archives, tmp_path):
     from genft import cli
 
@@ -188,38 +181,45 @@ def test_no_verify_imports_a_modified_copy_on_purpose(archives, tmp_path):
 # ---------------------------------------------------------------- the study protocol (faithful mode)
 
 
-@needs_release
-def test_study_protocol_keeps_defective_items_and_the_first_250(tmp_path):
+def test_study_protocol_keeps_defective_items_and_the_first_250(tmp_path, archives, study_release):
     root = tmp_path / "study"
-    data.import_study(STUDY_DATA, root, protocol="study", **QUIET)
-    released = json.loads((STUDY_DATA / "inference" / "multinli_test_500.json").read_text())
+    data.import_study(archives / "release.tar.gz", root, protocol="study", **QUIET)
+    released = json.loads((study_release.data / "inference" / "multinli_test_500.json").read_text())
     test = data.load_split("nli", "mnli_m", "test", root)
     assert len(test) == 250
-    assert [it["label"] for it in test] == [it["output"] for it in released[:250]]  # same items, same order
-    assert sum(it["label"] == "-" for it in test) == 2
+    assert [(it["premise"], it["label"]) for it in test] == \
+        [(it["input_1"], it["output"]) for it in released[:250]]  # same items, same order
+    assert sum(it["label"] == "-" for it in test) == 2  # the third "-" is item 251: cut
     meta = data.read_meta("nli", "mnli_m", root)
     assert meta["protocol"] == "study" and data.read_protocol("nli", "mnli_m", root) == "study"
     assert meta["kept_defective"] == {"test": 2}
-    assert meta["study_cut"] == {"test": {"released": 500, "kept": 250}}
-    # The study's code cuts every test file at 250, CNN/DM's 382 included; demos and training sets are whole.
+    assert meta["study_cut"] == {"test": {"released": TEST_ITEMS, "kept": 250}}
+    # The study's code cuts every test file at 250 (CNN/DM's longer file too); a shorter file is whole;
+    # demos and training sets are whole.
     assert len(data.load_split("summary", "cnndm", "test", root)) == 250
+    assert data.read_meta("summary", "cnndm", root)["study_cut"] == {"test": {"released": CNNDM_TEST, "kept": 250}}
+    assert len(data.load_split("nli", "gptnli", "test", root)) == SHORT_TEST["gptnli"]
     tweetqa = data.load_split("question", "tweetqa", "test", root)
-    assert sum(any(not v.strip() for v in it.values()) for it in tweetqa) == 15  # empty texts kept
-    assert len(data.load_split("sentiment", "amazon", "train_6000", root)) == 5999
-    assert len(data.load_split("summary", "xsum", "train_2000", root)) == 2000  # the empty document is kept
+    assert [i for i, it in enumerate(tweetqa) if any(not v.strip() for v in it.values())] == [5, 9]  # kept
+    assert data.read_meta("question", "tweetqa", root)["kept_defective"] == {"test": 2}
+    assert len(data.load_split("sentiment", "amazon", "demos", root)) == 8
+    assert len(data.load_split("nli", "mnli_m", "train_6000", root)) == TRAIN_ITEMS[6000]
+    xsum = data.load_split("summary", "xsum", "train_2000", root)
+    assert len(xsum) == TRAIN_ITEMS[2000] and xsum[4]["document"] == ""  # the empty document is kept
     assert data.data_protocols(root) == {f"{d.task}/{d.name}": "study" for d in data.STUDY_DATASETS.values()}
 
 
-@needs_release
-def test_a_data_folder_holds_one_protocol(tmp_path, study_data):
+def test_a_data_folder_holds_one_protocol(tmp_path, study_release, study_format_data):
     root = tmp_path / "study"
-    data.import_study(STUDY_DATA, root, protocol="study", **QUIET)
+    data.import_study(study_release.data, root, protocol="study", **QUIET)
     before = data.read_meta("nli", "mnli_m", root)["files"]
     with pytest.raises(DataError, match=r"holds study-protocol data \(.*\); a data folder holds one protocol"):
-        data.import_study(STUDY_DATA, root, **QUIET)
+        data.import_study(study_release.data, root, **QUIET)
     assert data.read_meta("nli", "mnli_m", root)["files"] == before
+    clean_before = data.read_meta("nli", "mnli_m", study_format_data)["files"]
     with pytest.raises(DataError, match=r"holds clean-protocol data"):
-        data.import_study(STUDY_DATA, study_data, protocol="study", **QUIET)
+        data.import_study(study_release.data, study_format_data, protocol="study", **QUIET)
+    assert data.read_meta("nli", "mnli_m", study_format_data)["files"] == clean_before
 
 
 def test_study_protocol_still_rejects_real_errors(tmp_path):
@@ -278,20 +278,37 @@ def test_harness_scores_a_gold_dash_item_wrong(tmp_path, tiny_model):
                                                                          get_task("nli").labels)
 
 
-@needs_release
-def test_xsum_4000_and_6000_are_checked_by_their_git_blob_ids(tmp_path):
+def test_xsum_4000_and_6000_are_checked_by_their_git_blob_ids(tmp_path, release_checked):
     """The copy genft's sums were computed from lacks XSum train_4000/6000; the pinned commit's tree gives their git
-    blob ids, so a release that holds them is checked too (and imports them), and a wrong one is refused."""
-    sums = data.release_sums()
-    assert len(sums["sha256"]) == 51 and set(sums["git_blob_sha1"]) == {
+    blob ids, so a release that holds them is checked too (and imports them), and a wrong one is refused; a
+    release without them is complete."""
+    shipped = json.loads(Path(study.__file__).with_name("study_release.json").read_text())
+    assert len(shipped["sha256"]) == 51 and set(shipped["git_blob_sha1"]) == {
         "summary/xsum_train_4000.json", "summary/xsum_train_6000.json"}
     folder = tmp_path / "release"
-    shutil.copytree(STUDY_DATA, folder)
-    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        d.chmod(0o755)  # the shared copy is read-only
+    shutil.copytree(release_checked.data, folder)
     (folder / "summary" / "xsum_train_4000.json").write_text(json.dumps([{"input": "doc", "output": "sum"}]))
     with pytest.raises(DataError, match=r"summary/xsum_train_4000.json does not match .* \(git blob sha1 "):
         data.import_study(folder, tmp_path / "data", verify=True, **QUIET)
+    assert _nothing_written(tmp_path / "data")
+    for size in (4000, 6000):
+        (folder / "summary" / f"xsum_train_{size}.json").unlink()
+    data.import_study(folder, tmp_path / "data", verify=True, **QUIET)
+    assert data.train_sizes("summary", "xsum", tmp_path / "data") == [2000]
+    assert data.read_meta("summary", "xsum", tmp_path / "data")["release"]["verified_files"] == 51
+
+
+def test_git_blob_ids_are_gits_own(tmp_path):
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"hello\n")
+    assert study.git_blob_sha1(blob) == "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object`
+
+
+@needs_release
+def test_the_real_release_matches_the_shipped_sums(tmp_path):
+    """The sums genft ships are the study's release (where a copy of it is present)."""
+    data.import_study(STUDY_DATA, tmp_path / "data", verify=True, **QUIET)
+    assert data.read_meta("nli", "rte", tmp_path / "data")["release"]["commit"] == data.STUDY_COMMIT
     # git's own blob id of a released file equals what genft computes
     assert study.git_blob_sha1(STUDY_DATA / "summary" / "xsum_train_2000.json") == \
         "f73f7a06eb312073b352bc1fba2d3aa7c4957e0a"

@@ -2,12 +2,14 @@
 equal to lm-eval's contexts, truncation, determinism, adapter == merged scores, reruns, bad configs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -235,8 +237,15 @@ def test_rerun_same_config_does_not_train(full_run):
     again = training.run(FinetuneConfig(**training.config_dict(cfg)), log=lines.append)
     assert any("nothing to do" in line for line in lines)
     assert again["config_hash"] == man["config_hash"] and manifest.stat().st_mtime_ns == before
-    # an operational setting (logging, threads) is not a different config
-    training.run(FinetuneConfig(**{**training.config_dict(cfg), "logging_steps": 7}), log=_quiet)
+    # an operational setting (logging, checkpointing) is not a different config: nothing trained or rewritten
+    weights = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in Path(cfg.output_dir).glob("*.safetensors")}
+    lines.clear()
+    again = training.run(FinetuneConfig(**{**training.config_dict(cfg), "logging_steps": 7, "save_steps": 50}),
+                         log=lines.append)
+    assert any("nothing to do" in line for line in lines) and not any("step " in line for line in lines), lines
+    assert again["config_hash"] == man["config_hash"] and again["weights_sha256"] == man["weights_sha256"]
+    assert manifest.stat().st_mtime_ns == before and weights and weights == {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in Path(cfg.output_dir).glob("*.safetensors")}
 
 
 def test_other_config_in_same_dir_is_an_error(full_run):
@@ -458,6 +467,29 @@ def test_weight_deviation_from_saved_files_equals_the_in_memory_one(full_run, ti
     assert d["mean_abs_diff"] > 0
 
 
+def _stop_tree(proc: subprocess.Popen) -> str:
+    """Stop a launcher and every process under it (torchrun starts each worker in its own session, so a process
+    group does not reach them): found by parent id, never by name; each dumps its stack first (faulthandler).
+    Returns what was running."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return "(the launcher had exited)"
+    seen = []
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            seen.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:200]}")
+            p.send_signal(signal.SIGABRT)
+    psutil.wait_procs(tree, timeout=5)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait(timeout=30)
+    return "\n".join(seen)
+
+
 def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_model, data_root, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` runs data parallel on CPU too (gloo): the manifest
     records 2 processes, the effective batch doubles, the checkpoint loads, and num_processes is part of the
@@ -469,28 +501,25 @@ def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_m
            "--model_name_or_path", tiny_model, "--output_dir", str(out), "--max_steps", "2",
            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_length", "128",
            "--torch_threads", "1", "--save_steps", "100"]
-    import socket
-
-    with socket.socket() as s:  # a free port for the processes' rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd[cmd.index("--num_machines"):cmd.index("--num_machines")] = ["--main_process_port", str(port)]
     log = tmp_path / "ddp.log"
-    with open(log, "w") as f:  # a file, not a pipe: a hung worker cannot block reading its output
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "TORCHELASTIC"))
+           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    # The rendezvous port: accelerate's default (29500), or its port 0, is a port found free and released, which
+    # another process may take before the launcher binds it.  Given a port that is taken (held here, listening),
+    # accelerate launches torchrun's standalone rendezvous instead, whose store binds a free port itself.
+    with socket.socket() as held, open(log, "w") as f:  # a file, not a pipe: a hung worker cannot block its output
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        cmd[cmd.index("--num_machines"):cmd.index("--num_machines")] = [
+            "--main_process_port", str(held.getsockname()[1])]
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True,
-                                env={k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "TORCHELASTIC"))
-                                     and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-                                | {"OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})
+                                env=env | {"OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})
         try:
             proc.wait(timeout=300)
         except subprocess.TimeoutExpired:
-            ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,wchan:20,etime,args"], capture_output=True, text=True).stdout
-            ps = "\n".join(line[:200] for line in ps.splitlines() if str(out) in line)
-            subprocess.run(["pkill", "-ABRT", "-f", str(out)])  # every python process dumps its stack (faulthandler)
-            time.sleep(5)
-            subprocess.run(["pkill", "-9", "-f", str(out)])  # the launcher and every worker (own sessions)
-            proc.kill()
+            ps = _stop_tree(proc)
             pytest.fail(f"2-process fine-tune hung; processes:\n{ps}\nlog:\n{log.read_text()[-12000:]}")
+    assert "standalone" in log.read_text(), "accelerate did not take the standalone rendezvous"
     assert proc.returncode == 0, log.read_text()[-3000:]
     man = json.loads((out / "genft_manifest.json").read_text())
     assert man["config"]["num_processes"] == 2 and man["device"]["world_size"] == 2

@@ -2,13 +2,14 @@
 equal to genft.prompts (the strings fine-tuning uses)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
-from genft import data, harness
+from genft import data, harness, metrics
 from genft.prompts import TASKS, get_task, render_context
 
 sys.path.insert(0, str(REPO / "harness_tasks"))
@@ -20,12 +21,14 @@ ALL_TASKS = [
 
 
 @pytest.fixture(scope="module")
-def all_data(study_data):
-    """Study data plus the builtin sets in one folder."""
+def all_data(study_format_data, tmp_path_factory):
+    """The study's 18 data sets (the release made by the tests) plus the builtin sets in one folder."""
     from genft.builtin import generate
 
-    generate(study_data, log=lambda *_: None)
-    return study_data
+    root = tmp_path_factory.mktemp("all-data") / "data"
+    shutil.copytree(study_format_data, root)
+    generate(root, log=lambda *_: None)
+    return root
 
 
 def test_generated_task_files_are_up_to_date():
@@ -61,20 +64,37 @@ def test_cli_glob_runs_every_task(all_data, tiny_model, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_model}",
          "--include_path", "harness_tasks", "--tasks", "genft_*", "--limit", "2", "--device", "cpu",
-         "--batch_size", "8", "--output_path", str(tmp_path / "out")],
+         "--batch_size", "8", "--output_path", str(tmp_path / "out"), "--log_samples"],
         capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     [result_file] = list((tmp_path / "out").rglob("results_*.json"))
     results = json.loads(result_file.read_text())["results"]
     assert set(results) == set(ALL_TASKS)
+    # Every task scored the first 2 items of its data set's test file, and its scores are those items' scores
+    # (genft's metrics on the model's responses, against the gold answers in the data folder).
     for name, r in results.items():
-        task = get_task(name.split("_")[1])
-        if task.is_classification:
-            for metric in ("acc", "acc_norm", "acc_first"):
-                assert 0.0 <= r[f"{metric},none"] <= 1.0
-            assert sum(r[f"pred_{lab},none"] for lab in task.labels) == pytest.approx(1.0)
-        else:
-            assert 0.0 <= r["rougeL,none"] <= 1.0
+        _, task, dataset = name.removesuffix("_p2").split("_", 2)
+        spec, test = get_task(task), data.load_split(task, dataset, "test", all_data)
+        [samples_file] = list(result_file.parent.glob(f"samples_{name}_[0-9]*.jsonl"))
+        samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()),
+                         key=lambda x: x["doc_id"])
+        assert [x["doc_id"] for x in samples] == [0, 1], name
+        per_item = []
+        for x in samples:
+            gold = test[x["doc_id"]][spec.target]
+            if spec.is_classification:
+                lls = [float(resp[0]) for resp in x["filtered_resps"]]
+                per_item.append(metrics.classification_scores(spec, spec.labels.index(gold), lls))
+            else:
+                per_item.append(metrics.generation_scores(gold, x["filtered_resps"][0]))
+        names = ["acc", "acc_norm", "acc_first", *(f"pred_{lab}" for lab in spec.labels)] \
+            if spec.is_classification else ["rouge1", "rouge2", "rougeL"]
+        for metric in names:
+            assert r[f"{metric},none"] == pytest.approx(sum(s[metric] for s in per_item) / 2), (name, metric)
+        if spec.is_classification:
+            assert sum(r[f"pred_{lab},none"] for lab in spec.labels) == pytest.approx(1.0)
+            assert [r[f"gold_{lab},none"] for lab in spec.labels] == \
+                [sum(t[spec.target] == lab for t in test[:2]) / 2 for lab in spec.labels], name
 
 
 @pytest.mark.parametrize("task, dataset, shots, prompt", [

@@ -2,7 +2,7 @@
 (genft.data.protocol), through lm-eval's real tokenizing, and through a suite with data.protocol: study."""
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pytest
 import yaml
@@ -12,8 +12,6 @@ from genft import suite as gsuite
 from genft.data import import_study
 from genft.protocol_lm import StudyPromptLM, with_protocol
 from genft.suite import store
-
-STUDY_DATA = Path(__file__).resolve().parents[2] / "shared" / "paper-data"
 
 
 class Capture:
@@ -66,13 +64,12 @@ def test_study_prompts_have_the_studys_bos_tokens(lm):
     assert with_protocol(lm, "clean", 0) is lm
 
 
-@pytest.mark.skipif(not STUDY_DATA.is_dir(), reason="the study's data is not beside the repository")
-def test_a_study_protocol_suite_evaluates_the_studys_prompts(tmp_path, tiny_model):
+def test_a_study_protocol_suite_evaluates_the_studys_prompts(tmp_path, tiny_model, study_release):
     root = tmp_path / "data-study"
-    import_study(STUDY_DATA, root, log=lambda *_: None, protocol="study")
+    import_study(study_release.data, root, log=lambda *_: None, protocol="study")
     doc = {"name": "p", "data": {"source": "study", "data_dir": str(root), "protocol": "study"},
            "models": {"tiny": {"model": "tiny"}},
-           "eval": {"test_sets": ["mnli_m"], "shots": {"nli": [0, 3]}, "limit": 3, "backend": "hf",
+           "eval": {"test_sets": ["mnli_m"], "shots": {"nli": [0, 3]}, "limit": 4, "backend": "hf",
                     "group": "cell"}, "output": str(tmp_path / "out")}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -80,5 +77,10 @@ def test_a_study_protocol_suite_evaluates_the_studys_prompts(tmp_path, tiny_mode
     recs, _ = store.load_finished(tmp_path / "out")
     assert {r.protocol for r in recs} == {"study"} and len(recs) == 2
     for r in recs:
-        samples = (tmp_path / "out" / "cells" / f"{r.key}.samples.jsonl").read_text()
-        assert ('"<s> ### Input_1' in samples) == (r.shots == 0)
+        samples = [json.loads(line) for line in
+                   (tmp_path / "out" / "cells" / f"{r.key}.samples.jsonl").read_text().splitlines()]
+        contexts = {args[0] for s in samples for args in s["arguments"]}
+        assert len(contexts) == 4 and all(c.startswith("<s> ### Input_1") == (r.shots == 0) for c in contexts)
+        # the release's item 3 has gold "-": kept, scored, and wrong whatever the model answers
+        assert r.n == 4 and r.doc_ids == [0, 1, 2, 3] and r.items["acc_first"][3] == r.items["acc"][3] == 0.0
+        assert not any(r.items[f"gold_{lab}"][3] for lab in ("entailment", "neutral", "contradiction"))

@@ -592,3 +592,127 @@ def test_data_protocol_and_report_settings_are_checked(tmp_path, data_root):
     edit(path, lambda d: d["data"].update(protocol="study"))
     with pytest.raises(gsuite.SuiteError, match="builtin_products .* was written under the clean protocol"):
         plan(path)
+
+
+# ---------------------------------------------------------------- what a recipe hash and a cell key follow
+
+
+def _copy_data(data_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    return root
+
+
+def _edit_first_item(path: Path, field: str) -> bytes:
+    """Change the first item's `field` (a valid item still, and a longer file); returns the file's old bytes."""
+    old = path.read_bytes()
+    lines = old.decode().splitlines()
+    item = json.loads(lines[0])
+    item[field] += " (edited)"
+    path.write_text("\n".join([json.dumps(item), *lines[1:]]) + "\n")
+    return old
+
+
+def test_the_recipe_hash_follows_the_training_data(tmp_path, data_root):
+    """One item of the training file changed: another recipe (and replicate) hash; the file restored: the same
+    hash again.  An FTICL run's hash follows its demonstration pool too."""
+    root = _copy_data(data_root, tmp_path)
+    path = make_suite(tmp_path, root)
+    edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-icl", "icl_shots": 1}))
+
+    def hashes():
+        return {j.run: (j.recipe_hash, j.replicate_hash) for j in plan(path).jobs}
+
+    first = hashes()
+    folder = root / "sentiment" / "builtin_products"
+    old = _edit_first_item(folder / "train_100.jsonl", "text")
+    changed = hashes()
+    for run in ("ft-products", "ft-icl"):
+        assert changed[run][0] != first[run][0] and changed[run][1] != first[run][1], run
+    (folder / "train_100.jsonl").write_bytes(old)
+    assert hashes() == first
+    old = _edit_first_item(folder / "demos.jsonl", "text")
+    changed = hashes()
+    assert changed["ft-icl"] != first["ft-icl"] and changed["ft-products"] == first["ft-products"]
+    (folder / "demos.jsonl").write_bytes(old)
+    assert hashes() == first
+
+
+def test_the_cell_key_follows_the_test_and_demo_files_and_the_harness(tmp_path, data_root, monkeypatch):
+    """A changed test file: its cells run again; a changed demonstration pool: only its k-shot cells; a changed
+    task file of the harness: that task's cells only; restored: the stored cells count again."""
+    root = _copy_data(data_root, tmp_path)
+    path = make_suite(tmp_path, root, finetune=False, test_sets=["builtin_products", "builtin_restaurants"])
+    assert run(path) == 0
+    cells = {(r.dataset, r.shots): r.key for r in load_cells(path)}
+    assert len(cells) == 4
+
+    def todo():
+        return sorted((c.dataset, c.shots) for c in plan(path).cells if not c.done)
+
+    assert todo() == []
+    folder = root / "sentiment" / "builtin_products"
+    old = _edit_first_item(folder / "test.jsonl", "text")
+    assert todo() == [("builtin_products", 0), ("builtin_products", 1)]
+    (folder / "test.jsonl").write_bytes(old)
+    assert todo() == []
+    old = _edit_first_item(folder / "demos.jsonl", "text")
+    assert todo() == [("builtin_products", 1)]
+    (folder / "demos.jsonl").write_bytes(old)
+    assert todo() == [] and {(c.dataset, c.shots): c.key for c in plan(path).cells} == cells
+    # the harness: a copy of harness_tasks with one task's file changed
+    tasks = tmp_path / "harness_tasks"
+    shutil.copytree(harness.tasks_dir(), tasks)
+    monkeypatch.setattr(gplan, "tasks_dir", lambda: tasks)
+    assert todo() == []
+    task_file = tasks / "sentiment" / "genft_sentiment_builtin_restaurants.yaml"
+    task_file.write_text(task_file.read_text() + "# edited\n")
+    assert todo() == [("builtin_restaurants", 0), ("builtin_restaurants", 1)]
+    (tasks / "utils.py").write_text((tasks / "utils.py").read_text() + "# edited\n")
+    assert len(todo()) == 4  # the loader and scorer of every task
+
+
+# ---------------------------------------------------------------- genft suite keys
+
+
+def _listed_keys(text: str) -> dict[tuple[str, ...], str]:
+    """`genft suite keys` output as {key path: help}: two spaces of indentation per level."""
+    keys, path = {}, []
+    for line in text.splitlines():
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name, _, help_ = line.strip().partition(": ")
+        path = path[:depth] + [name]
+        keys[tuple(path)] = help_
+    return keys
+
+
+def test_suite_keys_lists_every_key_the_shipped_suites_use_with_its_help():
+    out = subprocess.run([sys.executable, "-m", "genft.cli", "suite", "keys"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert out.returncode == 0, out.stderr
+    keys = _listed_keys(out.stdout)
+    containers = {k[:-1] for k in keys if len(k) > 1}
+    assert all(help_ for k, help_ in keys.items() if k not in containers), "a key without its help"
+    assert ("finetune", "trainer", "learning_rate") in keys and ("report", "margins", "kind") in keys
+    user_named = {("models",), ("report", "margins")}  # mappings whose keys the user names
+    free = {("eval", "shots"), ("eval", "limit"), ("eval", "prompts")}  # values in their own small languages
+    used = 0
+
+    def walk(node, at: tuple[str, ...], where: str) -> None:
+        nonlocal used
+        if isinstance(node, list):
+            for item in node:
+                walk(item, at, where)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if at in user_named:
+                    walk(v, at, f"{where}.{k}")
+                    continue
+                assert at + (k,) in keys, f"{where}.{k} is not listed by `genft suite keys`"
+                used += 1
+                if at + (k,) not in free:
+                    walk(v, at + (k,), f"{where}.{k}")
+
+    for suite_file in sorted((REPO / "suites").glob("*.yaml")):
+        walk(yaml.safe_load(suite_file.read_text()), (), suite_file.name)
+    assert used > 50
