@@ -773,3 +773,39 @@ def test_bf16_loglikelihood_and_greedy_match_hf_in_bf16(model, request):
         assert abs(float(logits[ta[k]] - logits[tb[k]])) <= BF16_TIE, (ctx, k, ta[k], tb[k])
     # measured: the livened Llama's near-flat bf16 logits part 7 of 13 texts at near-ties, the sliding-window one none
     assert parted <= (7 if model == "lively" else 0), parted
+
+
+def test_bf16_evaluation_refused_on_a_cpu_without_it(tiny_model, tmp_path, monkeypatch, capsys):
+    """On a CPU whose torch reports neither AVX512-BF16 nor AMX, bf16 weights are refused before any model is
+    loaded, naming the setting; float32 loads there as before."""
+    import platform
+
+    from lm_eval.api import registry
+
+    from genft import harness
+    from genft.cli import main as cli_main
+    from genft.precision import PrecisionError
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    real_get_model = registry.get_model
+    loads = []
+    monkeypatch.setattr(registry, "get_model", lambda name: loads.append(name) or real_get_model(name))
+    with pytest.raises(PrecisionError, match="dtype: bf16 on this CPU is refused: this x86 CPU .* neither "
+                       "AVX512-BF16 nor AMX"):
+        harness.load_model(tiny_model, "genft-hf", dtype="bfloat16")
+    assert cli_main(["eval", "--model", tiny_model, "--dtype", "bfloat16", "--limit", "1",
+                     "--data-dir", str(tmp_path)]) == 2
+    assert "--dtype: bf16 on this CPU is refused" in capsys.readouterr().err
+    assert loads == []
+    assert harness.load_model(tiny_model, "genft-hf", dtype="float32").model.dtype == torch.float32
+    assert loads == ["genft-hf"]
+
+
+@needs_bf16
+def test_bf16_through_the_harness_loads_bf16_weights(tiny_model):
+    from genft import harness
+
+    lm = harness.load_model(tiny_model, "genft-hf", dtype="bfloat16")
+    assert lm.model.dtype == torch.bfloat16 and lm._fast_ok()

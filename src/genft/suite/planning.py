@@ -24,6 +24,7 @@ from .. import data as gdata
 from ..files import fmt_duration, read_json_or_none, sha256_cached, sha256_json
 from ..harness import task_name, tasks_dir
 from ..models import MARKER, NAMED, genft_home, prepare, weights_fingerprint
+from ..precision import PrecisionError, check_cpu_bf16, check_eval_dtype
 from ..prompts import TARGET_DELIMITER, get_task
 from ..training import MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, load_training_items, validate
 from . import estimate, store
@@ -148,6 +149,22 @@ def device_identity(device: str) -> str:
 
     index = int(device.split(":")[1]) if ":" in device else 0
     return f"cuda:{torch.cuda.get_device_name(index)}" if torch.cuda.is_available() else device
+
+
+def check_precision(suite: Suite, device: str) -> None:
+    """bf16 where this machine would run it: a model's `dtype: bfloat16` evaluated on a CPU, or a run's
+    `trainer: {bf16: true}` trained on a CPU (no GPU here), without native bf16 is a SuiteError naming the key
+    (genft.precision), raised before anything is written."""
+    import torch
+
+    try:
+        for mid, m in suite.models.items():
+            check_eval_dtype(device, m.dtype, f"models.{mid}.dtype")
+        for spec in suite.runs:
+            if spec.values.get("bf16") and not torch.cuda.is_available():
+                check_cpu_bf16(f"finetune[{spec.index}] ({spec.name}): bf16 (its trainer's or recipe's)")
+    except PrecisionError as e:
+        raise SuiteError(f"{suite.path}: {e}") from None
 
 
 def effective_dtype(path: str, dtype: str | None) -> str | None:
