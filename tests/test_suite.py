@@ -16,6 +16,7 @@ from genft import harness, suite as gsuite
 from genft.cli import main as cli_main
 from genft.models import weights_fingerprint
 from genft.precision import cpu_bf16_missing
+from genft.prompts import get_task
 from genft.suite import planning as gplan, store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -619,3 +620,23 @@ def test_data_protocol_and_report_settings_are_checked(tmp_path, data_root):
     edit(path, lambda d: d["data"].update(protocol="study"))
     with pytest.raises(gsuite.SuiteError, match="builtin_products .* was written under the clean protocol"):
         plan(path)
+
+
+def test_time_estimate_per_dtype(tmp_path, data_root):
+    """bf16 cells and bf16 fine-tunes are estimated with the bf16 constants; float32 ones as before."""
+    from genft.suite import estimate
+
+    path = make_suite(tmp_path, data_root)
+    before = plan(path, provision=True)
+    edit(path, lambda d: (d["models"]["tiny"].update(dtype="bfloat16"), d["finetune"][0]["trainer"].update(bf16=True)))
+    after = plan(path, provision=True)
+    base = [(a, b) for a, b in zip(before.cells, after.cells) if a.checkpoint.kind == "base"]
+    assert base and all(b.checkpoint.dtype == "bfloat16" for _, b in base)
+    for a, b in base:
+        family = "classification" if get_task(a.task).is_classification else "generation"
+        assert b.est_s == pytest.approx(a.est_s * estimate.DTYPE_TIME["bfloat16"][family])
+    assert {get_task(a.task).is_classification for a, _ in base} == {True, False}
+    (ja,), (jb,) = before.jobs, after.jobs
+    assert ja.tokens_est == jb.tokens_est and jb.est_s == pytest.approx(ja.est_s / estimate.BF16_TRAIN_SPEEDUP)
+    assert estimate.cell_seconds("sentiment", 0, 10, "genft-hf", 2, dtype="float16") == \
+        estimate.cell_seconds("sentiment", 0, 10, "genft-hf", 2)  # not measured: as float32

@@ -304,7 +304,7 @@ def finetune_config(suite: Suite, spec, seed: int, out_dir: Path):
     return validate(config_from_mapping(values, str(suite.path)))
 
 
-def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: list[float]) -> FinetuneJob:
+def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: dict[bool, list[float]]) -> FinetuneJob:
     out_dir = suite.checkpoints_dir / run
     cfg = finetune_config(suite, spec, seed, out_dir)
     chash = rhash = None
@@ -321,7 +321,7 @@ def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: list[
         status = "done"
         t = (man.get("training") or {}).get("tokens_per_s")
         if t:
-            tps.append(float(t))
+            tps.setdefault(bool((man.get("device") or {}).get("bf16")), []).append(float(t))
     elif chash and started and started.get("config_hash") == chash:
         status = "resume"
     elif started or (out_dir.exists() and any(out_dir.iterdir())):
@@ -346,10 +346,11 @@ def plan(suite: Suite, provision: bool = False, fingerprints: dict | None = None
     device_id = device_identity(device)
     bases = {mid: base_identity(m.model, cache, provision) for mid, m in suite.models.items()}
 
-    tps: list[float] = []
+    tps: dict[bool, list[float]] = {}  # measured tokens/s of finished runs, by bf16 mixed precision
     jobs = [_job(suite, spec, run, seed, missing, tps) for spec in suite.runs for run, seed in spec.run_names()]
-    train_tps = estimate.train_rate(tps, suite.threads)
-    jobs = [dataclasses.replace(j, est_s=j.tokens_est / train_tps) for j in jobs]
+    rates = {bf16: estimate.train_rate(tps.get(bf16, []), suite.threads, bf16) for bf16 in (False, True)}
+    train_tps = rates[False]
+    jobs = [dataclasses.replace(j, est_s=j.tokens_est / rates[bool(j.config.get("bf16"))]) for j in jobs]
 
     checkpoints: list[Checkpoint] = []
     for mid, m in suite.models.items():
@@ -409,7 +410,7 @@ def _cell(suite: Suite, ck: Checkpoint, device_id: str, task: str, ds: str, prom
                                      prompt, shots, limit, dseed)
         key = store.key_of(material)
     rec, problem = store.check_cell(suite.output, key, n) if key else (None, None)
-    est = estimate.cell_seconds(task, shots, n or limit or 500, suite.eval.backend, suite.threads)
+    est = estimate.cell_seconds(task, shots, n or limit or 500, suite.eval.backend, suite.threads, dtype=ck.dtype)
     return Cell(checkpoint=ck, task=task, dataset=ds, domain=gdata.all_datasets()[ds].domain, prompt=prompt,
                 shots=shots, limit=limit, demo_seed=dseed, n=n, key=key, material=material, est_s=est,
                 done=rec is not None, problem=problem, wall_s=rec.wall_s if rec is not None else None)
