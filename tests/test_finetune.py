@@ -17,6 +17,7 @@ pytest.importorskip("trl")
 
 from genft import data as gdata  # noqa: E402
 from genft import training  # noqa: E402
+from genft.precision import cpu_bf16_missing  # noqa: E402
 from genft.prompts import render_context, render_target  # noqa: E402
 from genft.training import ConfigError, FinetuneConfig, TruncationError  # noqa: E402
 
@@ -512,8 +513,6 @@ def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_m
 
 
 # ---------------------------------------------------------------- bf16 mixed precision on the CPU
-
-from genft.precision import cpu_bf16_missing  # noqa: E402
 
 
 def _without_cpu_bf16(monkeypatch):
