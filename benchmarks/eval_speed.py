@@ -18,8 +18,8 @@ Backends:
             (batch --batch-size, max_gen_toks new tokens, no early stop), cut at the stop sequences.  Its
             classification scores are first-token scores, not `hf`'s.
 
-Roofline.  The machine's fp32 matmul FLOP/s (a 2048^3 sgemm) and memory read bandwidth (a 256 MiB sum) are
-measured at the same thread count.  For each cell the least work it needs is counted from its requests: the
+Roofline.  The machine's matmul FLOP/s in the weights' dtype (--dtype: a 2048^3 fp32 sgemm, or the same
+matmul in bf16) and memory read bandwidth (a 256 MiB sum) are measured at the same thread count.  For each cell the least work it needs is counted from its requests: the
 prefill FLOPs 2 * (non-embedding parameters) * (distinct prompt tokens: the cell's shared demonstration prefix
 once plus each item's own tokens) plus the lm_head at one position per item (the embedding lookup is free),
 and for generation the greedy tokens each item needs after the first, which the prefill's lm_head gives (its
@@ -33,6 +33,7 @@ the measured FLOP/s.
     python benchmarks/eval_speed.py --quick --threads 1          # a busy machine / a smoke run
     python benchmarks/eval_speed.py --backends genft-hf --json out.json   # one backend, machine-readable
     python benchmarks/eval_speed.py --model swa-262k --preset swa   # issue 13's sliding-window, 262k-vocab anchor
+    python benchmarks/eval_speed.py --dtype bfloat16             # bf16 weights, shares of the bf16 matmul peak
 
 The report ("genft-hf against study and hf") gives each cell's speed-up and checks issue 13's targets: no
 cell kind (classification / generation, 0-shot / k-shot) slower with genft-hf than with the study's method,
@@ -40,7 +41,9 @@ and k-shot classification at least 3x lm-eval's `hf`.  The default model's run w
 except blocks that other scripts own (`<!-- NAME:start -->` ... `<!-- NAME:end -->`, kept as they are);
 another model's run writes only its own block `<!-- eval_speed:MODEL:start -->` ... `end -->` in --out
 (replaced where it is, appended if absent).  swa-262k has random weights: its scores mean nothing, and its
-greedy generations run to max_gen_toks (no stop), which is what a speed measurement needs.  Its `hf` holds
+greedy generations run to max_gen_toks (no stop), which is what a speed measurement needs.  A --dtype bfloat16
+run writes its own block `<!-- eval_speed:MODEL:bfloat16:start -->` (its generation texts may part from `hf`'s at
+bf16 near-ties: counted per cell, not failures).  Its `hf` holds
 the logits of a whole batch and their log-softmax ([8, ~420, 262144] fp32 each at 4-shot PAWS: ~7 GB).
 
 Data: $GENFT_DATA_DIR or --data-dir; if neither holds data, the study's release (../shared/paper-data or
@@ -67,6 +70,9 @@ if str(REPO / "benchmarks") not in sys.path:  # report_section, next to this fil
 import report_section  # noqa: E402
 
 BACKENDS = ("genft-hf", "hf", "study")
+# bf16 log-likelihoods: genft-hf within max(BF16_LL_ABS, BF16_LL_REL x |ll|) of hf's (tests/test_backend.py: a
+# log-probability is a difference of bf16 logits, so even one near 0 carries their rounding)
+BF16_LL_REL, BF16_LL_ABS = 2**-6, 0.05
 
 # (task, shots, items): the suites' generation cells (XSum, PeerRead, SocialIQA, TweetQA at 0 and k shots)
 # and classification cells.
@@ -142,14 +148,15 @@ def study_model(pretrained: str, batch_size: int, logits: str = "last", **kwargs
 # --------------------------------------------------------------------------- machine and work
 
 
-def machine_peaks(threads: int, rounds: int = 3, gap_s: float = 1.0) -> dict:
-    """fp32 matmul FLOP/s (2048^3) and memory read bandwidth (256 MiB sum) at `threads`: the best of 5 calls in
-    each of `rounds` rounds `gap_s` apart (one round can fall in a slow spell: a reading of 218 GFLOP/s where the
-    same machine gave 371 minutes later)."""
+def machine_peaks(threads: int, rounds: int = 3, gap_s: float = 1.0, dtype: str = "float32") -> dict:
+    """Matmul FLOP/s in `dtype` (2048^3: float32 sgemm, or bfloat16 as torch runs a bf16 model's linear layers)
+    and memory read bandwidth (256 MiB fp32 sum) at `threads`: the best of 5 calls in each of `rounds` rounds
+    `gap_s` apart (one round can fall in a slow spell: a reading of 218 GFLOP/s where the same machine gave 371
+    minutes later)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, dtype=getattr(torch, dtype)), torch.randn(2048, 2048, dtype=getattr(torch, dtype))
     x = torch.randn(64 * 1024 * 1024)
     mm, rd = [], []
     for i in range(rounds):
@@ -157,7 +164,7 @@ def machine_peaks(threads: int, rounds: int = 3, gap_s: float = 1.0) -> dict:
             time.sleep(gap_s)
         mm.append(best_seconds(lambda: a @ b))
         rd.append(best_seconds(x.sum))
-    return {"flops": 2 * 2048**3 / min(mm), "bandwidth": x.numel() * 4 / min(rd)}
+    return {"flops": 2 * 2048**3 / min(mm), "bandwidth": x.numel() * 4 / min(rd), "dtype": dtype}
 
 
 def best_seconds(f, reps: int = 5) -> float:
@@ -268,23 +275,29 @@ def _responses(res: dict, task: str) -> list:
     return [s["resps"] for s in sorted(res["samples"][task], key=lambda s: s["doc_id"])]
 
 
-def _same(a: list, b: list, tol: float) -> tuple[bool, float]:
+def _same(a: list, b: list, tol: float, rel: float = 0.0) -> tuple[bool, float]:
     """Per-item equality of two runs' responses: texts as the tasks score them (stripped, then cut at the
-    first blank line: genft-hf stops a row there), log-likelihoods within tol + greedy flags."""
-    max_d = 0.0
+    first blank line: genft-hf stops a row there), log-likelihoods within max(tol, rel * |ll|) + greedy flags."""
+    parted, max_d = _parted(a, b, tol, rel)
+    return parted == 0, max_d
+
+
+def _parted(a: list, b: list, tol: float, rel: float = 0.0) -> tuple[int, float]:
+    """(items whose responses differ as `_same` judges them, the largest log-likelihood difference)."""
+    max_d, parted = 0.0, 0
     if len(a) != len(b):
-        return False, float("nan")
+        return max(len(a), len(b)), float("nan")
     for ra, rb in zip(a, b):
+        differs = False
         for x, y in zip(ra, rb):
             if isinstance(x[0], str):
-                if clean_generation(x[0]) != clean_generation(y[0]):
-                    return False, max_d
+                differs |= clean_generation(x[0]) != clean_generation(y[0])
             else:
                 d = abs(float(x[0][0]) - float(y[0][0]))
                 max_d = max(max_d, d)
-                if d > tol or bool(x[0][1]) != bool(y[0][1]):
-                    return False, max_d
-    return True, max_d
+                differs |= d > max(tol, rel * abs(float(x[0][0]))) or bool(x[0][1]) != bool(y[0][1])
+        parted += differs
+    return parted, max_d
 
 
 def _metric(res: dict) -> str:
@@ -475,11 +488,27 @@ def main(argv=None) -> int:
                     help="the study backend's lm_head: at the last position only (default) or at every position")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--study-data", default=str(REPO.parent / "shared" / "paper-data"))
-    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="the weights' dtype for every backend; the shares use the matmul peak measured in it "
+                    "(bfloat16 needs a CPU with native bf16)")
+    ap.add_argument("--tol", type=float, default=1e-4, help="log-likelihoods within this of hf's (float32)")
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks.md"),
                     help="the Markdown report ('' = none); a model other than %s writes only its own block" % DEFAULT_MODEL)
     ap.add_argument("--json", default=None, help="also write the raw figures here")
     args = ap.parse_args(argv)
+    if args.dtype == "bfloat16":
+        from genft.precision import PrecisionError, check_cpu_bf16
+
+        try:
+            check_cpu_bf16("--dtype bfloat16")
+        except PrecisionError as e:
+            ap.error(str(e))
+    bf16 = args.dtype == "bfloat16"
+    # bf16: hf's log-probabilities are bf16-rounded (tests/test_backend.py: within 2**-6 relative of genft-hf's),
+    # and a greedy text may part from hf's at a bf16 near-tie: such items are counted, not failures
+    rel = BF16_LL_REL if bf16 else 0.0
+    if bf16:
+        args.tol = max(args.tol, BF16_LL_ABS)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if set(backends) - set(BACKENDS) or not backends:
         ap.error(f"--backends: choose from {', '.join(BACKENDS)}")
@@ -512,16 +541,20 @@ def main(argv=None) -> int:
         generate(root, log=lambda *_: None)
     pretrained = resolve(args.model)
     cells = [_parse_cell(c) for c in args.cell] if args.cell else PRESETS[args.preset or ("quick" if args.quick else "default")]
-    peaks = machine_peaks(args.threads)
-    print(f"machine: {peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s read", flush=True)
+    peaks = machine_peaks(args.threads, dtype=args.dtype)
+    fp32_peak = peaks if not bf16 else machine_peaks(args.threads)
+    label = "fp32" if not bf16 else "bf16"
+    print(f"machine: {peaks['flops'] / 1e9:.0f} GFLOP/s {label} matmul"
+          + (f" ({fp32_peak['flops'] / 1e9:.0f} fp32)" if bf16 else "") + f", {peaks['bandwidth'] / 1e9:.1f} GB/s read",
+          flush=True)
     load_before = os.getloadavg()
     tm = harness.task_manager(pretrained, root)
 
     timers = {b: {"seconds": 0.0} for b in backends}
     lms = {}
     for b in backends:
-        lm = (study_model(pretrained, args.batch_size, logits=args.study_logits) if b == "study"
-              else harness.load_model(pretrained, backend=b, batch_size=args.batch_size))
+        lm = (study_model(pretrained, args.batch_size, logits=args.study_logits, dtype=args.dtype) if b == "study"
+              else harness.load_model(pretrained, backend=b, batch_size=args.batch_size, dtype=args.dtype))
         if b == "genft-hf":
             lm._fast_ok()  # its one-time check of genft's attention on this model: paid once per load, as loading is
         lms[b] = _timed(lm, timers[b])
@@ -546,7 +579,7 @@ def main(argv=None) -> int:
                 if b == "genft-hf":
                     counters = dict(lms[b].stats)
                 got = _responses(r, task)
-                if b in resp and not _same(resp[b], got, args.tol)[0]:
+                if b in resp and not _same(resp[b], got, args.tol, rel)[0]:
                     failures.append(f"{task} {shots}-shot: {b} differs between its own runs")
                 resp[b], res[b], reqs[b] = got, r["results"][task], timers[b]["requests"]
                 print(f"{task} {shots}-shot x{items} run {rep + 1} {b}: {secs[b][-1]:.1f}s", flush=True)
@@ -571,9 +604,11 @@ def main(argv=None) -> int:
             med = medians[-1][4][b]
             same = ""
             if b == "genft-hf" and "hf" in resp:
-                ok, max_d = _same(resp["hf"], resp[b], args.tol)
-                same = ("yes" if ok else "NO") + ("" if generation else f" (max d {max_d:.1e})")
-                if not ok:
+                parted, max_d = _parted(resp["hf"], resp[b], args.tol, rel)
+                near_tie = bf16 and generation  # bf16 greedy texts may part at near-ties: counted, shown
+                same = ("yes" if not parted else f"{parted} of {n} differ" if near_tie else "NO") + (
+                    "" if generation else f" (max d {max_d:.1e})")
+                if parted and not near_tie:
                     failures.append(f"{task} {shots}-shot: genft-hf differs from hf")
             share = (t_pre + t_dec) / med
             flops_share = "" if generation else f"{100 * t_pre / med:.0f}%"
@@ -584,7 +619,7 @@ def main(argv=None) -> int:
                         "bound_prefill_s": t_pre, "bound_decode_s": t_dec, "identical_to_hf": same})
     total = time.time() - started
     load_after = os.getloadavg()
-    peaks_after = machine_peaks(args.threads)  # the same measurement again: how much the machine's speed moved
+    peaks_after = machine_peaks(args.threads, dtype=args.dtype)  # again: how much the machine's speed moved
 
     headers = ["task", "shots", "items", "backend", "items/s (median)", "model s per run", "% roofline",
                "% matmul FLOP/s", "same as hf", "score"]
@@ -593,25 +628,30 @@ def main(argv=None) -> int:
         ["model", f"{args.model} ({pretrained}); {sizes['body'] / 1e6:.1f}M non-embedding + {sizes['head'] / 1e6:.1f}M lm_head parameters"
                   + (" (tied)" if sizes["tied"] else "")],
         ["machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}"],
-        ["measured peaks", f"{peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s memory read ({args.threads} threads; "
-                           f"the shares use these); measured again after the cells: {peaks_after['flops'] / 1e9:.0f} GFLOP/s, {peaks_after['bandwidth'] / 1e9:.1f} GB/s"],
+        ["measured peaks", f"{peaks['flops'] / 1e9:.0f} GFLOP/s {label} matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s memory read ({args.threads} threads; "
+                           f"the shares use these); measured again after the cells: {peaks_after['flops'] / 1e9:.0f} GFLOP/s, {peaks_after['bandwidth'] / 1e9:.1f} GB/s"
+                           + (f"; fp32 matmul {fp32_peak['flops'] / 1e9:.0f} GFLOP/s" if bf16 else "")],
+        ["weights dtype", args.dtype + (" (every backend; log-likelihoods compared within 2**-6 relative)" if bf16 else "")],
         ["torch threads / batch size / runs", f"{args.threads} / {args.batch_size} / {args.reps} (backend order rotated per run)"],
         ["study's lm_head", "last position only" if args.study_logits == "last" else "every position"],
         ["load average before / after", f"{load_before[0]:.2f} / {load_after[0]:.2f} (1 min; other users share the CPUs)"],
         ["versions", f"torch {torch.__version__}, transformers {transformers.__version__}, lm-eval {lm_eval.__version__}"],
         ["benchmark wall time", f"{total / 60:.1f} min"],
     ]
-    own = None if args.model == DEFAULT_MODEL else f"eval_speed:{Path(args.model).name}"
+    own = None if args.model == DEFAULT_MODEL and not bf16 else \
+        f"eval_speed:{Path(args.model).name}" + (":bfloat16" if bf16 else "")
     text = "\n".join([
         "# Evaluation speed: `genft-hf`, `hf` and the study's method" if own is None else
-        f"## Evaluation speed on {args.model}: `genft-hf`, `hf` and the study's method",
+        f"## Evaluation speed on {args.model}{' in bf16' if bf16 else ''}: `genft-hf`, `hf` and the study's method",
         "",
         "Generated by `python benchmarks/eval_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`.",
         "Same cells, same items, same threads for every backend; items/s is the median of the runs' model time",
         "(lm-eval's `loglikelihood` / `generate_until` calls). '% roofline': the cell's least work at the machine's",
         "measured matmul FLOP/s (prefill) and memory bandwidth (decoding, a batch of 8 per weight read) over the",
         "measured time (see the script's docstring). 'same as hf': identical greedy texts, or log-likelihoods",
-        f"within {args.tol:g} with the same greedy flags, on every item.",
+        f"within {args.tol:g} with the same greedy flags, on every item."
+        + (" In bf16: within max(tol, 2**-6 x |ll|), tol at least 0.05; a greedy text that parts from hf's at a bf16 near-tie is "
+           "counted ('k of n differ'), not a failure. '%' shares are of the bf16 matmul peak." if bf16 else ""),
         "",
         tabulate(rows, headers=headers, tablefmt="github"),
         "",

@@ -35,8 +35,9 @@ is needed at target positions only), plus 6 * N_lora per input token for LoRA's 
 fine-tuning (forward 2N, backward 2N for activation gradients and 2N for weight gradients) and c = 4 for LoRA
 (the frozen weights need no weight gradients).  N_body: parameters other than the embedding and lm_head
 (tied or not).  Attention's score and value products (which grow with the sequence length) are ignored.  The
-achieved FLOP/s is shown as a share of the machine's fp32 matmul FLOP/s measured here at the same threads
-(benchmarks/eval_speed.py's machine_peaks).
+achieved FLOP/s is shown as a share of the machine's matmul FLOP/s measured here at the same threads
+(benchmarks/eval_speed.py's machine_peaks) in the dtype the matmuls run in: fp32, or with --dtype bfloat16
+(every arm in bf16 mixed precision: TrainingArguments/SFTConfig bf16=True, autocast on the CPU) bf16.
 
 Checks (a failure is written into the report and the exit status is 1): every arm processes the same input
 and target tokens; the first-step losses of genft and trainer (and of trainer-padfree) agree within --tol
@@ -46,9 +47,11 @@ tokens as the wrapper.
     python benchmarks/finetune_speed.py                               # the study-cpu recipe, 2 threads, 3 runs
     python benchmarks/finetune_speed.py --quick --threads 1           # a busy machine / a smoke run
     python benchmarks/finetune_speed.py --model tiny --threads 1 --quick --out /tmp/ft.md --json /tmp/ft.json
+    python benchmarks/finetune_speed.py --dtype bfloat16              # bf16 mixed precision, shares of the bf16 peak
 
 The report is the `finetune_speed` section of --out (reports/benchmarks.md), between
-`<!-- finetune_speed:start -->` and `<!-- finetune_speed:end -->`; the rest of the file is left as it is.
+`<!-- finetune_speed:start -->` and `<!-- finetune_speed:end -->` (a bf16 run: `finetune_speed:bfloat16`); the
+rest of the file is left as it is.
 Data: --data-dir or $GENFT_DATA_DIR; if the data set is not there, the study's release (../shared/paper-data or
 --study-data) is imported into a temporary folder, else genft's builtin training set of the task is written.
 """
@@ -234,8 +237,8 @@ def run_plain(spec: dict) -> dict:
     args = TrainingArguments(
         output_dir=spec["output_dir"], learning_rate=spec["learning_rate"], max_steps=spec["steps"],
         per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1, lr_scheduler_type="linear",
-        warmup_steps=0, weight_decay=0.0, seed=spec["seed"], data_seed=spec["seed"], bf16=gpu and
-        torch.cuda.is_bf16_supported(), use_cpu=not gpu, logging_steps=1, save_strategy="steps",
+        warmup_steps=0, weight_decay=0.0, seed=spec["seed"], data_seed=spec["seed"],
+        bf16=bool(spec.get("bf16")) or (gpu and torch.cuda.is_bf16_supported()), use_cpu=not gpu, logging_steps=1, save_strategy="steps",
         save_steps=spec["save_steps"], save_total_limit=2, report_to="none", disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", activation_checkpointing=False,
     )
@@ -380,15 +383,16 @@ def benchmark(opts: dict, log=print) -> dict:
             per_device_train_batch_size=opts["batch_size"], gradient_accumulation_steps=1,
             lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_length=opts["max_length"],
             seed=opts["seed"], logging_steps=1, save_steps=opts["steps"], torch_threads=opts["threads"],
+            bf16=True if opts.get("dtype") == "bfloat16" else None,
         )
         cfg = training.validate(training.FinetuneConfig(**genft_config))
         examples, trunc = build_shared_examples(cfg, log)
         (work / "examples.json").write_text(json.dumps(examples))
         log(f"{len(examples)} examples ({trunc['tokens']} tokens, longest {trunc['longest']}); arms: {', '.join(arms)}")
 
-        peaks = machine_peaks(opts["threads"])
-        log(f"machine: {peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s read "
-            f"({opts['threads']} threads)")
+        peaks = machine_peaks(opts["threads"], dtype=opts.get("dtype", "float32"))
+        log(f"machine: {peaks['flops'] / 1e9:.0f} GFLOP/s {_label(peaks)} matmul, {peaks['bandwidth'] / 1e9:.1f} GB/s "
+            f"read ({opts['threads']} threads)")
         load_before = os.getloadavg()
         started = time.time()
 
@@ -399,6 +403,7 @@ def benchmark(opts: dict, log=print) -> dict:
                     "lora_r": opts["lora_r"], "lora_alpha": opts["lora_alpha"], "lora_dropout": opts["lora_dropout"],
                     "learning_rate": opts["learning_rate"], "steps": opts["steps"], "batch_size": opts["batch_size"],
                     "seed": opts["seed"], "save_steps": opts["steps"], "profile": profile,
+                    "bf16": opts.get("dtype") == "bfloat16",
                     "genft_config": dict(genft_config, output_dir=str(out), padding_free=arm != "genft-padded")}
 
         runs: dict[str, list[dict]] = {a: [] for a in arms}
@@ -428,6 +433,10 @@ def benchmark(opts: dict, log=print) -> dict:
                 "profiles": {a: {"profile": p.get("profile"), "train_s": p["train_s"]} for a, p in profiles.items()}}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _label(peaks: dict) -> str:
+    return "bf16" if peaks.get("dtype") == "bfloat16" else "fp32"
 
 
 def summarize(runs: dict, peaks: dict, opts: dict, trunc: dict) -> tuple[dict, list[str]]:
@@ -577,8 +586,8 @@ def render(res: dict, command: str) -> str:
         ["machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
                     f"{platform.python_version()}"
                     + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")],
-        ["measured peaks", f"{peaks['flops'] / 1e9:.0f} GFLOP/s fp32 matmul (2048^3), {peaks['bandwidth'] / 1e9:.1f} "
-                           f"GB/s memory read ({opts['threads']} threads)"],
+        ["measured peaks", f"{peaks['flops'] / 1e9:.0f} GFLOP/s {_label(peaks)} matmul (2048^3; the shares use it), "
+                           f"{peaks['bandwidth'] / 1e9:.1f} GB/s memory read ({opts['threads']} threads)"],
         ["torch threads / runs", f"{opts['threads']} / {opts['reps']} per arm (fresh process each, arm order rotated)"],
         ["load average before / after", f"{res['load_before'][0]:.2f} / {res['load_after'][0]:.2f} (1 min)"],
         ["versions", f"torch {torch.__version__}, transformers {transformers.__version__}, trl {vers['trl']}, peft "
@@ -586,7 +595,8 @@ def render(res: dict, command: str) -> str:
         ["benchmark wall time", f"{res['wall_s'] / 60:.1f} min"],
     ]
     lines = [
-        "## Fine-tuning speed: genft (`finetune/sft.py`) and a plain `transformers.Trainer` loop",
+        "## Fine-tuning speed: genft (`finetune/sft.py`) and a plain `transformers.Trainer` loop"
+        + (" in bf16 mixed precision" if opts.get("dtype") == "bfloat16" else ""),
         "",
         f"Generated by `{command}`.",
         "Every arm trains the same examples (genft's `build_examples`), same model, batch, steps, optimizer and",
@@ -685,7 +695,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help="comma-separated subset of " + ", ".join(ARMS))
     ap.add_argument("--reps", type=int, default=3, help="runs per arm (median reported; >= 3 for a real figure)")
-    ap.add_argument("--tol", type=float, default=1e-3, help="largest first-step loss difference between arms")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="bfloat16: every arm in bf16 mixed precision (needs a CPU with native bf16); the shares use "
+                    "the bf16 matmul peak")
+    ap.add_argument("--tol", type=float, default=None, help="largest first-step loss difference between arms "
+                    "(default 1e-3; with --dtype bfloat16 2e-2: bf16 rounds each product to 2**-8)")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                     help="torch.profiler runs of a genft arm and the plain loop's arm it is compared with "
                          "(genft/trainer, genft/trainer-padfree, genft-padded/trainer): auto = where genft's is slower")
@@ -696,6 +710,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args.worker)
+    if args.dtype == "bfloat16":
+        from genft.precision import PrecisionError, check_cpu_bf16
+
+        try:
+            check_cpu_bf16("--dtype bfloat16")
+        except PrecisionError as e:
+            ap.error(str(e))
+    if args.tol is None:
+        args.tol = 2e-2 if args.dtype == "bfloat16" else 1e-3
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if not arms or set(arms) - set(ARMS) or len(set(arms)) != len(arms):
@@ -721,12 +744,12 @@ def main(argv=None) -> int:
             "train_size": args.train_size, "steps": steps, "batch_size": args.batch_size, "max_length": args.max_length,
             "lora": args.lora, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
             "learning_rate": args.lr if args.lr is not None else (2e-4 if args.lora else 2e-5), "seed": args.seed,
-            "reps": args.reps, "arms": arms, "tol": args.tol, "profile": args.profile}
+            "reps": args.reps, "arms": arms, "tol": args.tol, "profile": args.profile, "dtype": args.dtype}
     res = benchmark(opts, log=lambda m: print(m, flush=True))
     command = "python benchmarks/finetune_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(res, command.strip())
     if args.out:
-        write_section(args.out, SECTION, text)
+        write_section(args.out, SECTION + (":bfloat16" if args.dtype == "bfloat16" else ""), text)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     print(text)

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import report_section  # noqa: E402
+from genft.precision import cpu_bf16_missing  # noqa: E402
 
 START, END = report_section.markers("finetune_speed")
 
@@ -138,3 +139,34 @@ def test_time_model_fits_the_records_it_is_given(tmp_path, capsys):
     assert consts["TRAIN_TOKENS_S"] == 80 and "3 finished cells" in section and "--since 2026-12-01T07:00" in section
     with pytest.raises(SystemExit, match="--since: 'yesterday' is not an ISO time"):
         time_model.main([str(out), "--since", "yesterday"])
+
+
+@pytest.mark.skipif(bool(cpu_bf16_missing()), reason=f"no native bf16 on this CPU: {cpu_bf16_missing()}")
+def test_finetune_speed_bf16_measures_against_the_bf16_peak(tiny_model, data_root, tmp_path):
+    """--dtype bfloat16: every arm trains in bf16 mixed precision, the shares are of the bf16 matmul peak
+    (measured the same way as the fp32 one), and the run writes its own block next to the fp32 one."""
+    import eval_speed
+    import finetune_speed
+
+    out = tmp_path / "benchmarks.md"
+    out.write_text(report_section.upsert(OTHER, "finetune_speed", "the fp32 figures"))
+    raw = tmp_path / "ft.json"
+    rc = finetune_speed.main([
+        "--model", tiny_model, "--threads", "1", "--task", "sentiment", "--dataset", "amazon", "--dtype", "bfloat16",
+        "--data-dir", str(data_root), "--train-limit", "8", "--steps", "2", "--batch-size", "4", "--max-length", "128",
+        "--reps", "1", "--arms", "genft,trainer", "--profile", "never", "--out", str(out), "--json", str(raw),
+    ])
+    res = json.loads(raw.read_text())
+    assert rc == 0, res["failures"]
+    assert res["peaks"]["dtype"] == "bfloat16"
+    g, t = res["summary"]["genft"], res["summary"]["trainer"]
+    assert g["bf16"] is True and t["bf16"] is True
+    assert g["input_tokens"] == t["input_tokens"] and g["target_tokens"] == t["target_tokens"]
+    assert abs(g["first_loss"] - t["first_loss"]) < 2e-2
+    assert 0 < g["matmul_share"] < 1
+    text = out.read_text()
+    assert "the fp32 figures" in text and "<!-- finetune_speed:bfloat16:start -->" in text
+    assert "GFLOP/s bf16 matmul" in report_section.extract(text, "finetune_speed:bfloat16")
+    # the bf16 peak is measured as the fp32 one is: the same 2048^3 matmul, in bf16
+    peak = eval_speed.machine_peaks(1, rounds=1, dtype="bfloat16")
+    assert peak["dtype"] == "bfloat16" and peak["flops"] > 0

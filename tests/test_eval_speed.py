@@ -204,3 +204,17 @@ def test_classification_profile_splits_a_real_profiled_call(es, tiny_model):
     assert cells[3] == "2.00" and cells[4] == f"{ops['linear']:.2f} ({100 * flops / ops['linear'] / 1e11:.0f}% of peak)"
     assert cells[9] == "25%" and cells[10] == f"{100 * 0.5 / ops['linear']:.0f}%"
     assert es.classification_profile([], peaks, sizes) == []
+
+
+def test_bf16_comparison_allows_bf16_rounding_and_counts_parted_texts(es):
+    """--dtype bfloat16 compares log-likelihoods within max(0.05, 2**-6 relative) (hf's own are bf16-rounded) and
+    counts the items whose texts part; float32 keeps the absolute tolerance."""
+    hf = [[[(-40.0, False)], [(-2.0, True)]], [[(-0.01, True)], [(-9.0, False)]]]
+    near = [[[(-40.5, False)], [(-2.02, True)]], [[(-0.02, True)], [(-9.0, False)]]]
+    assert es._parted(hf, near, es.BF16_LL_ABS, es.BF16_LL_REL) == (0, pytest.approx(0.5))
+    assert es._parted(hf, near, 1e-4)[0] == 2  # float32: every item off
+    far = [[[(-41.0, False)], [(-2.0, True)]], [[(-0.01, False)], [(-9.0, False)]]]  # 2.5% off; a greedy flag
+    assert es._parted(hf, far, es.BF16_LL_ABS, es.BF16_LL_REL)[0] == 2
+    texts = [[["a cat\n\nmore"]], [["the dog"]], [["x"]]]
+    other = [[["a cat"]], [["the dig"]], [["y"]]]  # the first is the same once cut at its blank line
+    assert es._parted(texts, other, 1e-4, es.BF16_LL_REL)[0] == 2 and not es._same(texts, other, 1e-4)[0]

@@ -19,6 +19,7 @@ pytest.importorskip("trl")
 
 from genft import data as gdata  # noqa: E402
 from genft import training  # noqa: E402
+from genft.precision import cpu_bf16_missing  # noqa: E402
 from genft.prompts import render_context, render_target  # noqa: E402
 from genft.training import ConfigError, FinetuneConfig, TruncationError  # noqa: E402
 
@@ -538,3 +539,65 @@ def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_m
     with pytest.raises(ConfigError, match="num_processes: the config says 2 but this launch runs 1"):
         training.run(two, log=_quiet)
     assert not (tmp_path / "two").exists()
+
+
+# ---------------------------------------------------------------- bf16 mixed precision on the CPU
+
+
+def _without_cpu_bf16(monkeypatch):
+    """This process's CPU as one without native bf16 (what torch's capability checks report there)."""
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
+@pytest.mark.skipif(bool(cpu_bf16_missing()), reason=f"no native bf16 on this CPU: {cpu_bf16_missing()}")
+def test_bf16_mixed_precision_on_cpu(full_run, tmp_path):
+    """`bf16: true` on a CPU: TRL's own switch, run as accelerate's bf16 autocast (the linear layers compute
+    in bf16) with float32 weights and optimizer state; the same padding-free batches and target-position LM
+    head; its own recipe hash; the manifest says so.  Its first loss is the float32 run's up to bf16 rounding."""
+    from safetensors.torch import load_file
+
+    cfg, man = full_run
+    bf_cfg = FinetuneConfig(**{**training.config_dict(cfg), "output_dir": str(tmp_path / "bf16"), "bf16": True})
+    assert training.config_hash(bf_cfg, man["data"]["files"]) != man["config_hash"]
+    seen: set = set()
+
+    def linear_out(module, args, output):
+        if isinstance(module, torch.nn.Linear) and module.training:
+            seen.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(linear_out)
+    try:
+        bf = training.run(bf_cfg, log=_quiet)
+    finally:
+        hook.remove()
+    assert seen == {torch.bfloat16}, seen  # every training forward of a linear layer ran in bf16
+    assert bf["device"]["bf16"] is True and bf["device"]["precision"].startswith("bf16 mixed precision")
+    assert man["device"]["bf16"] is False and man["device"]["precision"] == "float32 throughout"
+    t = bf["training"]
+    assert t["mixed_precision"] == "bf16" and man["training"]["mixed_precision"] == "no"
+    assert t["batching"]["padding_free"] is True and t["lm_head"] == "target positions"
+    assert t["trained_tokens"] == man["training"]["trained_tokens"]
+    # step 1: the same weights and batch, forward in bf16: the float32 loss within bf16 rounding (2**-7 per
+    # product; measured 8e-6 relative on the tiny model's near-uniform logits), but not bit-equal
+    a1, b1 = man["training"]["loss_curve"][0][1], t["loss_curve"][0][1]
+    assert b1 == pytest.approx(a1, rel=1e-2) and b1 != a1
+    w = load_file(Path(bf_cfg.output_dir) / "model.safetensors")
+    assert {v.dtype for v in w.values()} == {torch.float32}  # master weights stay float32
+    assert json.loads((Path(bf_cfg.output_dir) / "config.json").read_text()).get("dtype", "float32") == "float32"
+
+
+def test_bf16_refused_on_a_cpu_without_it(tiny_model, data_root, tmp_path, monkeypatch, capsys):
+    _without_cpu_bf16(monkeypatch)
+    assert "neither AVX512-BF16 nor AMX" in cpu_bf16_missing()
+    out = tmp_path / "out"
+    rc = sft.main(["--task", "sentiment", "--dataset", "amazon", "--train_size", "16", "--model_name_or_path",
+                   tiny_model, "--data_dir", str(data_root), "--output_dir", str(out), "--bf16", "true"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bf16: bf16 on this CPU is refused" in err and "AVX512-BF16" in err, err
+    assert not out.exists()
+    # float32 (the default) still trains there: the check is only for bf16
+    assert training.device_settings(_cfg(tiny_model, data_root, out))["bf16"] is False

@@ -15,6 +15,8 @@ import yaml
 from genft import harness, suite as gsuite
 from genft.cli import main as cli_main
 from genft.models import weights_fingerprint
+from genft.precision import cpu_bf16_missing
+from genft.prompts import get_task
 from genft.suite import planning as gplan, store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -416,14 +418,40 @@ def test_device_dtype_and_backend_are_in_the_key(tmp_path, data_root, monkeypatc
     assert [c.done for c in p.cells] == [False] and p.cells[0].key != first.key
     monkeypatch.undo()
     # another dtype, then another backend: evaluated again, each under its own key, the old cell kept
-    for change in ({"models": {"tiny": {"model": "tiny", "dtype": "bfloat16"}}}, {"eval": {"backend": "genft-hf"}}):
+    dtype = "float16" if cpu_bf16_missing() else "bfloat16"  # bf16 is refused on a CPU without it
+    for change in ({"models": {"tiny": {"model": "tiny", "dtype": dtype}}}, {"eval": {"backend": "genft-hf"}}):
         c = Counter(monkeypatch)
         edit(path, lambda d: [d[k].update(v) for k, v in change.items()])
         assert run(path) == 0 and c.loads == 1 and len(c.evaluated) == 1
         (rec,) = load_cells(path)
         assert rec.key != first.key and (tmp_path / "out" / "cells" / f"{first.key}.json").is_file()
         monkeypatch.undo()
-    assert rec.provenance.dtype == "bfloat16" and rec.provenance.backend == "genft-hf"
+    assert rec.provenance.dtype == dtype and rec.provenance.backend == "genft-hf"
+
+
+def test_bf16_refused_on_a_cpu_without_it(tmp_path, data_root, monkeypatch, capsys):
+    """A suite asking for bf16 evaluation or bf16 training on a CPU without native bf16 stops before it writes
+    anything, naming the key; float32 suites run there as before."""
+    import platform
+
+    import torch
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    path = make_suite(tmp_path, data_root)
+    gsuite.load_suite(path)  # valid: the refusal is about this machine, not the file
+    edit(path, lambda d: d["models"]["tiny"].update(dtype="bfloat16"))
+    for argv in (["suite", "run", str(path), "--dry-run"], ["suite", "run", str(path)]):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "models.tiny.dtype: bf16 on this CPU is refused" in err and "AVX512-BF16" in err, err
+    edit(path, lambda d: (d["models"]["tiny"].pop("dtype"), d["finetune"][0]["trainer"].update(bf16=True)))
+    assert cli_main(["suite", "run", str(path)]) == 2
+    assert "finetune[0] (ft-products): bf16" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    edit(path, lambda d: d["finetune"][0]["trainer"].pop("bf16"))
+    assert run(path, trainer=FakeTrainer()) == 0
 
 
 def test_a_truncated_or_foreign_cell_file_is_named_and_run_again(tmp_path, data_root, monkeypatch, capsys):
@@ -716,3 +744,23 @@ def test_suite_keys_lists_every_key_the_shipped_suites_use_with_its_help():
     for suite_file in sorted((REPO / "suites").glob("*.yaml")):
         walk(yaml.safe_load(suite_file.read_text()), (), suite_file.name)
     assert used > 50
+
+
+def test_time_estimate_per_dtype(tmp_path, data_root):
+    """bf16 cells and bf16 fine-tunes are estimated with the bf16 constants; float32 ones as before."""
+    from genft.suite import estimate
+
+    path = make_suite(tmp_path, data_root)
+    before = plan(path, provision=True)
+    edit(path, lambda d: (d["models"]["tiny"].update(dtype="bfloat16"), d["finetune"][0]["trainer"].update(bf16=True)))
+    after = plan(path, provision=True)
+    base = [(a, b) for a, b in zip(before.cells, after.cells) if a.checkpoint.kind == "base"]
+    assert base and all(b.checkpoint.dtype == "bfloat16" for _, b in base)
+    for a, b in base:
+        family = "classification" if get_task(a.task).is_classification else "generation"
+        assert b.est_s == pytest.approx(a.est_s * estimate.DTYPE_TIME["bfloat16"][family])
+    assert {get_task(a.task).is_classification for a, _ in base} == {True, False}
+    (ja,), (jb,) = before.jobs, after.jobs
+    assert ja.tokens_est == jb.tokens_est and jb.est_s == pytest.approx(ja.est_s / estimate.BF16_TRAIN_SPEEDUP)
+    assert estimate.cell_seconds("sentiment", 0, 10, "genft-hf", 2, dtype="float16") == \
+        estimate.cell_seconds("sentiment", 0, 10, "genft-hf", 2)  # not measured: as float32

@@ -61,9 +61,10 @@ def cmd_eval(args) -> int:
     tm = harness.task_manager(pretrained, args.data_dir)
     names = harness.match_tasks(args.tasks, tm)
     cells = [(shots, name) for shots in args.shots for name in names]
-    print(f"model {pretrained}; {len(names)} tasks x shots {args.shots} = {len(cells)} cells; limit {args.limit}",
-          flush=True)
-    lm = harness.load_model(pretrained, args.backend, peft=args.peft, batch_size=args.batch_size)
+    print(f"model {pretrained}; {len(names)} tasks x shots {args.shots} = {len(cells)} cells; limit {args.limit}"
+          f"{'; dtype ' + args.dtype if args.dtype else ''}", flush=True)
+    lm = harness.load_model(pretrained, args.backend, peft=args.peft, batch_size=args.batch_size, dtype=args.dtype,
+                            dtype_setting="--dtype")
     rows, records, began = [], [], time.time()
     for i, (shots, name) in enumerate(cells, 1):
         start = time.time()
@@ -81,7 +82,8 @@ def cmd_eval(args) -> int:
         print(f"[{i}/{len(cells)}] {name} {shots}-shot: {score} ({wall:.0f}s, ~{left / 60:.0f} min left)", flush=True)
     print(tabulate(rows, headers=["task", "shots", "score", "seconds", "items/s"], tablefmt="github"))
     if args.output:  # through genft's one atomic write (an unpredictable temporary file, then a rename)
-        write_json(Path(args.output), {"model": pretrained, "backend": args.backend, "limit": args.limit,
+        write_json(Path(args.output), {"model": pretrained, "backend": args.backend, "dtype": args.dtype,
+                                       "limit": args.limit,
                                        "cells": records})
     return 0
 
@@ -195,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N items of each test set")
     p.add_argument("--backend", default="hf", help="lm-eval model type: hf, genft-hf, vllm")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
+                   help="weights dtype (default: transformers' float32); bfloat16 on a CPU needs native bf16 "
+                   "(AVX512-BF16, AMX, ARM BF16) and is refused without it")
     p.add_argument("--output", help="also write the scores as JSON to this file")
     _add_data_dir(p)
     p.set_defaults(func=cmd_eval)
@@ -240,12 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .data import DataError
     from .models import ModelError
+    from .precision import PrecisionError
     from .suite import StoreError, SuiteError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ModelError, SuiteError, StoreError, KeyError) as e:
+    except (DataError, ModelError, SuiteError, StoreError, PrecisionError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"genft: error: {msg}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .data import data_dir
+from .precision import check_eval_dtype
 
 BACKENDS = ("genft-hf", "hf", "vllm")  # lm-eval model types genft runs; genft-hf is the suites' default
 
@@ -66,10 +67,16 @@ def load_model(
     device: str = "cpu",
     batch_size: int = 8,
     dtype: str | None = None,
+    dtype_setting: str = "dtype",
     **kwargs: Any,
 ):
-    """Load one checkpoint once as an lm-eval model; every cell of that checkpoint reuses it."""
+    """Load one checkpoint once as an lm-eval model; every cell of that checkpoint reuses it.
+
+    dtype: the weights' dtype (None: transformers' default).  bfloat16 on a CPU without native bf16 raises
+    genft.precision.PrecisionError (naming `dtype_setting`) before anything is loaded."""
     from lm_eval.api.registry import get_model
+
+    check_eval_dtype(device, dtype, dtype_setting)
 
     args: dict[str, Any] = {"pretrained": pretrained, "device": device, "batch_size": batch_size, **kwargs}
     if backend == "genft-hf":

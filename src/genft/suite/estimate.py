@@ -7,7 +7,12 @@ the shots (the study's fixed demonstrations are one prefix, which genft-hf score
 random-demonstration cells); generation (to 60 new tokens, cut at the first blank line) 0.337 s/item + 0.017 s
 per demonstration; LoRA training 224 tokens/s (padding-free batches of 8, the LM head at target positions).
 One thread, or a machine shared with other work: about twice as long; a slower machine: in proportion to its
-matmul speed.  Once cells of a suite finish, the plan scales the defaults per task family by measured /
+matmul speed.  bf16 (a model's `dtype: bfloat16`, a run's `bf16: true`, on a CPU with native bf16) scales these
+by DTYPE_TIME / BF16_TRAIN_SPEEDUP: ONE short measurement on SmolLM2-135M, 1 thread, on a 2-core machine loaded by
+other work (load average 5.3-6.1; fp32 matmul 45 GFLOP/s, bf16 182 GFLOP/s there), fp32 against bf16 weights:
+classification (Amazon 0-shot, 40 items, genft-hf) 21.7 s -> 10.3 s, generation (SocialIQA 0-shot, 8 items,
+60 new tokens) 8.9 s -> 8.0 s, LoRA training (r16 all-linear, batch 8, 3 steps) 33 -> 62 tokens/s.  A rough
+start: a suite's own finished cells calibrate it as they do the float32 defaults.  Once cells of a suite finish, the plan scales the defaults per task family by measured /
 estimated time (`calibrate`).
 """
 from __future__ import annotations
@@ -28,6 +33,10 @@ GEN_SHOT_S = 0.017  # ... plus per demonstration
 ONE_THREAD = 2.0  # the slowdown of one thread (the defaults are for 2)
 BACKEND_FACTOR = {"hf": 1.0, "genft-hf": 1.0, "vllm": 0.3}
 TRAIN_TOKENS_S = 224.0  # LoRA on SmolLM2-135M, 2 threads, padding-free batches
+# A cell's time in a dtype over its float32 time, per task family (bf16: the measurement above; float16 and
+# others: not measured, taken as float32's)
+DTYPE_TIME = {"bfloat16": {"classification": 0.47, "generation": 0.91}}
+BF16_TRAIN_SPEEDUP = 1.86  # bf16 mixed precision's training tokens/s over float32's (the measurement above)
 
 
 def slowdown(threads: int | None) -> float:
@@ -36,16 +45,17 @@ def slowdown(threads: int | None) -> float:
 
 def cell_seconds(task: str, shots: int, n: int, backend: str, threads: int | None, *,
                  cls_item_s: float = CLS_ITEM_S, cls_shot: float | None = None, gen_item_s: float = GEN_ITEM_S,
-                 gen_shot_s: float = GEN_SHOT_S) -> float:
+                 gen_shot_s: float = GEN_SHOT_S, dtype: str | None = None) -> float:
     """The default time of one cell: genft-hf scores the demonstrations' shared prefix once, so shots cost
     it less than hf.  The keywords replace the model's constants (benchmarks/time_model.py fits them);
-    cls_shot None: the backend's CLS_SHOT."""
+    cls_shot None: the backend's CLS_SHOT; dtype: the weights' (DTYPE_TIME; None: float32)."""
     spec = get_task(task)
     if spec.is_classification:
         shot = CLS_SHOT.get(backend, 1.0) if cls_shot is None else cls_shot
         per = cls_item_s * (1 + shot * shots) * len(spec.labels) / 2
     else:
         per = gen_item_s + gen_shot_s * shots
+    per *= DTYPE_TIME.get(dtype or "float32", {}).get("classification" if spec.is_classification else "generation", 1.0)
     return n * per * BACKEND_FACTOR.get(backend, 1.0) * slowdown(threads)
 
 
@@ -75,8 +85,11 @@ def calibrate(pairs: Iterable[tuple[str, float, float]]) -> dict[str, float]:
     return {k: m / e for k, (m, e) in sums.items() if m > 0 and e > 0}
 
 
-def train_rate(measured_tps: Sequence[float], threads: int | None) -> float:
-    return sum(measured_tps) / len(measured_tps) if measured_tps else TRAIN_TOKENS_S / slowdown(threads)
+def train_rate(measured_tps: Sequence[float], threads: int | None, bf16: bool = False) -> float:
+    """Training tokens/s: the mean of this suite's finished runs of the same precision, else the default."""
+    if measured_tps:
+        return sum(measured_tps) / len(measured_tps)
+    return TRAIN_TOKENS_S * (BF16_TRAIN_SPEEDUP if bf16 else 1.0) / slowdown(threads)
 
 
 class Progress:

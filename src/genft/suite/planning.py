@@ -25,6 +25,7 @@ from ..files import fmt_duration, read_json_or_none, sha256_cached, sha256_json
 from ..harness import task_name, tasks_dir
 from ..models import (MARKER, NAMED, download_hub_model, genft_home, hub_cache, hub_snapshot, prepare,
                       weights_fingerprint)
+from ..precision import PrecisionError, check_cpu_bf16, check_eval_dtype
 from ..prompts import TARGET_DELIMITER, get_task
 from ..training import (MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, foreign_files,
                         load_training_items, validate)
@@ -180,6 +181,22 @@ def device_identity(device: str) -> str:
     return f"cuda:{torch.cuda.get_device_name(index)}" if torch.cuda.is_available() else device
 
 
+def check_precision(suite: Suite, device: str) -> None:
+    """bf16 where this machine would run it: a model's `dtype: bfloat16` evaluated on a CPU, or a run's
+    `trainer: {bf16: true}` trained on a CPU (no GPU here), without native bf16 is a SuiteError naming the key
+    (genft.precision), raised before anything is written."""
+    import torch
+
+    try:
+        for mid, m in suite.models.items():
+            check_eval_dtype(device, m.dtype, f"models.{mid}.dtype")
+        for spec in suite.runs:
+            if spec.values.get("bf16") and not torch.cuda.is_available():
+                check_cpu_bf16(f"finetune[{spec.index}] ({spec.name}): bf16 (its trainer's or recipe's)")
+    except PrecisionError as e:
+        raise SuiteError(f"{suite.path}: {e}") from None
+
+
 def effective_dtype(path: str, dtype: str | None) -> str | None:
     """The dtype the weights are evaluated in: the suite's, else (None or auto) the checkpoint's own from its
     config.json (a folder's, or a hub id's cached snapshot's: what transformers' dtype='auto' loads), else
@@ -324,7 +341,7 @@ def finetune_config(suite: Suite, spec, seed: int, out_dir: Path):
     return validate(config_from_mapping(values, str(suite.path)))
 
 
-def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: list[float]) -> FinetuneJob:
+def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: dict[bool, list[float]]) -> FinetuneJob:
     out_dir = suite.checkpoints_dir / run
     cfg = finetune_config(suite, spec, seed, out_dir)
     chash = rhash = None
@@ -341,7 +358,7 @@ def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: list[
         status = "done"
         t = (man.get("training") or {}).get("tokens_per_s")
         if t:
-            tps.append(float(t))
+            tps.setdefault(bool((man.get("device") or {}).get("bf16")), []).append(float(t))
     elif chash and started and started.get("config_hash") == chash:
         status = "resume"
     elif started or (out_dir.exists() and any(out_dir.iterdir())):
@@ -373,10 +390,11 @@ def plan(suite: Suite, provision: bool = False, fingerprints: dict | None = None
     device_id = device_identity(device)
     bases = {mid: base_identity(m.model, cache, provision) for mid, m in suite.models.items()}
 
-    tps: list[float] = []
+    tps: dict[bool, list[float]] = {}  # measured tokens/s of finished runs, by bf16 mixed precision
     jobs = [_job(suite, spec, run, seed, missing, tps) for spec in suite.runs for run, seed in spec.run_names()]
-    train_tps = estimate.train_rate(tps, suite.threads)
-    jobs = [dataclasses.replace(j, est_s=j.tokens_est / train_tps) for j in jobs]
+    rates = {bf16: estimate.train_rate(tps.get(bf16, []), suite.threads, bf16) for bf16 in (False, True)}
+    train_tps = rates[False]
+    jobs = [dataclasses.replace(j, est_s=j.tokens_est / rates[bool(j.config.get("bf16"))]) for j in jobs]
 
     checkpoints: list[Checkpoint] = []
     for mid, m in suite.models.items():
@@ -446,7 +464,8 @@ def _cell(suite: Suite, ck: Checkpoint, device_id: str, task: str, ds: str, prom
         done = stopped in ("exhausted", "limit") or (stopped == "decided" and st is not None and st.stop == "decided")
     # done: the items it holds (calibration compares this with wall_s); to do: the items left (staged: at most)
     items = (held if done else n - held) if n is not None else (limit or 500)
-    est = estimate.cell_seconds(task, shots, items, suite.eval.backend, suite.threads)
+    est = estimate.cell_seconds(task, shots, items, suite.eval.backend, suite.threads,
+                                dtype=ck.dtype)
     return Cell(checkpoint=ck, task=task, dataset=ds, domain=gdata.all_datasets()[ds].domain, prompt=prompt,
                 shots=shots, limit=limit, demo_seed=dseed, n=n, key=key, material=material, est_s=est,
                 done=done, problem=problem, wall_s=rec.wall_s if rec is not None else None, stages=order,

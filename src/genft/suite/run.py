@@ -86,6 +86,8 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
         suite = dataclasses.replace(suite, executor=suite.executor.model_copy(update={"kind": engine}))
     if executor is None:
         executor = make_executor(suite.executor)
+    if not isinstance(executor, ClusterExecutor):  # this machine trains and evaluates: can it run the dtype?
+        planning.check_precision(suite, planning.resolve_device(suite.eval.device))
     if dry_run:
         for line in planning.describe(planning.plan(suite)):
             log(line)

@@ -68,7 +68,8 @@ class DataSection(_Section):
 class ModelSection(_Section):
     model: str = Field(description="a genft model name, a local folder, or a hub id (owner/name)")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
-        None, description="evaluation dtype (default and auto: the checkpoint's own, from its config.json)")
+        None, description="evaluation dtype (default and auto: the checkpoint's own, from its config.json); "
+        "bfloat16 on a CPU needs native bf16 (AVX512-BF16, AMX, ARM BF16) and is refused without it")
     evaluate: bool = Field(True, description="evaluate the base model itself (the baseline)")
 
 

@@ -84,7 +84,9 @@ class FinetuneConfig(DataArguments):
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=1024, metadata={"help": "max tokens of prompt + completion + EOS"})
     seed: int = field(default=42, metadata={"help": "random seed (training order, LoRA init, random demos)"})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on with a GPU, off on CPU)"})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision, float32 weights (default: on with a GPU, off on CPU; on a CPU it needs "
+                "native bf16: AVX512-BF16, AMX or ARM BF16)"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
     padding_free: bool = field(
         default=True,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 from .. import models
 from ..files import Busy, fmt_duration, hold_lock, now_utc, read_json_or_none, temp_target, write_json
 from ..models import weights_fingerprint
+from ..precision import PrecisionError, check_cpu_bf16
 from .config import (
     ADAPTER_DIR,
     LOCK_FILE,
@@ -165,18 +166,33 @@ def library_versions() -> dict:
 
 
 def device_settings(cfg: FinetuneConfig) -> dict:
-    """CPU: use_cpu, fp32, no bf16.  GPU: bf16 mixed precision by default (fp32 master weights)."""
+    """GPU: bf16 mixed precision by default.  CPU: float32 by default; `bf16: true` is bf16 mixed precision as
+    transformers' Trainer does it on a CPU (accelerate's bf16 autocast around the forward pass; the weights,
+    their gradients and the optimizer state stay float32), refused on a CPU without native bf16
+    (genft.precision).  Weights stored in bf16 / fp16 (`dtype`) train on a GPU only."""
     import torch
 
     gpu = torch.cuda.is_available()
     if not gpu and cfg.bf16:
-        raise ConfigError("bf16: bf16 training needs a GPU; on CPU genft trains in float32 (drop --bf16)")
+        try:
+            check_cpu_bf16("bf16")
+        except PrecisionError as e:
+            raise ConfigError(str(e)) from None
     if not gpu and cfg.dtype in ("bfloat16", "float16"):
-        raise ConfigError(f"dtype: {cfg.dtype} weights are not supported for CPU training; use float32")
+        raise ConfigError(f"dtype: {cfg.dtype} weights are not supported for CPU training; use float32 (for bf16 "
+                          "on a CPU set bf16: true, mixed precision with float32 weights)")
     bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (gpu and torch.cuda.is_bf16_supported())
     return {"device": "cuda" if gpu else "cpu", "use_cpu": not gpu, "bf16": bf16, "dtype": cfg.dtype or "float32",
+            "precision": precision_of(bf16, cfg.dtype or "float32"),
             "gpu": torch.cuda.get_device_name(0) if gpu else None, "torch_threads": torch.get_num_threads(),
             "world_size": int(cfg.num_processes or 1)}
+
+
+def precision_of(bf16: bool, dtype: str) -> str:
+    """The training numerics in words (the manifest's device.precision)."""
+    if bf16:
+        return f"bf16 mixed precision (autocast; {dtype} weights, gradients and optimizer state)"
+    return f"{dtype} throughout"
 
 
 def batching_for(cfg: FinetuneConfig, model, tokenizer, examples: list[dict], dev: dict, sharded: bool) -> dict:
@@ -362,8 +378,10 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     if last:
         log(f"[genft] resuming from {last}")
     t0 = time.time()
+    mixed_precision = str(trainer.accelerator.mixed_precision)  # what accelerate runs ("bf16", "no"): recorded
     with scored_positions_only() as lm_head:
-        log(f"[genft] LM head in the loss: at {lm_head}")
+        log(f"[genft] LM head in the loss: at {lm_head}; {dev['precision']}; accelerate's mixed precision: "
+            f"{mixed_precision}")
         try:
             train_loss = trainer.train(resume_from_checkpoint=last).training_loss
         except _CheckpointIsFinal:
@@ -422,6 +440,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
                 "resumed_from_checkpoint": last,
                 "batching": batching,
                 "lm_head": lm_head,
+                "mixed_precision": mixed_precision,
                 "effective_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
                 * dev["world_size"],
             },
