@@ -208,6 +208,16 @@ def test_study_protocol_keeps_defective_items_and_the_first_250(tmp_path):
     assert len(data.load_split("sentiment", "amazon", "train_6000", root)) == 5999
     assert len(data.load_split("summary", "xsum", "train_2000", root)) == 2000  # the empty document is kept
     assert data.data_protocols(root) == {f"{d.task}/{d.name}": "study" for d in data.STUDY_DATASETS.values()}
+    # 9 of the scored test items are also in their own demonstration pool: recorded (and scored, as the study did).
+    overlap = {k: data.read_meta(*k.split("/"), root).get("test_in_demos") for k in data.data_protocols(root)}
+    overlap = {k: v for k, v in overlap.items() if v}
+    assert sum(map(len, overlap.values())) == 9
+    assert overlap["nli/mnli_m"] == [{"test": 18, "demo": 0}] and overlap["paraphrase/paws"] == [{"test": 248,
+                                                                                                    "demo": 2}]
+    for key, pairs in overlap.items():
+        task, name = key.split("/")
+        test, demos = (data.load_split(task, name, s, root) for s in ("test", "demos"))
+        assert all(test[p["test"]] == demos[p["demo"]] for p in pairs)
 
 
 @needs_release
