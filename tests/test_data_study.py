@@ -258,9 +258,10 @@ def test_study_prompt_quirks():
     # With demonstrations: no BOS at all for classification, vLLM's one for generation.
     assert data.study_prompt_text(ctx, 2, "classification") == (ctx, False)
     assert data.study_prompt_text(ctx, 2, "generation") == (ctx, True)
-    # The clean protocol has no quirk: the tokenizer's own special tokens.
-    assert data.study_prompt_text(ctx, 0, "classification", quirks=data.quirks_for("clean")) == (ctx, True)
-    assert data.quirks_for("study") == data.STUDY_QUIRKS and data.STUDY_QUIRKS.as_dict()["zero_shot_bos_text"]
+    # The clean protocol has no quirk: lm-eval and the tokenizer decide.
+    assert data.quirks_for("clean") is None
+    assert data.quirks_for("study") == data.STUDY_QUIRKS and data.STUDY_QUIRKS.as_dict() == {
+        "zero_shot_prefix": "<s> ", "classification_special_tokens": False, "generation_special_tokens": True}
     with pytest.raises(DataError, match="unknown protocol 'paper'"):
         data.quirks_for("paper")
 
@@ -280,7 +281,7 @@ def test_harness_scores_a_gold_dash_item_wrong(tmp_path, tiny_model):
     item = {"premise": "a", "hypothesis": "b"}
     data.write_dataset("nli", "mnli_m", {"test": [{**item, "label": "-"}, {**item, "label": "neutral"}],
                                          "demos": [{**item, "label": "neutral"}]}, root, {"protocol": "study"})
-    docs = utils.load("nli", "mnli_m", genft_data_dir=str(root), pretrained=tiny_model)["test"]
+    docs = utils.load("nli", "mnli_m", genft_data_dir=str(root), pretrained=tiny_model, genft_study_tokens=True)["test"]
     assert [d[utils.GOLD] for d in docs] == [-1, 1]
     for lls in ([0.0, -1, -2, 0.0, -1, -2], [-2, -1, 0.0, -2, -1, 0.0]):
         scores = metrics.classification_scores(get_task("nli"), -1, lls)

@@ -59,14 +59,21 @@ def cmd_eval(args) -> int:
     pretrained = resolve(args.model)
     tm = harness.task_manager(pretrained, args.data_dir)
     names = harness.match_tasks(args.tasks, tm)
+    protocol = harness.data_protocol(args.data_dir)  # study: the study's token ids (genft.protocol_lm)
     cells = [(shots, name) for shots in args.shots for name in names]
-    print(f"model {pretrained}; {len(names)} tasks x shots {args.shots} = {len(cells)} cells; limit {args.limit}",
-          flush=True)
+    print(f"model {pretrained}; {len(names)} tasks x shots {args.shots} = {len(cells)} cells; limit {args.limit}; "
+          f"data protocol {protocol}", flush=True)
     lm = harness.load_model(pretrained, args.backend, peft=args.peft, batch_size=args.batch_size)
     rows, records, began = [], [], time.time()
     for i, (shots, name) in enumerate(cells, 1):
         start = time.time()
-        r = harness.evaluate(lm, [name], num_fewshot=shots, limit=args.limit, pretrained=pretrained, tm=tm)
+        r = harness.evaluate(lm, [name], num_fewshot=shots, limit=args.limit, pretrained=pretrained, tm=tm,
+                             data_root=args.data_dir, protocol=protocol, log_samples=bool(args.output))
+        per_item = {}
+        if args.output:  # each item's results, and lm-eval's responses (log-likelihoods, raw generations)
+            samples = sorted(r["samples"][name], key=lambda s: s["doc_id"])
+            per_item = {**harness.per_item(harness.task_spec(name), samples),
+                        "responses": [s.get("filtered_resps") for s in samples]}
         raw = r["results"][name]
         n, wall = raw.get("sample_len") or args.limit, time.time() - start
         r = {k.split(",")[0]: v for k, v in raw.items() if k.endswith(",none")}
@@ -75,14 +82,15 @@ def cmd_eval(args) -> int:
         else:
             score = f"rougeL {r['rougeL']:.3f}"
         rows.append([name, shots, score, f"{wall:.0f}", f"{n / wall:.2f}" if n else ""])
-        records.append({"task": name, "shots": shots, "n": n, "metrics": r, "wall_s": wall})
+        records.append({"task": name, "shots": shots, "n": n, "metrics": r, "wall_s": wall, **per_item})
         left = (time.time() - began) / i * (len(cells) - i)
         print(f"[{i}/{len(cells)}] {name} {shots}-shot: {score} ({wall:.0f}s, ~{left / 60:.0f} min left)", flush=True)
     print(tabulate(rows, headers=["task", "shots", "score", "seconds", "items/s"], tablefmt="github"))
     if args.output:
         tmp = f"{args.output}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"model": pretrained, "backend": args.backend, "limit": args.limit, "cells": records}, f, indent=1)
+            json.dump({"model": pretrained, "backend": args.backend, "limit": args.limit, "protocol": protocol,
+                       "cells": records}, f, indent=1)
         os.replace(tmp, args.output)
     return 0
 
@@ -175,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N items of each test set")
     p.add_argument("--backend", default="hf", help="lm-eval model type: hf, genft-hf, vllm")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--output", help="also write the scores as JSON to this file")
+    p.add_argument("--output", help="also write the scores, and each item's (doc_ids, items, outputs, lm-eval's "
+                   "responses), as JSON to this file")
     _add_data_dir(p)
     p.set_defaults(func=cmd_eval)
 
