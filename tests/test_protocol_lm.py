@@ -53,8 +53,9 @@ def test_the_studys_string_for_a_byte_level_tokenizer(tiny_model, study_root, mo
     for shots in (0, 2):
         scored.clear()
         generated.clear()
+        # the protocol is that of the data the task manager reads (no data_root given: benchmarks call it so)
         harness.evaluate(lm, ["genft_sentiment_amazon", "genft_question_socialiqa"], num_fewshot=shots, limit=1,
-                         pretrained=tiny_model, data_root=study_root)
+                         tm=harness.task_manager(tiny_model, study_root))
         cls = render_context("sentiment", SENT[0], SENT_DEMOS[:shots])
         gen = render_context("question", QUES[0], QUES[::-1][:shots])
         prefix = "<s> " if shots == 0 else ""  # the study's literal text, whatever the model's BOS string is

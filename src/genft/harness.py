@@ -135,13 +135,15 @@ def evaluate(
 ) -> dict:
     """Evaluate a loaded model on genft tasks at one shot count; returns lm-eval's results dict.
 
-    protocol: the data's ("clean" or "study"; default: the data folder's).  Study-protocol data is evaluated on
-    the study's token ids (genft.protocol_lm), whoever calls: suites and `genft eval` alike."""
+    protocol: the data's ("clean" or "study"; default: that of the data folder the task manager reads).
+    Study-protocol data is evaluated on the study's token ids (genft.protocol_lm), whoever calls: suites and
+    `genft eval` alike."""
     import lm_eval
 
     tm = tm or task_manager(pretrained, data_root)
+    root = (getattr(tm, "metadata", None) or {}).get("genft_data_dir", data_root)
     return lm_eval.simple_evaluate(
-        model=with_protocol(lm, protocol or data_protocol(data_root), num_fewshot),
+        model=with_protocol(lm, protocol or data_protocol(root), num_fewshot),
         tasks=list(tasks),
         num_fewshot=num_fewshot,
         limit=limit,
