@@ -74,6 +74,12 @@ def test_with_protocol(tiny_model):
     with pytest.raises(ValueError, match="already wrapped"):
         with_protocol(wrapped, "study", 0)
 
+    class Other:  # a backend that encodes generation prompts itself (vllm): refused, not silently re-tokenized
+        tokenizer = lm.tokenizer
+
+    with pytest.raises(ValueError, match="needs the hf or genft-hf backend"):
+        StudyPromptLM(Other(), 0, wrapped.quirks).generate_until([])
+
 
 def test_genft_eval_and_a_suite_give_the_same_items_on_study_data(tmp_path, tiny_model, study_root):
     doc = {"name": "p", "data": {"source": "study", "data_dir": str(study_root), "protocol": "study"},
