@@ -11,6 +11,7 @@ from functools import lru_cache
 from genft import data as gdata
 from genft import metrics
 from genft.prompts import TARGET_DELIMITER, get_task, render_prompt, render_target
+from genft.study_tokens import APPLIED_KEY, first_label_text
 
 # Columns the loader adds to every item; the YAMLs name them in doc_to_text / doc_to_target / doc_to_choice.
 TASK, PROMPT, TARGET = "genft_task", "genft_prompt", "genft_target"
@@ -32,6 +33,14 @@ def load(genft_task: str, genft_dataset: str, genft_prompt: int = 1, **metadata)
     root = metadata.get("genft_data_dir") or os.environ.get("GENFT_DATA_DIR")
     delimiter = metadata.get("genft_target_delimiter", TARGET_DELIMITER)
     splits = {split: gdata.load_split(genft_task, genft_dataset, split, root) for split in ("test", "demos")}
+    study = gdata.read_protocol(genft_task, genft_dataset, root) == gdata.STUDY
+    if study and not metadata.get(APPLIED_KEY):
+        raise ValueError(
+            f"genft_{genft_task}_{genft_dataset}: {gdata.dataset_dir(genft_task, genft_dataset, root)} holds "
+            "study-protocol data, whose prompts are the study's token ids; lm_eval (and genft-lm-eval) would "
+            "tokenize them its own way.  Evaluate it with `genft eval --data-dir DIR ...` or a suite with "
+            "data.protocol: study, or import the clean protocol into another folder for lm_eval"
+        )
     tokenizer = None
     if spec.is_classification:
         name = metadata.get("tokenizer") or metadata.get("pretrained")
@@ -54,7 +63,9 @@ def load(genft_task: str, genft_dataset: str, genft_prompt: int = 1, **metadata)
                 # item counts wrong and stays in the denominator, as the study's accuracy counted it.
                 gold = item[spec.target]
                 row[GOLD] = spec.labels.index(gold) if gold in spec.labels else -1
-                firsts = [metrics.first_token_text(tokenizer, row[PROMPT], delimiter + lab, len(delimiter))
+                # Study protocol: the label's bare first token (the study's fixed ids; genft.study_tokens).
+                firsts = [first_label_text(tokenizer, delimiter + lab) if study else
+                          metrics.first_token_text(tokenizer, row[PROMPT], delimiter + lab, len(delimiter))
                           for lab in spec.labels]
                 # Choices: the full label words (lm-eval's rule), then each label's first token (the study's rule).
                 row[CHOICES] = list(spec.labels) + firsts

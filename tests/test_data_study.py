@@ -207,6 +207,16 @@ def test_study_protocol_keeps_defective_items_and_the_first_250(tmp_path, archiv
     xsum = data.load_split("summary", "xsum", "train_2000", root)
     assert len(xsum) == TRAIN_ITEMS[2000] and xsum[4]["document"] == ""  # the empty document is kept
     assert data.data_protocols(root) == {f"{d.task}/{d.name}": "study" for d in data.STUDY_DATASETS.values()}
+    # 9 of the scored test items are also in their own demonstration pool: recorded (and scored, as the study did).
+    overlap = {k: data.read_meta(*k.split("/"), root).get("test_in_demos") for k in data.data_protocols(root)}
+    overlap = {k: v for k, v in overlap.items() if v}
+    assert sum(map(len, overlap.values())) == 9
+    assert overlap["nli/mnli_m"] == [{"test": 18, "demo": 0}] and overlap["paraphrase/paws"] == [{"test": 248,
+                                                                                                    "demo": 2}]
+    for key, pairs in overlap.items():
+        task, name = key.split("/")
+        test, demos = (data.load_split(task, name, s, root) for s in ("test", "demos"))
+        assert all(test[p["test"]] == demos[p["demo"]] for p in pairs)
 
 
 def test_a_data_folder_holds_one_protocol(tmp_path, study_release, study_format_data):
@@ -248,9 +258,10 @@ def test_study_prompt_quirks():
     # With demonstrations: no BOS at all for classification, vLLM's one for generation.
     assert data.study_prompt_text(ctx, 2, "classification") == (ctx, False)
     assert data.study_prompt_text(ctx, 2, "generation") == (ctx, True)
-    # The clean protocol has no quirk: the tokenizer's own special tokens.
-    assert data.study_prompt_text(ctx, 0, "classification", quirks=data.quirks_for("clean")) == (ctx, True)
-    assert data.quirks_for("study") == data.STUDY_QUIRKS and data.STUDY_QUIRKS.as_dict()["zero_shot_bos_text"]
+    # The clean protocol has no quirk: lm-eval and the tokenizer decide.
+    assert data.quirks_for("clean") is None
+    assert data.quirks_for("study") == data.STUDY_QUIRKS and data.STUDY_QUIRKS.as_dict() == {
+        "zero_shot_prefix": "<s> ", "classification_special_tokens": False, "generation_special_tokens": True}
     with pytest.raises(DataError, match="unknown protocol 'paper'"):
         data.quirks_for("paper")
 
@@ -270,7 +281,7 @@ def test_harness_scores_a_gold_dash_item_wrong(tmp_path, tiny_model):
     item = {"premise": "a", "hypothesis": "b"}
     data.write_dataset("nli", "mnli_m", {"test": [{**item, "label": "-"}, {**item, "label": "neutral"}],
                                          "demos": [{**item, "label": "neutral"}]}, root, {"protocol": "study"})
-    docs = utils.load("nli", "mnli_m", genft_data_dir=str(root), pretrained=tiny_model)["test"]
+    docs = utils.load("nli", "mnli_m", genft_data_dir=str(root), pretrained=tiny_model, genft_study_tokens=True)["test"]
     assert [d[utils.GOLD] for d in docs] == [-1, 1]
     for lls in ([0.0, -1, -2, 0.0, -1, -2], [-2, -1, 0.0, -2, -1, 0.0]):
         scores = metrics.classification_scores(get_task("nli"), -1, lls)

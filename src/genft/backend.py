@@ -56,7 +56,6 @@ from lm_eval.api.registry import model_registry
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import (
     handle_stop_sequences,
-    has_bos_prefix,
     normalize_gen_kwargs,
     postprocess_generated_text,
 )
@@ -501,14 +500,10 @@ class GenftHFLM(HFLM):
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
     def _gen_encode(self, context: str, max_ctx_len: int) -> list[int]:
-        """Context tokens exactly as HFLM.tok_batch_encode gives them (row-wise, before padding)."""
-        kwargs = {}
-        if has_bos_prefix(context, getattr(self.tokenizer, "bos_token", None)):
-            kwargs = {"add_special_tokens": False}
-        elif self.add_bos_token is not None:
-            kwargs = {"add_special_tokens": self.add_bos_token}
-        ids = list(self.tokenizer(context, truncation=self.truncation, **kwargs)["input_ids"])
-        return ids[-max_ctx_len:] if max_ctx_len and len(ids) > max_ctx_len else ids
+        """Context tokens as HFLM.generate_until gets them: its tok_batch_encode, one row (no padding).  Going
+        through tok_batch_encode lets genft.protocol_lm give the study protocol's ids to both backends."""
+        ids, _ = self.tok_batch_encode([context], left_truncate_len=max_ctx_len or None, truncation=self.truncation)
+        return ids[0].tolist()
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         if not self._fast_ok():

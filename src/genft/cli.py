@@ -60,15 +60,22 @@ def cmd_eval(args) -> int:
     pretrained = resolve(args.model)
     tm = harness.task_manager(pretrained, args.data_dir)
     names = harness.match_tasks(args.tasks, tm)
+    protocol = harness.data_protocol(args.data_dir)  # study: the study's token ids (genft.protocol_lm)
     cells = [(shots, name) for shots in args.shots for name in names]
-    print(f"model {pretrained}; {len(names)} tasks x shots {args.shots} = {len(cells)} cells; limit {args.limit}"
-          f"{'; dtype ' + args.dtype if args.dtype else ''}", flush=True)
+    print(f"model {pretrained}; {len(names)} tasks x shots {args.shots} = {len(cells)} cells; limit {args.limit}; "
+          f"data protocol {protocol}{'; dtype ' + args.dtype if args.dtype else ''}", flush=True)
     lm = harness.load_model(pretrained, args.backend, peft=args.peft, batch_size=args.batch_size, dtype=args.dtype,
                             dtype_setting="--dtype")
     rows, records, began = [], [], time.time()
     for i, (shots, name) in enumerate(cells, 1):
         start = time.time()
-        r = harness.evaluate(lm, [name], num_fewshot=shots, limit=args.limit, pretrained=pretrained, tm=tm)
+        r = harness.evaluate(lm, [name], num_fewshot=shots, limit=args.limit, pretrained=pretrained, tm=tm,
+                             data_root=args.data_dir, protocol=protocol, log_samples=bool(args.output))
+        per_item = {}
+        if args.output:  # each item's results, and lm-eval's responses (log-likelihoods, raw generations)
+            samples = sorted(r["samples"][name], key=lambda s: s["doc_id"])
+            per_item = {**harness.per_item(harness.task_spec(name), samples),
+                        "responses": [s.get("filtered_resps") for s in samples]}
         raw = r["results"][name]
         n, wall = raw.get("sample_len") or args.limit, time.time() - start
         r = {k.split(",")[0]: v for k, v in raw.items() if k.endswith(",none")}
@@ -77,14 +84,13 @@ def cmd_eval(args) -> int:
         else:
             score = f"rougeL {r['rougeL']:.3f}"
         rows.append([name, shots, score, f"{wall:.0f}", f"{n / wall:.2f}" if n else ""])
-        records.append({"task": name, "shots": shots, "n": n, "metrics": r, "wall_s": wall})
+        records.append({"task": name, "shots": shots, "n": n, "metrics": r, "wall_s": wall, **per_item})
         left = (time.time() - began) / i * (len(cells) - i)
         print(f"[{i}/{len(cells)}] {name} {shots}-shot: {score} ({wall:.0f}s, ~{left / 60:.0f} min left)", flush=True)
     print(tabulate(rows, headers=["task", "shots", "score", "seconds", "items/s"], tablefmt="github"))
     if args.output:  # through genft's one atomic write (an unpredictable temporary file, then a rename)
         write_json(Path(args.output), {"model": pretrained, "backend": args.backend, "dtype": args.dtype,
-                                       "limit": args.limit,
-                                       "cells": records})
+                                       "limit": args.limit, "protocol": protocol, "cells": records})
     return 0
 
 
@@ -200,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
                    help="weights dtype (default: transformers' float32); bfloat16 on a CPU needs native bf16 "
                    "(AVX512-BF16, AMX, ARM BF16) and is refused without it")
-    p.add_argument("--output", help="also write the scores as JSON to this file")
+    p.add_argument("--output", help="also write the scores, and each item's (doc_ids, items, outputs, lm-eval's "
+                   "responses), as JSON to this file")
     _add_data_dir(p)
     p.set_defaults(func=cmd_eval)
 

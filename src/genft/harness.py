@@ -9,8 +9,12 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import data_dir
+from .data import DataError, data_dir, data_protocols
+from .metrics import clean_generation
 from .precision import check_eval_dtype
+from .prompts import TASKS, TaskSpec
+from .protocol_lm import with_protocol
+from .study_tokens import APPLIED_KEY
 
 BACKENDS = ("genft-hf", "hf", "vllm")  # lm-eval model types genft runs; genft-hf is the suites' default
 
@@ -30,11 +34,13 @@ def task_name(task: str, dataset: str, prompt: int = 1) -> str:
 def task_manager(pretrained: str | None = None, data_root: str | os.PathLike | None = None, **metadata):
     """A TaskManager over genft's tasks only (skips indexing lm-eval's 14k built-in tasks).
 
-    `pretrained` (the tokenizer) is needed by classification tasks for the study's first-token rule.
+    `pretrained` (the tokenizer) is needed by classification tasks for the study's first-token rule.  Its tasks
+    are evaluated through `evaluate`, which gives study-protocol data the study's token ids (APPLIED_KEY tells
+    the task loader so; without it the loader refuses such data).
     """
     from lm_eval.tasks import TaskManager
 
-    meta = {"genft_data_dir": str(data_dir(data_root)), **metadata}
+    meta = {"genft_data_dir": str(data_dir(data_root)), APPLIED_KEY: True, **metadata}
     if pretrained:
         meta["pretrained"] = pretrained
     return TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=meta)
@@ -58,6 +64,37 @@ def match_tasks(patterns: Sequence[str], tm=None) -> list[str]:
 
 def _tag_members(tm, tag: str) -> list[str]:
     return sorted(name for name, entry in tm.task_index.items() if tag in (getattr(entry, "tags", None) or ()))
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The genft task of a harness task name (genft_<task>_<dataset>[_p2])."""
+    rest = name.removeprefix("genft_")
+    for task, spec in TASKS.items():
+        if rest.startswith(task + "_"):
+            return spec
+    raise KeyError(f"{name!r} is not a genft task name (genft_<task>_<dataset>[_p2])")
+
+
+def data_protocol(data_root: str | os.PathLike | None = None) -> str:
+    """The protocol of the data folder's data sets (a folder holds one)."""
+    found = sorted(set(data_protocols(data_root).values()))
+    if len(found) > 1:
+        raise DataError(f"{data_dir(data_root)} holds data of both protocols ({', '.join(found)}); keep each protocol "
+                        "in its own data folder")
+    return found[0] if found else "clean"
+
+
+def per_item(spec: TaskSpec, samples: Sequence[dict]) -> dict:
+    """Per-item results of one task from lm-eval's samples, in doc_id order: doc_ids, each metric's values, and
+    each item's output (the label the first-token rule predicts, or the stripped-and-cut generation)."""
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    names = list(dict.fromkeys(m for s in samples for m in s.get("metrics") or []))
+    if spec.is_classification:
+        outputs = [next((lab for lab in spec.labels if s.get(f"predfirst_{lab}")), "") for s in samples]
+    else:
+        outputs = [clean_generation((s.get("filtered_resps") or [""])[0]) for s in samples]
+    return {"doc_ids": [int(s["doc_id"]) for s in samples], "items": {m: [s.get(m) for s in samples] for m in names},
+            "outputs": outputs}
 
 
 def load_model(
@@ -102,11 +139,15 @@ def evaluate(
     fewshot_random_seed: int = 1234,
     tm=None,
     samples: dict[str, list[int]] | None = None,
+    protocol: str | None = None,
 ) -> dict:
     """Evaluate a loaded model on genft tasks at one shot count; returns lm-eval's results dict.
 
     `samples` (instead of `limit`): task name -> the doc ids to evaluate, each list non-empty and ascending
-    (lm-eval numbers the selected docs in file order and maps them back through this list)."""
+    (lm-eval numbers the selected docs in file order and maps them back through this list).
+    protocol: the data's ("clean" or "study"; default: that of the data folder the task manager reads).
+    Study-protocol data is evaluated on the study's token ids (genft.protocol_lm), whoever calls: suites and
+    `genft eval` alike."""
     import lm_eval
 
     if samples is not None:
@@ -116,8 +157,9 @@ def evaluate(
             if not ids or list(ids) != sorted(set(ids)):
                 raise ValueError(f"samples[{name!r}] must be a non-empty ascending list of doc ids, got {ids!r}")
     tm = tm or task_manager(pretrained, data_root)
+    root = (getattr(tm, "metadata", None) or {}).get("genft_data_dir", data_root)
     return lm_eval.simple_evaluate(
-        model=lm,
+        model=with_protocol(lm, protocol or data_protocol(root), num_fewshot),
         tasks=list(tasks),
         num_fewshot=num_fewshot,
         limit=limit,

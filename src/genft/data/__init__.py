@@ -30,7 +30,7 @@ from .layout import (
     validate_item,
     write_dataset,
 )
-from .protocol import NO_QUIRKS, STUDY_QUIRKS, STUDY_SCORED_ITEMS, StudyQuirks, quirks_for, study_prompt_text
+from .protocol import STUDY_QUIRKS, STUDY_SCORED_ITEMS, StudyQuirks, quirks_for, study_prompt_text
 from .registry import (
     BUILTIN_DATASETS,
     BUILTIN_DEMO_POOL,
@@ -49,7 +49,7 @@ from .study import STUDY_ARCHIVE_URL, STUDY_COMMIT, STUDY_REPOSITORY, import_stu
 
 __all__ = [
     "BUILTIN_DATASETS", "BUILTIN_DEMO_POOL", "BUILTIN_TEST_SIZE", "BUILTIN_TRAIN_SIZES", "CLEAN", "DataError",
-    "DatasetInfo", "NO_QUIRKS", "PROTOCOLS", "STUDY", "STUDY_ARCHIVE_URL", "STUDY_COMMIT", "STUDY_DATASETS",
+    "DatasetInfo", "PROTOCOLS", "STUDY", "STUDY_ARCHIVE_URL", "STUDY_COMMIT", "STUDY_DATASETS",
     "STUDY_QUIRKS", "STUDY_REPOSITORY", "STUDY_SCORED_ITEMS", "StudyQuirks", "UNLABELED", "all_datasets",
     "check_protocol", "data_command", "data_dir", "data_protocols", "dataset_dir", "datasets_for", "file_sha256",
     "get_dataset", "import_study", "is_defective", "load_split", "quirks_for", "read_jsonl", "read_meta",

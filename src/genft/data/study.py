@@ -276,8 +276,15 @@ def _read_release(src: Path, protocol: str) -> list[tuple]:
             cut = {"test": {"released": len(splits["test"]), "kept": min(STUDY_SCORED_ITEMS, len(splits["test"]))}}
             splits["test"] = splits["test"][:STUDY_SCORED_ITEMS]
             defective["test"] = sum(is_defective(spec, it) for it in splits["test"])
-        plans.append((info, splits, defective, cut))
+        plans.append((info, splits, defective, cut, test_in_demos(splits["test"], splits["demos"])))
     return plans
+
+
+def test_in_demos(test: list[dict], demos: list[dict]) -> list[dict]:
+    """Test items that are also in the data set's own demonstration pool (the release has a few, e.g. MNLI-m's
+    test item 18 is demonstration 0): [{"test": i, "demo": j}], positions in the written files."""
+    where = {json.dumps(d, sort_keys=True): j for j, d in reversed(list(enumerate(demos)))}
+    return [{"test": i, "demo": where[k]} for i, t in enumerate(test) if (k := json.dumps(t, sort_keys=True)) in where]
 
 
 def import_study(src: str | os.PathLike | None = None, root: str | os.PathLike | None = None, log=print,
@@ -297,7 +304,7 @@ def import_study(src: str | os.PathLike | None = None, root: str | os.PathLike |
     release = {"repository": STUDY_REPOSITORY, "commit": STUDY_COMMIT if verify else "unknown (not verified)",
                "verified_files": checked}
     results = {}
-    for info, splits, defective, cut in plans:
+    for info, splits, defective, cut, overlap in plans:
         meta = {
             "source": "study",
             "protocol": protocol,
@@ -309,11 +316,16 @@ def import_study(src: str | os.PathLike | None = None, root: str | os.PathLike |
         }
         if cut:
             meta["study_cut"] = cut
+        if overlap:
+            meta["test_in_demos"] = overlap  # scored as usual, in both protocols: the study scored them too
         results[f"{info.task}/{info.name}"] = written = write_dataset(info.task, info.name, splits, root, meta)
         counts = ", ".join(f"{k} {v['count']}" for k, v in written["files"].items())
         verb = "dropped" if protocol == CLEAN else "kept"
         note = "".join(f"; {verb} {v} defective items (gold '-' or an empty text) in {k}"
                        for k, v in defective.items() if v)
+        if overlap:
+            note += (f"; {len(overlap)} test items also in the demonstration pool (test/demo "
+                     f"{', '.join(str(o['test']) + '/' + str(o['demo']) for o in overlap)})")
         log(f"{info.task}/{info.name}: {counts}{note}")
     if verify:
         log(f"checked {checked} files against the study's release at {STUDY_COMMIT[:7]}")

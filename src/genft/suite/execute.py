@@ -23,9 +23,7 @@ import yaml
 from .. import data as gdata
 from .. import harness
 from ..files import atomic_write, fmt_duration, now_utc, read_json_or_none
-from ..metrics import clean_generation
 from ..prompts import TARGET_DELIMITER, get_task, render_target
-from ..protocol_lm import with_protocol
 from ..training import FIELDS, MANIFEST, foreign_files
 from . import stages, store
 from .estimate import Progress
@@ -243,15 +241,12 @@ def _record_fields(cell: Cell, suite: Suite, result: Mapping, samples: list[dict
     ck, spec = cell.checkpoint, get_task(cell.task)
     metrics = {k.split(",", 1)[0]: float(v) for k, v in result.items()
                if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    names = list(dict.fromkeys(m for s in samples for m in s.get("metrics") or []))
-    items = {m: [s.get(m) for s in samples] for m in names}
+    per_item = harness.per_item(spec, samples)
+    items, outputs = per_item["items"], per_item["outputs"]
     majority = None
     if spec.is_classification:
-        outputs = [next((lab for lab in spec.labels if s.get(f"predfirst_{lab}")), "") for s in samples]
         golds = [next((lab for lab in spec.labels if s.get(f"gold_{lab}")), None) for s in samples]
         majority = max(golds.count(lab) for lab in spec.labels) / len(samples) if samples else None
-    else:
-        outputs = [clean_generation((s.get("filtered_resps") or [""])[0]) for s in samples]
     material = cell.material or {}
     demos = None if cell.demo_seed is not None and cell.shots else [
         render_target(spec, d).strip() for d in gdata.load_split(cell.task, cell.dataset, "demos", suite.data_dir)
@@ -261,7 +256,7 @@ def _record_fields(cell: Cell, suite: Suite, result: Mapping, samples: list[dict
         checkpoint=store.CheckpointInfo(id=ck.id, kind=ck.kind, base=ck.base, path=ck.path, identity=ck.identity),
         finetune=_finetune_info(ck.job, ck.identity["weights"]) if ck.job is not None else None,
         task=cell.task, dataset=cell.dataset, domain=cell.domain, prompt=cell.prompt, shots=cell.shots,
-        limit=cell.limit, demo_seed=cell.demo_seed, n=len(samples), doc_ids=[int(s["doc_id"]) for s in samples],
+        limit=cell.limit, demo_seed=cell.demo_seed, n=len(samples), doc_ids=per_item["doc_ids"],
         metrics=metrics, items=items, outputs=outputs, demo_targets=demos, majority_rate=majority, wall_s=round(wall, 3),
         provenance=store.Provenance(
             **_versions(), backend=suite.eval.backend, batch_size=suite.eval.batch_size, device=device,
@@ -343,7 +338,7 @@ def evaluate_checkpoint(work: CheckpointWork, ctx: EvalContext) -> None:
                       for c in cells}
             limit = None
         t1 = time.time()
-        res = harness.evaluate(with_protocol(lm, suite.protocol, shots), specs, num_fewshot=shots, limit=limit,
+        res = harness.evaluate(lm, specs, num_fewshot=shots, limit=limit, protocol=suite.protocol,
                                pretrained=ck.path, data_root=suite.data_dir, samples=chosen,
                                log_samples=True, fewshot_random_seed=1234 if dseed is None else dseed, tm=tm)
         wall = time.time() - t1

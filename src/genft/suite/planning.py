@@ -179,13 +179,24 @@ def harness_hash(task: str, dataset: str, prompt: int) -> str:
     return h.hexdigest()
 
 
+def study_tokens_hash() -> str:
+    """The hash of the modules that build a study-protocol cell's token ids (genft.study_tokens, protocol_lm and
+    data/protocol.py): part of study-protocol cells' keys only, so that a change to the study's tokens re-runs them."""
+    here = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in (here / "study_tokens.py", here / "protocol_lm.py", here / "data" / "protocol.py"):
+        h.update(p.name.encode())
+        h.update(sha256_cached(p).encode())
+    return h.hexdigest()
+
+
 def cell_key_material(checkpoint: Checkpoint, device: str, backend: str, protocol: str, task: str, dataset: str,
                       test_sha: str, demos_sha: str, prompt: int, shots: int, limit: int | None,
                       demo_seed: int | None, stages: tuple[int, int] | None = None) -> dict:
     """Everything that determines a cell's numbers; its sha256 is the cell key.  `stages`: (seed, step) of a
     staged cell's item order (unstaged cells' keys do not have the entry)."""
     staged = {} if stages is None else {"stages": {"seed": stages[0], "step": stages[1]}}
-    return {
+    material = {
         "cell_version": store.KEY_VERSION,
         "protocol": protocol,
         "checkpoint": checkpoint.identity,
@@ -204,6 +215,9 @@ def cell_key_material(checkpoint: Checkpoint, device: str, backend: str, protoco
         "harness": harness_hash(task, dataset, prompt),
         **staged,
     }
+    if protocol == "study":
+        material["study_tokens"] = study_tokens_hash()
+    return material
 
 
 def test_count(task: str, dataset: str, root: Path) -> int | None:
