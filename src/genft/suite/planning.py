@@ -284,6 +284,8 @@ def finetune_config(suite: Suite, spec, seed: int, out_dir: Path):
                   data_dir=str(suite.data_dir), seed=seed)
     if suite.threads and values.get("torch_threads") is None:
         values["torch_threads"] = suite.threads
+    if values.get("report_to") and values.get("run_name") is None:  # the tracker's name for the run
+        values["run_name"] = f"{suite.name}/{out_dir.name}"
     return validate(config_from_mapping(values, str(suite.path)))
 
 

@@ -81,8 +81,9 @@ def _settings_model(name: str, source: type, keep: typing.Callable[[str], bool],
     hints = typing.get_type_hints(source)
     fields = {f.name: (_optional(hints[f.name]), Field(None, description=FIELD_HELP.get(f.name, "")))
               for f in dataclasses.fields(source) if keep(f.name)}
-    if "lora_target_modules" in fields:  # a YAML string ("all-linear", "q_proj v_proj") or a list
-        fields["lora_target_modules"] = (str | list[str] | None, fields["lora_target_modules"][1])
+    for name in ("lora_target_modules", "report_to"):  # a YAML string ("all-linear", "tensorboard") or a list
+        if name in fields:
+            fields[name] = (str | list[str] | None, fields[name][1])
     return create_model(name, __base__=_Section, __doc__=doc, **fields)
 
 

@@ -100,13 +100,19 @@ class FinetuneConfig(DataArguments):
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept while training"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoint-* folders after finishing"})
     torch_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's / $OMP_NUM_THREADS)"})
+    report_to: list[str] | None = field(
+        default=None,
+        metadata={"help": "where the trainer logs its curves (TRL / transformers report_to): none (default), "
+                  "tensorboard, wandb, mlflow, trackio, ... or several; the tracker's library must be installed"})
+    run_name: str | None = field(default=None, metadata={"help": "the run's name in the tracker (default: the "
+                                                         "trainer's; a suite names it <suite>/<checkpoint>)"})
 
 
 # Settings that do not change the trained model: excluded from the config hash, so that changing them does
 # not make a finished run look different.  (padding_free: the same loss over the same targets, checked before
 # training; the weights differ by float rounding at most, and a cell is keyed on the weights' own hash.)
 OPERATIONAL = ("output_dir", "data_dir", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
-               "torch_threads", "accelerate_config", "padding_free")  # (the accelerate config's CONTENT is hashed, not its path)
+               "torch_threads", "accelerate_config", "padding_free", "report_to", "run_name")  # (the accelerate config's CONTENT is hashed, not its path)
 FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 # genft's own data settings (what is trained on); every other field is the trainer's / model's (TRL's names).
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataArguments))
@@ -141,6 +147,32 @@ def load_yaml_config(path: str | os.PathLike) -> dict:
     if unknown:
         raise ConfigError(f"--config {path}: unknown setting {unknown[0]!r} (known: {', '.join(FIELDS)})")
     return values
+
+
+def _norm_report_to(value) -> list[str]:
+    """report_to as a list of integration names ([] for none); ConfigError for a name transformers does not
+    know or whose library is not installed."""
+    if value is None:
+        return []
+    names = [v for v in re.split(r"[,\s]+", value) if v] if isinstance(value, str) else list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"report_to: expected integration names, got {value!r}")
+    if names in ([], ["none"]):
+        return []
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                              get_available_reporting_integrations)
+
+    if names == ["all"]:
+        return get_available_reporting_integrations()
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise ConfigError(f"report_to: unknown integration {unknown[0]!r}; expected none, all or some of "
+                          f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+    missing = [n for n in names if n not in get_available_reporting_integrations()]
+    if missing:
+        raise ConfigError(f"report_to: {missing[0]} is not installed here; `pip install {missing[0]}` "
+                          "(or drop it from report_to)")
+    return names
 
 
 def _norm_modules(mods):
@@ -201,6 +233,7 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype: {cfg.dtype!r}; expected float32, bfloat16 or float16")
     cfg.lora_target_modules = _norm_modules(cfg.lora_target_modules)
+    cfg.report_to = _norm_report_to(cfg.report_to)
     return cfg
 
 
