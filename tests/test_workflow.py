@@ -133,3 +133,153 @@ def test_a_suites_trainer_takes_report_to_outside_the_recipe_hash(tmp_path, buil
     assert named.jobs[0].config["run_name"] == "x" and named.jobs[0].recipe_hash == plain.recipe_hash
     with pytest.raises(SuiteError, match=r"suite\.yaml:\d+: finetune\[0\]: report_to: unknown integration 'tb'"):
         load_suite(_suite_file(tmp_path, builtin_root, {"report_to": "tb"}))
+
+
+# ---------------------------------------------------------------- a real tiny suite with a local tracker
+
+
+@pytest.fixture(scope="module")
+def tracked_suite(tmp_path_factory, builtin_root, tiny_model):
+    """A suite run from the command line: the real finetune/sft.py with report_to tensorboard, the suite's
+    report.log_to tensorboard; the report written into the test's own folder."""
+    import os
+
+    from genft.cli import main
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    path = _suite_file(tmp, builtin_root, {"report_to": "tensorboard"}, report={"log_to": "tensorboard"})
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        assert main(["suite", "run", str(path)]) == 0
+    finally:
+        os.chdir(cwd)
+    return tmp, path
+
+
+def test_the_suite_logs_the_loss_curve_and_every_cells_metrics_to_tensorboard(tracked_suite):
+    from genft.suite import store
+
+    tmp, _ = tracked_suite
+    out = tmp / "out"
+    man = json.loads((out / "checkpoints" / "ft-products" / training.MANIFEST).read_text())
+    train = _scalars(out / "checkpoints" / "ft-products")
+    curve = sorted(train["train/loss"])
+    assert [s for s, _ in curve] == [s for s, _ in man["training"]["loss_curve"]] == [1, 2]
+    assert [x for _, x in curve] == pytest.approx([x for _, x in man["training"]["loss_curve"]], rel=1e-6)
+    records, _ = store.load_finished(out)
+    assert len(records) == 6
+    logged = _scalars(out / "tensorboard")
+    for r in records:
+        tag = f"eval/{r.model}/{r.task}-{r.dataset}/p{r.prompt}/{r.primary_metric}"
+        assert logged[tag] and dict(logged[tag])[r.shots] == pytest.approx(r.score), tag
+    changes = [t for t in logged if t.endswith("/change_vs_base")]
+    assert sum(len(logged[t]) for t in changes) == 3 and all(t.startswith("eval/ft-products/") for t in changes)
+    # the report's findings and the cells table as text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [run] = [p for p in (out / "tensorboard").iterdir() if p.name.startswith("events.")]
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    acc.Reload()
+    text = acc.Tensors("findings/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "1. In-domain" in text and "Weight deviation" in text
+    assert "| key" in acc.Tensors("cells/text_summary")[0].tensor_proto.string_val[0].decode()
+    # the evidence file carries no tracker setting (it is not how findings are judged)
+    assert "log_to" not in (tmp / "reports" / "wf" / "cells.jsonl.gz").read_bytes().decode("latin-1")
+
+
+# ---------------------------------------------------------------- genft export
+
+
+def _read(path: Path, fmt: str):
+    import pandas as pd
+
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    if fmt == "csv":
+        return pd.read_csv(path)
+    return pd.read_json(path, lines=True)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_export_round_trip_from_a_real_store(tracked_suite, fmt, tmp_path):
+    """Every cell of a real store is one row with the documented columns, and its numbers are the record's
+    and the report's (a fine-tuned cell's change vs base is the report's comparison of that cell)."""
+    import pandas as pd
+
+    from genft.cli import main
+    from genft.report import SuiteData
+    from genft.report.export import CELL_COLUMNS, ITEM_COLUMNS
+    from genft.suite import store
+
+    tmp, path = tracked_suite
+    records, _ = store.load_finished(tmp / "out")
+    assert main(["export", str(path), "--format", fmt, "-o", str(tmp_path / f"cells.{fmt}")]) == 0
+    df = _read(tmp_path / f"cells.{fmt}", fmt)
+    assert list(df.columns) == list(CELL_COLUMNS) and len(df) == len(records) == 6
+    s = SuiteData("wf", records)
+    by_key = {r.key: r for r in records}
+    for row in df.to_dict("records"):
+        r = by_key[row["key"]]
+        assert (row["model"], row["task"], row["dataset"], row["shots"], row["prompt"], row["n"]) == (
+            r.model, r.task, r.dataset, r.shots, r.prompt, r.n)
+        assert row["score"] == pytest.approx(r.score) and row["metric"] == r.primary_metric
+        cond = s.cond(s.group_of(r), (r.task, r.dataset), r.prompt, r.shots, r.demo_seed)
+        comp = s.vs_base(cond)  # one seed: the condition is this cell
+        if r.finetune is None:
+            assert row["setting"] == "base" and row["kind"] == "base"
+            assert all(pd.isna(row[c]) for c in ("change_vs_base", "change_lo", "change_hi", "seed", "recipe_hash"))
+        else:
+            assert row["setting"] == ("in-domain" if r.task == "sentiment" else "cross-task")
+            assert row["weights_sha256"] == r.finetune.weights_sha256 and row["recipe_hash"] == r.finetune.recipe_hash
+            assert (row["change_vs_base"], row["change_lo"], row["change_hi"]) == pytest.approx(
+                (comp.diff, comp.lo, comp.hi))
+            assert row["change_lo"] <= row["change_vs_base"] <= row["change_hi"]
+    assert main(["export", str(tmp / "out"), "--format", fmt, "--items", "-o", str(tmp_path / f"items.{fmt}")]) == 0
+    items = _read(tmp_path / f"items.{fmt}", fmt)
+    assert list(items.columns) == list(ITEM_COLUMNS) and len(items) == sum(r.n for r in records)
+    for key, rows in items.groupby("key"):
+        r = by_key[key]
+        assert list(rows["doc_id"]) == r.doc_ids and rows["value"].mean() == pytest.approx(r.score)
+        assert list(rows["output"].fillna("")) == r.outputs
+        if r.task == "sentiment":
+            assert set(rows["gold"]) <= {"positive", "negative"} and rows["acc_first"].tolist() == r.items["acc_first"]
+
+
+def test_export_of_the_committed_study_cpu_evidence_loads_in_pandas_and_datasets(tmp_path):
+    import pandas as pd
+    from datasets import load_dataset
+
+    from genft.cli import main
+    from genft.report import read_evidence
+    from genft.report.export import CELL_COLUMNS, ITEM_COLUMNS
+
+    evidence = REPO / "reports" / "study-cpu" / "cells.jsonl.gz"
+    _, records, _, _ = read_evidence(evidence)
+    assert main(["export", "--cells", str(evidence), "-o", str(tmp_path / "cells.parquet")]) == 0
+    df = pd.read_parquet(tmp_path / "cells.parquet")
+    assert list(df.columns) == list(CELL_COLUMNS) and len(df) == len(records) == 200
+    assert set(df["setting"]) == {"base", "in-domain", "out-of-domain", "cross-task"}
+    ft = df[df["kind"] == "finetuned"]
+    assert ft["change_vs_base"].notna().all() and (ft["change_lo"] <= ft["change_hi"]).all()
+    assert df[df["kind"] == "base"]["change_vs_base"].isna().all()
+    assert (df["score"] - df["base_score"]).dropna().round(9).equals(df["change_vs_base"].dropna().round(9))
+    ds = load_dataset("parquet", data_files=str(tmp_path / "cells.parquet"), split="train",
+                      cache_dir=str(tmp_path / "hf"))
+    assert ds.column_names == list(CELL_COLUMNS) and len(ds) == 200
+    assert main(["export", "--cells", str(evidence), "--items", "--format", "jsonl",
+                 "-o", str(tmp_path / "items.jsonl")]) == 0
+    items = pd.read_json(tmp_path / "items.jsonl", lines=True)
+    assert list(items.columns) == list(ITEM_COLUMNS) and len(items) == sum(r.n for r in records)
+
+
+def test_export_errors_are_clear_and_write_nothing(tmp_path, capsys):
+    from genft.cli import main
+
+    evidence = REPO / "reports" / "study-cpu" / "cells.jsonl.gz"
+    assert main(["export", "--cells", str(evidence), "-o", str(tmp_path)]) == 2
+    assert "--output" in capsys.readouterr().err
+    assert main(["export", "--cells", str(tmp_path / "none.jsonl.gz"), "-o", str(tmp_path / "x.csv")]) == 2
+    assert "none.jsonl.gz" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--cells", str(evidence)]) == 2
+    assert list(tmp_path.iterdir()) == []
