@@ -185,7 +185,10 @@ def test_the_suite_logs_the_loss_curve_and_every_cells_metrics_to_tensorboard(tr
     assert "1. In-domain" in text and "Weight deviation" in text
     assert "| key" in acc.Tensors("cells/text_summary")[0].tensor_proto.string_val[0].decode()
     # the evidence file carries no tracker setting (it is not how findings are judged)
-    assert "log_to" not in (tmp / "reports" / "wf" / "cells.jsonl.gz").read_bytes().decode("latin-1")
+    import gzip
+
+    head = json.loads(gzip.open(tmp / "reports" / "wf" / "cells.jsonl.gz", "rt").readline())
+    assert "margins" in head["settings"] and "log_to" not in head["settings"] and "log_dir" not in head["settings"]
 
 
 # ---------------------------------------------------------------- genft export
@@ -282,4 +285,7 @@ def test_export_errors_are_clear_and_write_nothing(tmp_path, capsys):
     assert main(["export", "--cells", str(tmp_path / "none.jsonl.gz"), "-o", str(tmp_path / "x.csv")]) == 2
     assert "none.jsonl.gz" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--cells", str(evidence)]) == 2
+    # a tracker that needs a folder is asked for one before the report is written
+    assert main(["report", "--cells", str(evidence), "--out-dir", str(tmp_path / "r"), "--log-to", "tensorboard"]) == 2
+    assert "--log-dir" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

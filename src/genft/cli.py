@@ -96,6 +96,10 @@ def cmd_report(args) -> int:
     from .report.tracking import TrackingError
     from .suite.store import StoreError
 
+    if args.cells and args.log_to == "tensorboard" and not args.log_dir:
+        print("genft: error: --log-to tensorboard with --cells: give the folder for its event files (--log-dir)",
+              file=sys.stderr)
+        return 2
     try:
         print(write_report(args.cells or args.suite, out_dir=args.out_dir))
         log_results(args.cells or args.suite, args.log_to, args.log_dir)
