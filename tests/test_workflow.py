@@ -289,3 +289,168 @@ def test_export_errors_are_clear_and_write_nothing(tmp_path, capsys):
     assert main(["report", "--cells", str(evidence), "--out-dir", str(tmp_path / "r"), "--log-to", "tensorboard"]) == 2
     assert "--log-dir" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- intermediate models (learning-forgetting curves)
+
+
+def test_step_models_are_the_model_after_that_step(tiny_model, data_root, tmp_path):
+    """The model kept at step 2 of a 3-step run is the 2-step run's final model (constant learning rate, same
+    seed: the same first two updates); step models are no part of the recipe hash; a finished run without a
+    requested step is named, not silently completed."""
+    from safetensors.torch import load_file
+
+    from genft.models import weights_fingerprint
+
+    quiet = lambda *_: None  # noqa: E731
+    cfg = _cfg(tiny_model, data_root, tmp_path / "three", lr_scheduler_type="constant", step_models=[2, 1])
+    man = training.run(cfg, log=quiet)
+    assert sorted(man["steps"]) == ["1", "2"] and cfg.step_models == [1, 2]
+    two = training.run(_cfg(tiny_model, data_root, tmp_path / "two", lr_scheduler_type="constant", max_steps=2),
+                       log=quiet)
+    step2 = tmp_path / "three" / "steps" / "step-2"
+    a, b = load_file(step2 / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert man["steps"]["2"]["weights_sha256"] == weights_fingerprint(step2) == two["weights_sha256"]
+    assert len({man["steps"]["1"]["weights_sha256"], man["steps"]["2"]["weights_sha256"], man["weights_sha256"]}) == 3
+    plain = training.validate(_cfg(tiny_model, data_root, tmp_path / "three", lr_scheduler_type="constant"))
+    assert training.config_hash(plain, man["data"]["files"]) == man["config_hash"]
+    with pytest.raises(ConfigError, match=r"without the models at steps 3 \(step_models\); delete"):
+        training.run(_cfg(tiny_model, data_root, tmp_path / "three", lr_scheduler_type="constant",
+                          step_models=[1, 3]), log=quiet)
+    with pytest.raises(ConfigError, match="step_models: step 4 is beyond max_steps 3"):
+        training.validate(_cfg(tiny_model, data_root, tmp_path / "x", step_models=[4]))
+
+
+def test_lora_step_models_are_merged_like_the_final_model(tiny_model, data_root, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    man = training.run(_cfg(tiny_model, data_root, tmp_path / "lora", use_peft=True, lora_r=4, lora_alpha=8,
+                            lora_dropout=0.0, step_models=[2]), log=lambda *_: None)
+    step = tmp_path / "lora" / "steps" / "step-2"
+    merged = AutoModelForCausalLM.from_pretrained(step)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), step / "adapter")
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
+    assert man["steps"]["2"]["weights_sha256"] != man["weights_sha256"]
+
+
+@pytest.fixture(scope="module")
+def curve_suite(tmp_path_factory, builtin_root, tiny_model):
+    """A suite whose one run is also evaluated after steps 1, 2 and 3 of 4 (the real finetune/sft.py)."""
+    import os
+
+    from genft.cli import main
+
+    tmp = tmp_path_factory.mktemp("curves")
+    path = _suite_file(tmp, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[1, 2, 3])
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        assert main(["suite", "run", str(path)]) == 0
+    finally:
+        os.chdir(cwd)
+    return tmp, path
+
+
+def test_intermediate_models_are_checkpoints_of_their_own_and_resumable(curve_suite):
+    from genft.suite import Trainer, load_suite, plan, run_suite, store
+
+    tmp, path = curve_suite
+    p = plan(load_suite(path))
+    ids = [ck.id for ck in p.checkpoints]
+    assert ids == ["tiny", "ft-products", "ft-products@step1", "ft-products@step2", "ft-products@step3"]
+    steps = {ck.id: ck for ck in p.checkpoints if "@" in ck.id}
+    final = next(ck for ck in p.checkpoints if ck.id == "ft-products")
+    for n in (1, 2, 3):
+        ident = steps[f"ft-products@step{n}"].identity
+        assert ident["step"] == n and ident["recipe_hash"] == final.identity["recipe_hash"]
+        assert ident["weights"] != final.identity["weights"]
+    assert len({c.key for c in p.cells}) == len(p.cells) == 15 and all(c.done for c in p.cells)
+    records, _ = store.load_finished(tmp / "out")
+    stepped = [r for r in records if r.checkpoint.identity.get("step")]
+    assert len(stepped) == 9 and all(r.finetune.weight_deviation is None for r in stepped)
+
+    class NoTrainer(Trainer):
+        def train(self, job, log):
+            raise AssertionError("trained again")
+
+    # a lost cell of an intermediate model is evaluated again, nothing else
+    lost = next(r for r in stepped if r.model == "ft-products@step2")
+    store.cell_path(tmp / "out", lost.key).unlink()
+    lines: list[str] = []
+    assert run_suite(path, trainer=NoTrainer(), log=lines.append) == 0
+    assert store.cell_path(tmp / "out", lost.key).is_file()
+    assert any("ft-products@step2 (finetuned, sentiment): 3 cells, 1 to run" in x for x in lines), lines
+
+
+def test_the_report_draws_learning_vs_forgetting_per_run(curve_suite):
+    tmp, _ = curve_suite
+    md = (tmp / "reports" / "wf.md").read_text()
+    assert "## Learning vs forgetting over training steps" in md and "![learning vs forgetting](wf/curve-ft-products.png)" in md
+    png = tmp / "reports" / "wf" / "curve-ft-products.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    section = md.split("## Learning vs forgetting over training steps")[1].split("\n## ")[0]
+    head = next(line for line in section.splitlines() if line.startswith("| setting"))
+    assert [h.strip() for h in head.strip("|").split("|")][4:] == ["step 1", "step 2", "step 3", "final (step 4)"]
+    rows = [line for line in section.splitlines() if line.startswith("| in-domain") or line.startswith("| cross-task")]
+    assert len(rows) == 3  # products at 0 and 1 shots (in-domain), sports (cross-task)
+    # the intermediate models are not in the transfer tables and findings
+    before = md.split("## Learning vs forgetting over training steps")[0]
+    assert "@step" not in before
+    # the evidence file rebuilds the same report, curves included
+    from genft.cli import main
+
+    assert main(["report", "--cells", str(tmp / "reports" / "wf" / "cells.jsonl.gz"), "--out-dir",
+                 str(tmp / "again")]) == 0
+    assert (tmp / "again" / "wf.md").read_text() == md
+    assert (tmp / "again" / "wf" / "curve-ft-products.png").read_bytes() == png.read_bytes()
+
+
+def _at_step(rec, step: int):
+    """The record of the same run's model after `step` (as the suite writes it: the step in the identity)."""
+    from genft.suite import store
+
+    ident = {**rec.checkpoint.identity, "weights": f"{rec.checkpoint.identity['weights']}@{step}", "step": step}
+    material = {**rec.material, "model": f"{rec.model}@step{step}"}
+    raw = rec.model_dump(mode="json")
+    raw.update(key=store.key_of(material), material=material,
+               checkpoint={**raw["checkpoint"], "id": f"{rec.model}@step{step}", "identity": ident})
+    return type(rec).model_validate(raw)
+
+
+def test_curves_show_each_steps_change_vs_base_with_its_interval(tmp_path):
+    """Known numbers: in-domain accuracy +0.25 after step 1, +0.5 at the end; the cross-task ROUGE-L flat after
+    step 1, then -0.1.  The table says so, export has the step, the main tables leave the steps out."""
+    from report_records import ft, ok, record, roundtrip
+
+    from genft.report import SuiteData
+    from genft.report.curves import Curves, split
+    from genft.report.export import CELL_COLUMNS, cell_rows, frame
+    from genft.report.write import build
+
+    run = ft("sentiment", "amazon")
+    base = [record("sentiment", "amazon", "in", correct=ok(8, 4)), record("summary", "xsum", "in", rouge=[0.2] * 4)]
+    final = [record("sentiment", "amazon", "in", run, correct=ok(8, 8)),
+             record("summary", "xsum", "in", run, rouge=[0.1] * 4)]
+    step1 = [_at_step(record("sentiment", "amazon", "in", run, correct=[1, 1, 0, 0, 1, 1, 1, 1]), 1),
+             _at_step(record("summary", "xsum", "in", run, rouge=[0.2] * 4), 1)]
+    records = roundtrip(tmp_path, base + final + step1)
+    main, stepped = split(records)
+    assert len(main) == 4 and len(stepped) == 2
+    c = Curves(SuiteData("synth", main), stepped, {run.run: {"training": {"global_steps": 10}}})
+    series = c.series[run.run]
+    ind = series[(0, "sentiment", "amazon", 1, 0, -1)]
+    cross = series[(2, "summary", "xsum", 1, 0, -1)]
+    assert (ind[1].diff, ind["final"].diff) == pytest.approx((0.25, 0.5))
+    assert ind[1].lo < 0.25 < ind[1].hi and 0 < ind["final"].lo < 0.5 <= ind["final"].hi
+    assert (cross[1].diff, cross["final"].diff) == pytest.approx((0.0, -0.1)) and cross[1].degenerate
+    assert c.steps(run.run) == [1, "final"] and c.x(run.run, "final") == 10
+    text = c.table(run.run)
+    assert "final (step 10)" in text and "+0.250 [" in text and "-0.100 [-0.100, -0.100]" in text
+    md, figs = build("synth", records, {run.run: {"training": {"global_steps": 10}}})
+    assert f"curve-{run.run}.png" in figs and md.split("## Learning vs forgetting")[0].count("@step") == 0
+    rows = frame(cell_rows(SuiteData("synth", records)), CELL_COLUMNS)
+    assert sorted(rows["step"].dropna().tolist()) == [1, 1]

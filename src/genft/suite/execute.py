@@ -214,9 +214,9 @@ def _versions() -> dict:
     return _VERSIONS
 
 
-def _finetune_info(job: FinetuneJob, weights: str) -> store.FinetuneInfo:
+def _finetune_info(job: FinetuneJob, weights: str, step: int | None = None) -> store.FinetuneInfo:
     c, man = job.config, job.manifest or {}
-    wd = man.get("weight_deviation")
+    wd = man.get("weight_deviation") if step is None else None  # measured for the final weights only
     return store.FinetuneInfo(
         run=job.run, name=job.name, task=c["task"], dataset=c["dataset"], train_size=c["train_size"],
         train_limit=c["train_limit"], method=job.method, icl_shots=c["icl_shots"],
@@ -249,7 +249,8 @@ def make_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], 
     return store.CellRecord(
         key=cell.key, suite=suite.name, protocol=suite.protocol,
         checkpoint=store.CheckpointInfo(id=ck.id, kind=ck.kind, base=ck.base, path=ck.path, identity=ck.identity),
-        finetune=_finetune_info(ck.job, ck.identity["weights"]) if ck.job is not None else None,
+        finetune=_finetune_info(ck.job, ck.identity["weights"], ck.identity.get("step")) if ck.job is not None
+        else None,
         task=cell.task, dataset=cell.dataset, domain=cell.domain, prompt=cell.prompt, shots=cell.shots,
         limit=cell.limit, demo_seed=cell.demo_seed, n=len(samples), doc_ids=[int(s["doc_id"]) for s in samples],
         metrics=metrics, items=items, outputs=outputs, demo_targets=demos, majority_rate=majority, wall_s=round(wall, 3),

@@ -26,6 +26,7 @@ from ..harness import task_name, tasks_dir
 from ..models import MARKER, NAMED, genft_home, prepare, weights_fingerprint
 from ..prompts import TARGET_DELIMITER, get_task
 from ..training import MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, load_training_items, validate
+from ..training.steps import missing_steps, step_dir
 from . import estimate, store
 from .spec import Suite, TestSet
 from .schema import SuiteError
@@ -302,7 +303,7 @@ def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: list[
     man = read_json_or_none(out_dir / MANIFEST)
     started = man or read_json_or_none(out_dir / RUN_FILE)
     status = "todo"
-    if chash and man and man.get("config_hash") == chash:
+    if chash and man and man.get("config_hash") == chash and not missing_steps(man, cfg.step_models):
         status = "done"
         t = (man.get("training") or {}).get("tokens_per_s")
         if t:
@@ -353,6 +354,14 @@ def plan(suite: Suite, provision: bool = False, fingerprints: dict | None = None
         checkpoints.append(Checkpoint(id=job.run, kind="finetuned", base=base_id, path=str(job.out_dir),
                                       dtype=effective_dtype(str(job.out_dir), suite.models[base_id].dtype),
                                       identity=ident, job=job))
+        for step in job.config.get("step_models") or []:  # intermediate models: checkpoints of their own
+            folder = step_dir(job.out_dir, step)
+            saved = ((job.manifest or {}).get("steps") or {}).get(str(step))
+            checkpoints.append(Checkpoint(
+                id=f"{job.run}@step{step}", kind="finetuned", base=base_id, path=str(folder),
+                dtype=effective_dtype(str(folder), suite.models[base_id].dtype), job=job,
+                identity=None if ident is None or not saved else {**ident, "weights": saved["weights_sha256"],
+                                                                  "step": step}))
 
     ev = suite.eval
     shas: dict[TestSet, tuple[str, str] | None] = {}

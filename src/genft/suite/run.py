@@ -60,6 +60,11 @@ def run_finetunes(p: planning.Plan, trainer: Trainer, log: Log) -> list[str]:
     return failed
 
 
+def _run_of(cell: planning.Cell) -> str:
+    """The fine-tuning run a cell's checkpoint comes from (its final or an intermediate model), or its base."""
+    return cell.checkpoint.job.run if cell.checkpoint.job is not None else cell.checkpoint.id
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -101,7 +106,7 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
         store.write_index(suite.output, planning.plan_index(p, now_utc()))
         if isinstance(executor, ClusterExecutor):
             return _run_elsewhere(suite, p, executor, cache, log)
-        todo = [c for c in p.todo_cells if c.checkpoint.id not in failed]
+        todo = [c for c in p.todo_cells if _run_of(c) not in failed]
         if todo:
             unknown = [c for c in todo if c.key is None]
             if unknown:
@@ -119,7 +124,7 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
             store.write_index(suite.output, planning.plan_index(p, now_utc()))
         else:
             log("every cell is finished: nothing to evaluate")
-        left = [c for c in p.todo_cells if c.checkpoint.id not in failed]
+        left = [c for c in p.todo_cells if _run_of(c) not in failed]
         if left:
             log(f"{len(left)} cells are still not finished, e.g. {left[0].label()}; re-run the suite")
             return 1

@@ -42,6 +42,7 @@ SUITE_MANAGED = {
     "data_dir": "set by the suite's data.data_dir",
     "seed": "give the run `seeds: [s, ...]` (one checkpoint per seed)",
     "torch_threads": "set by the suite's `threads`",
+    "step_models": "give the run `evaluate_checkpoints: [step, ...]`",
 }
 
 
@@ -101,6 +102,9 @@ class RunSection(_RunData):
                                     "(default: one, the recipe's seed or 42, named <name>)")
     test_sets: list[str] | str | None = Field(None, description="evaluate this run's checkpoints on these of "
                                               "eval.test_sets only (data set or task names; default: all)")
+    evaluate_checkpoints: list[int] | None = Field(None, min_length=1, description="also evaluate the model after "
+                                                   "these optimizer steps, each as a checkpoint of its own "
+                                                   "(<checkpoint>@step<N>): the report's learning-forgetting curves")
     trainer: TrainerSettings = Field(default_factory=TrainerSettings,  # type: ignore[valid-type]
                                      description="finetune/sft.py settings under TRL's names (use_peft, "
                                      "learning_rate, lora_r, ...); they override the recipe's")

@@ -39,7 +39,8 @@ def units_of(p: planning.Plan) -> list[Unit]:
     units = [Unit("finetune", j.run) for j in p.todo_jobs]
     for ck in p.checkpoints:
         if any(not c.done for c in p.cells if c.checkpoint is ck):
-            units.append(Unit("evaluate", ck.id, after=ck.id if ck.id in todo else None))
+            run = ck.job.run if ck.job is not None else None
+            units.append(Unit("evaluate", ck.id, after=run if run in todo else None))
     return units
 
 
