@@ -140,14 +140,16 @@ def test_a_suites_trainer_takes_report_to_outside_the_recipe_hash(tmp_path, buil
 
 @pytest.fixture(scope="module")
 def tracked_suite(tmp_path_factory, builtin_root, tiny_model):
-    """A suite run from the command line: the real finetune/sft.py with report_to tensorboard, the suite's
-    report.log_to tensorboard; the report written into the test's own folder."""
+    """A suite run from the command line: the real finetune/sft.py with report_to tensorboard, its one run
+    also evaluated after steps 1, 2 and 3 of 4, the suite's report.log_to tensorboard; the report written into
+    the test's own folder."""
     import os
 
     from genft.cli import main
 
     tmp = tmp_path_factory.mktemp("tracked")
-    path = _suite_file(tmp, builtin_root, {"report_to": "tensorboard"}, report={"log_to": "tensorboard"})
+    path = _suite_file(tmp, builtin_root, {"report_to": "tensorboard", "max_steps": 4},
+                       report={"log_to": "tensorboard"}, evaluate_checkpoints=[1, 2, 3])
     cwd = os.getcwd()
     os.chdir(tmp)
     try:
@@ -165,16 +167,16 @@ def test_the_suite_logs_the_loss_curve_and_every_cells_metrics_to_tensorboard(tr
     man = json.loads((out / "checkpoints" / "ft-products" / training.MANIFEST).read_text())
     train = _scalars(out / "checkpoints" / "ft-products")
     curve = sorted(train["train/loss"])
-    assert [s for s, _ in curve] == [s for s, _ in man["training"]["loss_curve"]] == [1, 2]
+    assert [s for s, _ in curve] == [s for s, _ in man["training"]["loss_curve"]] == [1, 2, 3, 4]
     assert [x for _, x in curve] == pytest.approx([x for _, x in man["training"]["loss_curve"]], rel=1e-6)
     records, _ = store.load_finished(out)
-    assert len(records) == 6
+    assert len(records) == 15  # 3 of the base model, 3 of the final model, 3 of each of the 3 step models
     logged = _scalars(out / "tensorboard")
     for r in records:
         tag = f"eval/{r.model}/{r.task}-{r.dataset}/p{r.prompt}/{r.primary_metric}"
         assert logged[tag] and dict(logged[tag])[r.shots] == pytest.approx(r.score), tag
     changes = [t for t in logged if t.endswith("/change_vs_base")]
-    assert sum(len(logged[t]) for t in changes) == 3 and all(t.startswith("eval/ft-products/") for t in changes)
+    assert sum(len(logged[t]) for t in changes) == 12 and all(t.startswith("eval/ft-products") for t in changes)
     # the report's findings and the cells table as text
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -219,25 +221,29 @@ def test_export_round_trip_from_a_real_store(tracked_suite, fmt, tmp_path):
     records, _ = store.load_finished(tmp / "out")
     assert main(["export", str(path), "--format", fmt, "-o", str(tmp_path / f"cells.{fmt}")]) == 0
     df = _read(tmp_path / f"cells.{fmt}", fmt)
-    assert list(df.columns) == list(CELL_COLUMNS) and len(df) == len(records) == 6
-    s = SuiteData("wf", records)
+    assert list(df.columns) == list(CELL_COLUMNS) and len(df) == len(records) == 15
+    s = SuiteData("wf", [r for r in records if "step" not in r.checkpoint.identity])
     by_key = {r.key: r for r in records}
+    base = {(r.task, r.dataset, r.prompt, r.shots): r for r in records if r.finetune is None}
     for row in df.to_dict("records"):
         r = by_key[row["key"]]
+        assert (pd.isna(row["step"]) and "@" not in r.model) or row["step"] == r.checkpoint.identity["step"]
         assert (row["model"], row["task"], row["dataset"], row["shots"], row["prompt"], row["n"]) == (
             r.model, r.task, r.dataset, r.shots, r.prompt, r.n)
         assert row["score"] == pytest.approx(r.score) and row["metric"] == r.primary_metric
-        cond = s.cond(s.group_of(r), (r.task, r.dataset), r.prompt, r.shots, r.demo_seed)
-        comp = s.vs_base(cond)  # one seed: the condition is this cell
         if r.finetune is None:
             assert row["setting"] == "base" and row["kind"] == "base"
             assert all(pd.isna(row[c]) for c in ("change_vs_base", "change_lo", "change_hi", "seed", "recipe_hash"))
         else:
             assert row["setting"] == ("in-domain" if r.task == "sentiment" else "cross-task")
             assert row["weights_sha256"] == r.finetune.weights_sha256 and row["recipe_hash"] == r.finetune.recipe_hash
-            assert (row["change_vs_base"], row["change_lo"], row["change_hi"]) == pytest.approx(
-                (comp.diff, comp.lo, comp.hi))
+            b = base[(r.task, r.dataset, r.prompt, r.shots)]
+            assert (row["base_score"], row["change_vs_base"]) == pytest.approx((b.score, r.score - b.score))
             assert row["change_lo"] <= row["change_vs_base"] <= row["change_hi"]
+            if pd.isna(row["step"]):  # a final model: the report's own comparison (one seed: this cell)
+                comp = s.vs_base(s.cond(s.group_of(r), (r.task, r.dataset), r.prompt, r.shots, r.demo_seed))
+                assert (row["change_vs_base"], row["change_lo"], row["change_hi"]) == pytest.approx(
+                    (comp.diff, comp.lo, comp.hi))
     assert main(["export", str(tmp / "out"), "--format", fmt, "--items", "-o", str(tmp_path / f"items.{fmt}")]) == 0
     items = _read(tmp_path / f"items.{fmt}", fmt)
     assert list(items.columns) == list(ITEM_COLUMNS) and len(items) == sum(r.n for r in records)
@@ -337,28 +343,10 @@ def test_lora_step_models_are_merged_like_the_final_model(tiny_model, data_root,
     assert man["steps"]["2"]["weights_sha256"] != man["weights_sha256"]
 
 
-@pytest.fixture(scope="module")
-def curve_suite(tmp_path_factory, builtin_root, tiny_model):
-    """A suite whose one run is also evaluated after steps 1, 2 and 3 of 4 (the real finetune/sft.py)."""
-    import os
-
-    from genft.cli import main
-
-    tmp = tmp_path_factory.mktemp("curves")
-    path = _suite_file(tmp, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[1, 2, 3])
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        assert main(["suite", "run", str(path)]) == 0
-    finally:
-        os.chdir(cwd)
-    return tmp, path
-
-
-def test_intermediate_models_are_checkpoints_of_their_own_and_resumable(curve_suite):
+def test_intermediate_models_are_checkpoints_of_their_own_and_resumable(tracked_suite):
     from genft.suite import Trainer, load_suite, plan, run_suite, store
 
-    tmp, path = curve_suite
+    tmp, path = tracked_suite
     p = plan(load_suite(path))
     ids = [ck.id for ck in p.checkpoints]
     assert ids == ["tiny", "ft-products", "ft-products@step1", "ft-products@step2", "ft-products@step3"]
@@ -386,8 +374,8 @@ def test_intermediate_models_are_checkpoints_of_their_own_and_resumable(curve_su
     assert any("ft-products@step2 (finetuned, sentiment): 3 cells, 1 to run" in x for x in lines), lines
 
 
-def test_the_report_draws_learning_vs_forgetting_per_run(curve_suite):
-    tmp, _ = curve_suite
+def test_the_report_draws_learning_vs_forgetting_per_run(tracked_suite):
+    tmp, _ = tracked_suite
     md = (tmp / "reports" / "wf.md").read_text()
     assert "## Learning vs forgetting over training steps" in md and "![learning vs forgetting](wf/curve-ft-products.png)" in md
     png = tmp / "reports" / "wf" / "curve-ft-products.png"
@@ -454,3 +442,20 @@ def test_curves_show_each_steps_change_vs_base_with_its_interval(tmp_path):
     assert f"curve-{run.run}.png" in figs and md.split("## Learning vs forgetting")[0].count("@step") == 0
     rows = frame(cell_rows(SuiteData("synth", records)), CELL_COLUMNS)
     assert sorted(rows["step"].dropna().tolist()) == [1, 1]
+
+
+def test_a_cluster_evaluates_intermediate_models_after_their_fine_tune(tmp_path, builtin_root):
+    from genft.suite import SuiteError, load_suite, plan
+    from genft.suite.units import units_of
+
+    p = plan(load_suite(_suite_file(tmp_path, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[2, 1])))
+    assert p.jobs[0].config["step_models"] == [1, 2] and p.jobs[0].status == "todo"
+    units = {u.id: u for u in units_of(p)}
+    assert set(units) == {"finetune:ft-products", "evaluate:tiny", "evaluate:ft-products",
+                          "evaluate:ft-products@step1", "evaluate:ft-products@step2"}
+    assert units["evaluate:ft-products@step1"].waits_for == "finetune:ft-products"
+    assert units["evaluate:tiny"].waits_for is None
+    with pytest.raises(SuiteError, match=r"finetune\[0\]: step_models: step 5 is beyond max_steps 4"):
+        load_suite(_suite_file(tmp_path, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[5]))
+    with pytest.raises(SuiteError, match="step_models is set by the run's `evaluate_checkpoints"):
+        load_suite(_suite_file(tmp_path, builtin_root, {"step_models": [1]}))

@@ -10,31 +10,18 @@ model itself (change 0).  A figure per run (the first prompt, fewest shots) and 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 from matplotlib.ticker import MaxNLocator
 
 from ..suite.store import CellRecord
-from .export import one_cell, setting
+from .export import one_cell, setting, split, step_of
 from .figures import _fig_bytes, _pyplot
 from .markdown import table
-from .model import Comp, Cond, Group, SuiteData, fmt
+from .model import Comp, Cond, SuiteData, fmt
 
 SETTINGS = ("in-domain", "out-of-domain", "cross-task")
 STYLE = {"in-domain": "-", "out-of-domain": "--", "cross-task": ":"}
-
-
-def step_of(rec: CellRecord) -> int | None:
-    return rec.checkpoint.identity.get("step")
-
-
-def split(records: Iterable[CellRecord]) -> tuple[list[CellRecord], list[CellRecord]]:
-    """(cells of final and base models, cells of intermediate models); anything that is not a CellRecord
-    stays with the first, whose reader rejects it."""
-    records = list(records)
-    stepped = [r for r in records if isinstance(r, CellRecord) and step_of(r) is not None]
-    ids = {id(x) for x in stepped}
-    return [r for r in records if id(r) not in ids], stepped
 
 
 class Curves:
@@ -54,20 +41,15 @@ class Curves:
             points = by_run[run] + [("final", r) for r in s.cells if r.finetune and r.finetune.run == run]
             series: dict[tuple, dict] = defaultdict(dict)
             for step, r in points:
-                comp = self._vs_base(r, step)
+                comp = self._vs_base(r)
                 if comp is not None:
                     key = (SETTINGS.index(setting(r)), r.task, r.dataset, r.prompt, r.shots,
                            -1 if r.demo_seed is None else r.demo_seed)
                     series[key][step] = comp
             self.series[run] = dict(sorted(series.items()))
 
-    def _vs_base(self, rec: CellRecord, step: int | str) -> Comp | None:
-        if step == "final":
-            cond = one_cell(self.s, rec)
-        else:
-            g = Group(("step", rec.finetune.run, step), rec.base, rec.finetune, label=f"{rec.model}")
-            cond = Cond(g, rec.task, rec.dataset, rec.domain, rec.prompt, rec.shots, rec.demo_seed,
-                        rec.primary_metric, [rec])
+    def _vs_base(self, rec: CellRecord) -> Comp | None:
+        cond = one_cell(self.s, rec)
         self._alive.append(cond)
         base = self.s.cond(self.s.base_group(rec.base), (rec.task, rec.dataset), rec.prompt, rec.shots, rec.demo_seed)
         return self.s.compare(cond, base)

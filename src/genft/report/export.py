@@ -20,7 +20,7 @@ import pandas as pd
 from ..files import atomic_write
 from ..suite.report_settings import ReportSettings
 from ..suite.store import CellRecord
-from .model import Cond, SuiteData
+from .model import Cond, Group, SuiteData
 
 FORMATS = ("parquet", "csv", "jsonl")
 
@@ -100,13 +100,13 @@ def setting(rec: CellRecord) -> str:
     return "in-domain" if rec.domain == "in" else "out-of-domain"
 
 
-def _checkpoint_columns(rec: CellRecord, s: SuiteData | None = None) -> dict:
+def _checkpoint_columns(rec: CellRecord, group: str | None = None) -> dict:
     ft = rec.finetune
     ident = rec.checkpoint.identity
     weights = ft.weights_sha256 if ft else (ident.get("model") or {}).get("weights")
     return {
         "suite": rec.suite, "key": rec.key, "model": rec.model, "kind": rec.checkpoint.kind, "base": rec.base,
-        "group": s.group_of(rec).label if s else None, "step": ident.get("step"), "weights_sha256": weights,
+        "group": group, "step": ident.get("step"), "weights_sha256": weights,
         "recipe_hash": ft.recipe_hash if ft else None, "replicate_hash": ft.replicate_hash if ft else None,
         "identity": json.dumps(ident, sort_keys=True, separators=(",", ":")),
         "ft_task": ft.task if ft else None, "ft_dataset": ft.dataset if ft else None,
@@ -120,10 +120,28 @@ def _cell_columns(rec: CellRecord) -> dict:
             "prompt": rec.prompt, "shots": rec.shots, "demo_seed": rec.demo_seed}
 
 
+def step_of(rec: CellRecord) -> int | None:
+    """The optimizer step of an intermediate model's cell (None for a final or base model's)."""
+    return rec.checkpoint.identity.get("step")
+
+
+def split(records: Iterable[CellRecord]) -> tuple[list[CellRecord], list[CellRecord]]:
+    """(cells of final and base models, cells of intermediate models): the report's tables and findings read
+    the first only.  Anything that is not a CellRecord stays with the first, whose reader rejects it."""
+    records = list(records)
+    stepped = [r for r in records if isinstance(r, CellRecord) and step_of(r) is not None]
+    ids = {id(x) for x in stepped}
+    return [r for r in records if id(r) not in ids], stepped
+
+
 def one_cell(s: SuiteData, rec: CellRecord) -> Cond:
-    """A condition of this one cell (one replicate), for the report's comparisons."""
-    return Cond(s.group_of(rec), rec.task, rec.dataset, rec.domain, rec.prompt, rec.shots, rec.demo_seed,
-                rec.primary_metric, [rec])
+    """A condition of this one cell (one replicate), for the report's comparisons; an intermediate model's
+    cell is a group of its own (its run's group holds the final model's cells)."""
+    step = step_of(rec)
+    group = s.group_of(rec) if step is None else Group(("step", rec.finetune.run, step), rec.base, rec.finetune,
+                                                        label=rec.model)
+    return Cond(group, rec.task, rec.dataset, rec.domain, rec.prompt, rec.shots, rec.demo_seed, rec.primary_metric,
+                [rec])
 
 
 def vs_base(s: SuiteData, cond: Cond):
@@ -137,13 +155,16 @@ def vs_base(s: SuiteData, cond: Cond):
                                   rec.demo_seed))
 
 
-def cell_rows(s: SuiteData) -> list[dict]:
-    conds = [one_cell(s, rec) for rec in s.cells]  # alive until the end: see vs_base
+def cell_rows(s: SuiteData, stepped: Iterable[CellRecord] = ()) -> list[dict]:
+    """One row per cell of `s` (final and base models), then per cell of intermediate models."""
+    cells = list(s.cells) + sorted(stepped, key=lambda r: (r.finetune.run, step_of(r), r.task, r.dataset, r.prompt,
+                                                            r.shots, -1 if r.demo_seed is None else r.demo_seed))
+    conds = [one_cell(s, rec) for rec in cells]  # alive until the end: see vs_base
     rows = []
-    for rec, cond in zip(s.cells, conds):
+    for rec, cond in zip(cells, conds):
         comp = vs_base(s, cond)
         rows.append({
-            **_checkpoint_columns(rec, s), **_cell_columns(rec),
+            **_checkpoint_columns(rec, cond.group.label), **_cell_columns(rec),
             "metric": rec.primary_metric, "n": rec.n, "score": rec.score,
             "base_score": comp.b if comp else None, "change_vs_base": comp.diff if comp else None,
             "change_lo": comp.lo if comp else None, "change_hi": comp.hi if comp else None,
@@ -189,11 +210,18 @@ def table_bytes(df: pd.DataFrame, fmt: str) -> bytes:
     raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
+def suite_data(name: str, records: Iterable[CellRecord], settings: ReportSettings | None
+               ) -> tuple[SuiteData, list[CellRecord]]:
+    """The report's view of the final and base models' cells, and the intermediate models' cells."""
+    main, stepped = split(records)
+    return SuiteData(name, main, None, settings), stepped
+
+
 def tables(name: str, records: list[CellRecord], settings: ReportSettings | None, items: bool) -> pd.DataFrame:
+    s, stepped = suite_data(name, records, settings)
     if items:
-        s = SuiteData(name, records, None, settings)
-        return frame(item_rows(s.cells), ITEM_COLUMNS)
-    return frame(cell_rows(SuiteData(name, records, None, settings)), CELL_COLUMNS)
+        return frame(item_rows(list(s.cells) + stepped), ITEM_COLUMNS)
+    return frame(cell_rows(s, stepped), CELL_COLUMNS)
 
 
 def export(name: str, records: list[CellRecord], settings: ReportSettings | None, fmt: str, items: bool,

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..suite.report_settings import TRACKERS, ReportSettings
 from ..suite.store import CellRecord
-from .export import CELL_COLUMNS, cell_rows, frame
+from .export import CELL_COLUMNS, cell_rows, frame, suite_data
 from .findings import findings
 from .model import SuiteData
 
@@ -139,8 +139,8 @@ def _open(tracker: str, name: str, log_dir: Path | None):
 def log_results(name: str, records: Iterable[CellRecord], settings: ReportSettings | None, tracker: str,
                 log_dir: str | Path | None = None) -> int:
     """Log every cell's metrics, the findings and the cells table to the tracker; returns the cells logged."""
-    s = SuiteData(name, list(records), None, settings)
-    df = frame(cell_rows(s), CELL_COLUMNS)
+    s, stepped = suite_data(name, records, settings)  # findings: of the final models, as in the report
+    df = frame(cell_rows(s, stepped), CELL_COLUMNS)
     text = findings_text(s)
     sink = _open(tracker, name, None if log_dir is None else Path(log_dir))
     try:

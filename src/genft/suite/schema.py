@@ -42,7 +42,7 @@ SUITE_MANAGED = {
     "data_dir": "set by the suite's data.data_dir",
     "seed": "give the run `seeds: [s, ...]` (one checkpoint per seed)",
     "torch_threads": "set by the suite's `threads`",
-    "step_models": "give the run `evaluate_checkpoints: [step, ...]`",
+    "step_models": "set by the run's `evaluate_checkpoints: [step, ...]`",
 }
 
 
