@@ -173,7 +173,7 @@ def test_the_suite_logs_the_loss_curve_and_every_cells_metrics_to_tensorboard(tr
     assert len(records) == 15  # 3 of the base model, 3 of the final model, 3 of each of the 3 step models
     logged = _scalars(out / "tensorboard")
     for r in records:
-        tag = f"eval/{r.model}/{r.task}-{r.dataset}/p{r.prompt}/{r.primary_metric}"
+        tag = f"eval/{r.model.replace('@', '.')}/{r.task}-{r.dataset}/p{r.prompt}/{r.primary_metric}"
         assert logged[tag] and dict(logged[tag])[r.shots] == pytest.approx(r.score), tag
     changes = [t for t in logged if t.endswith("/change_vs_base")]
     assert sum(len(logged[t]) for t in changes) == 12 and all(t.startswith("eval/ft-products") for t in changes)
@@ -459,3 +459,22 @@ def test_a_cluster_evaluates_intermediate_models_after_their_fine_tune(tmp_path,
         load_suite(_suite_file(tmp_path, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[5]))
     with pytest.raises(SuiteError, match="step_models is set by the run's `evaluate_checkpoints"):
         load_suite(_suite_file(tmp_path, builtin_root, {"step_models": [1]}))
+
+
+def test_asking_for_another_step_retrains_and_fewer_steps_do_not(tracked_suite, tmp_path):
+    import yaml
+
+    from genft.suite import load_suite, plan
+
+    _, path = tracked_suite
+    doc = yaml.safe_load(path.read_text())
+    doc["finetune"][0]["evaluate_checkpoints"] = [1, 2, 3, 4]
+    more = tmp_path / "more.yaml"
+    more.write_text(yaml.safe_dump(doc))
+    p = plan(load_suite(more))
+    assert p.jobs[0].status == "retrain" and p.jobs[0].recipe_hash == plan(load_suite(path)).jobs[0].recipe_hash
+    doc["finetune"][0]["evaluate_checkpoints"] = [2]  # fewer steps: nothing to train
+    fewer = tmp_path / "fewer.yaml"
+    fewer.write_text(yaml.safe_dump(doc))
+    p = plan(load_suite(fewer))
+    assert p.jobs[0].status == "done" and all(c.done for c in p.cells) and len(p.cells) == 9

@@ -14,6 +14,7 @@ columns).  Trackers:
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -32,8 +33,10 @@ class TrackingError(ValueError):
 
 
 def _tag(row: dict) -> str:
+    """The cell's tag; characters other than letters, digits, _ - . / (the "@" of an intermediate model,
+    <run>@step<N>) become "." (mlflow accepts no others)."""
     demos = "" if pd.isna(row["demo_seed"]) else f"/demos-seed{int(row['demo_seed'])}"
-    return f"eval/{row['model']}/{row['task']}-{row['dataset']}/p{row['prompt']}{demos}"
+    return re.sub(r"[^A-Za-z0-9_./-]", ".", f"eval/{row['model']}/{row['task']}-{row['dataset']}/p{row['prompt']}{demos}")
 
 
 def scalars_by_step(df: pd.DataFrame) -> dict[int, dict[str, float]]:

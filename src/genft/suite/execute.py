@@ -55,7 +55,8 @@ def finetune(job: FinetuneJob, trainer: Trainer, log: Log) -> str | None:
     """Make one fine-tuned checkpoint: clear a folder that holds another run, write the config, train, check
     the manifest's recipe hash against the plan's.  Returns None when done, else why it failed."""
     if job.status == "retrain":
-        log(f"fine-tune {job.run}: {job.out_dir} holds a run with another config or data: removing it, retraining")
+        log(f"fine-tune {job.run}: {job.out_dir} holds a run with another config or data, or without a requested "
+            "step model (evaluate_checkpoints): removing it, retraining")
         trash = job.out_dir.with_name(f".{job.run}.old")
         shutil.rmtree(trash, ignore_errors=True)
         job.out_dir.rename(trash)

@@ -303,7 +303,9 @@ def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: list[
     man = read_json_or_none(out_dir / MANIFEST)
     started = man or read_json_or_none(out_dir / RUN_FILE)
     status = "todo"
-    if chash and man and man.get("config_hash") == chash and not missing_steps(man, cfg.step_models):
+    if chash and man and man.get("config_hash") == chash and missing_steps(man, cfg.step_models):
+        status = "retrain"  # finished without a step model now asked for: trained again
+    elif chash and man and man.get("config_hash") == chash:
         status = "done"
         t = (man.get("training") or {}).get("tokens_per_s")
         if t:
