@@ -43,7 +43,9 @@ def test_builtin_cli_then_eval(tmp_path, tiny_model):
     out = genft("eval", "--model", "tiny", "--tasks", "genft_sentiment_builtin_products", "--data-dir", str(tmp_path),
                 "--output", str(tmp_path / "scores.json"))
     assert out.returncode == 0, out.stderr
-    [cell] = json.loads((tmp_path / "scores.json").read_text())["cells"]
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["backend"] == "genft-hf"  # the default: hf's scores, faster
+    [cell] = scores["cells"]
     m = cell["metrics"]
     assert cell["n"] == 100 and f"genft_sentiment_builtin_products 0-shot: acc {m['acc']:.3f}  acc_first " \
                                  f"{m['acc_first']:.3f}" in out.stdout

@@ -111,8 +111,56 @@ def cmd_report(args) -> int:
     if bool(args.suite) == bool(args.cells):
         print("genft: error: give a suite (file or output folder) or --cells FILE, not both", file=sys.stderr)
         return 2
+    from .report.tracking import TrackingError
+
     settings = load_settings(args.settings) if args.settings else None
-    print(write_report(args.cells or args.suite, out_dir=args.out_dir, settings=settings))
+    if args.cells and args.log_to == "tensorboard" and not args.log_dir:
+        print("genft: error: --log-to tensorboard with --cells: give the folder for its event files (--log-dir)",
+              file=sys.stderr)
+        return 2
+    try:
+        print(write_report(args.cells or args.suite, out_dir=args.out_dir, settings=settings))
+        log_results(args.cells or args.suite, args.log_to, args.log_dir)
+    except TrackingError as e:
+        print(f"genft: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def log_results(source, tracker: str | None, log_dir: str | None) -> None:
+    """Log the cells and findings to the tracker: `tracker` (--log-to), else the suite's report.log_to."""
+    from pathlib import Path
+
+    from .report.tracking import log_results as log_to_tracker
+    from .report.write import load
+    from .suite import output_of
+
+    name, records, _, settings = load(source)
+    tracker = tracker or (settings.log_to if settings else None)
+    if tracker is None:
+        return
+    log_dir = log_dir or (settings.log_dir if settings else None)
+    if log_dir is None and not str(source).endswith(".jsonl.gz"):
+        log_dir = Path(output_of(source)) / "tensorboard"
+    n = log_to_tracker(name, records, settings, tracker, log_dir)
+    print(f"logged {n} cells and the findings to {tracker}{f' ({log_dir})' if log_dir else ''}")
+
+
+def cmd_export(args) -> int:
+    """Write a suite's cells (or, with --items, every test item) as a parquet, csv or jsonl table."""
+    if bool(args.suite) == bool(args.cells):
+        print("genft: error: give a suite (file or output folder) or --cells FILE, not both", file=sys.stderr)
+        return 2
+    from .report.export import ExportError, export
+    from .report.write import load
+
+    try:
+        name, records, _, settings = load(args.cells or args.suite)
+        path = export(name, records, settings, args.format, args.items, args.output)
+    except ExportError as e:
+        print(f"genft: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 
@@ -122,12 +170,19 @@ def cmd_suite_run(args) -> int:
     from .report.stopping import make_decide
     from .suite import load_suite, run_suite
 
+    from .report.tracking import TrackingError
+
     decide = make_decide(load_suite(args.suite).report)  # staged suites: stop cells once their parts are decided
     rc = run_suite(args.suite, dry_run=args.dry_run, engine=args.executor, decide=decide)
     if args.dry_run and args.pilot:
         cmd_suite_power(args)
     if not args.dry_run and not args.no_report:
         print(f"report: {write_report(args.suite)}")
+        try:
+            log_results(args.suite, None, None)
+        except TrackingError as e:
+            print(f"genft: error: {e}", file=sys.stderr)
+            return 2
     return rc
 
 
@@ -201,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=["genft_builtin"], help="task names, tags or globs")
     p.add_argument("--shots", nargs="+", type=int, default=[0])
     p.add_argument("--limit", type=int, help="first N items of each test set")
-    p.add_argument("--backend", default="hf", help="lm-eval model type: hf, genft-hf, vllm")
+    p.add_argument("--backend", default="genft-hf", help="lm-eval model type: genft-hf (default: the same scores "
+                   "as hf, faster), hf, vllm")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
                    help="weights dtype (default: transformers' float32); bfloat16 on a CPU needs native bf16 "
@@ -245,7 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(*.md, read as written)")
     p.add_argument("--old-settings", metavar="SUITE|defaults", help="with --compare: settings for the OLD side")
     p.add_argument("--all", action="store_true", help="with --compare: list unchanged parts too")
+    p.add_argument("--log-to", choices=("tensorboard", "wandb", "mlflow", "trackio"), help="also log every cell's "
+                   "metrics and the findings to this tracker (default: the suite's report.log_to, else none)")
+    p.add_argument("--log-dir", help="the tracker's folder (tensorboard: default <suite output>/tensorboard)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="a suite's results as a table: one row per cell (or per item with --items)")
+    p.add_argument("suite", nargs="?", help="the suite: its file or its output folder")
+    p.add_argument("--cells", help="export from a report's evidence file (reports/<suite>/cells.jsonl.gz)")
+    p.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet", help="default parquet")
+    p.add_argument("--items", action="store_true", help="one row per test item of every cell")
+    p.add_argument("--output", "-o", help="the file to write (default <suite>-cells.<format>, or -items)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

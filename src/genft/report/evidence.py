@@ -28,7 +28,7 @@ def _training_facts(manifest: Mapping) -> dict:
     """The part of a fine-tuning manifest the report shows (training time and speed, truncation counts)."""
     train = manifest.get("training") if isinstance(manifest.get("training"), Mapping) else {}
     trunc = manifest.get("truncation") if isinstance(manifest.get("truncation"), Mapping) else {}
-    return {"training": {k: train[k] for k in ("wall_time_s", "tokens_per_s") if k in train},
+    return {"training": {k: train[k] for k in ("wall_time_s", "tokens_per_s", "global_steps") if k in train},
             "truncation": {k: v for k, v in trunc.items() if isinstance(v, (int, float)) and ("cut" in k or "drop" in k)}}
 
 

@@ -13,7 +13,7 @@ from ..suite import load_suite
 from ..suite import store
 from ..suite.schema import parse
 from ..suite.store import CellRecord
-from . import figures, sections, tables
+from . import curves, figures, sections, tables
 from .evidence import FILE_NAME, _training_facts, evidence_bytes, read_evidence
 from .findings import findings
 from .model import TASK_ORDER, SuiteData
@@ -28,6 +28,7 @@ def build(name: str, records: Iterable[CellRecord], manifests: Mapping | None = 
           settings: ReportSettings | None = None, figures_: bool = True) -> tuple[str, dict[str, bytes]]:
     """The markdown text and the figures ({file name: PNG bytes}); nothing written (figures_=False: text only)."""
     facts = {run: _training_facts(m) for run, m in (manifests or {}).items()}
+    records, stepped = curves.split(records)  # intermediate models: their own section
     s = SuiteData(name, records, facts, settings)
     fig_dir = slug(name)
     figs: dict[str, bytes] = {}
@@ -70,6 +71,7 @@ def build(name: str, records: Iterable[CellRecord], manifests: Mapping | None = 
     lines += [f"![shot curves]({x})" for x in shots if x] or [
         "Not measured in this suite (one shot count only)." if figures_ else "Figures not rendered."]
     lines += [""]
+    lines += curves.section(s, stepped, facts, add)
     lines += sections.section_appendix(s)
     lines += ["## Evidence", "",
               f"Every cell record this report read is in `{fig_dir}/{FILE_NAME}` (JSON lines, gzip; the first line "

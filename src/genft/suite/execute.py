@@ -57,7 +57,8 @@ def finetune(job: FinetuneJob, trainer: Trainer, log: Log) -> str | None:
         if foreign:  # (planned before someone put them there): refuse, delete nothing
             return (f"{job.out_dir} holds files genft did not write ({', '.join(p.name for p in foreign[:5])}); genft "
                     f"never deletes them: move them out of {job.out_dir}, then re-run")
-        log(f"fine-tune {job.run}: {job.out_dir} holds a run with another config or data: removing it, retraining")
+        log(f"fine-tune {job.run}: {job.out_dir} holds a run with another config or data, or without a requested "
+            "step model (evaluate_checkpoints): removing it, retraining")
         trash = job.out_dir.with_name(f".{job.run}.old")
         shutil.rmtree(trash, ignore_errors=True)
         job.out_dir.rename(trash)
@@ -216,9 +217,9 @@ def _versions() -> dict:
     return _VERSIONS
 
 
-def _finetune_info(job: FinetuneJob, weights: str) -> store.FinetuneInfo:
+def _finetune_info(job: FinetuneJob, weights: str, step: int | None = None) -> store.FinetuneInfo:
     c, man = job.config, job.manifest or {}
-    wd = man.get("weight_deviation")
+    wd = man.get("weight_deviation") if step is None else None  # measured for the final weights only
     return store.FinetuneInfo(
         run=job.run, name=job.name, task=c["task"], dataset=c["dataset"], train_size=c["train_size"],
         train_limit=c["train_limit"], method=job.method, icl_shots=c["icl_shots"],
@@ -254,7 +255,8 @@ def _record_fields(cell: Cell, suite: Suite, result: Mapping, samples: list[dict
     return dict(
         key=cell.key, suite=suite.name, protocol=suite.protocol,
         checkpoint=store.CheckpointInfo(id=ck.id, kind=ck.kind, base=ck.base, path=ck.path, identity=ck.identity),
-        finetune=_finetune_info(ck.job, ck.identity["weights"]) if ck.job is not None else None,
+        finetune=_finetune_info(ck.job, ck.identity["weights"], ck.identity.get("step")) if ck.job is not None
+        else None,
         task=cell.task, dataset=cell.dataset, domain=cell.domain, prompt=cell.prompt, shots=cell.shots,
         limit=cell.limit, demo_seed=cell.demo_seed, n=len(samples), doc_ids=per_item["doc_ids"],
         metrics=metrics, items=items, outputs=outputs, demo_targets=demos, majority_rate=majority, wall_s=round(wall, 3),

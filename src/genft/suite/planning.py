@@ -26,6 +26,7 @@ from ..harness import task_name, tasks_dir
 from ..prompts import TARGET_DELIMITER, get_task
 from ..training import (MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, foreign_files,
                         load_training_items, validate)
+from ..training.steps import missing_steps, step_dir
 from . import estimate, stages, store
 from ..models import hub_cache
 from .identity import (_fingerprint, base_identity, check_precision, device_identity,  # noqa: F401 (re-exported)
@@ -268,6 +269,8 @@ def finetune_config(suite: Suite, spec, seed: int, out_dir: Path):
                   data_dir=str(suite.data_dir), seed=seed)
     if suite.threads and values.get("torch_threads") is None:
         values["torch_threads"] = suite.threads
+    if values.get("report_to") and values.get("run_name") is None:  # the tracker's name for the run
+        values["run_name"] = f"{suite.name}/{out_dir.name}"
     return validate(config_from_mapping(values, str(suite.path)))
 
 
@@ -284,7 +287,9 @@ def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: dict[
     man = read_json_or_none(out_dir / MANIFEST)
     started = man or read_json_or_none(out_dir / RUN_FILE)
     status = "todo"
-    if chash and man and man.get("config_hash") == chash:
+    if chash and man and man.get("config_hash") == chash and missing_steps(man, cfg.step_models):
+        status = "retrain"  # finished without a step model now asked for: trained again
+    elif chash and man and man.get("config_hash") == chash:
         status = "done"
         t = (man.get("training") or {}).get("tokens_per_s")
         if t:
@@ -343,6 +348,14 @@ def plan(suite: Suite, provision: bool = False, fingerprints: dict | None = None
         checkpoints.append(Checkpoint(id=job.run, kind="finetuned", base=base_id, path=str(job.out_dir),
                                       dtype=effective_dtype(str(job.out_dir), suite.models[base_id].dtype),
                                       identity=ident, job=job))
+        for step in job.config.get("step_models") or []:  # intermediate models: checkpoints of their own
+            folder = step_dir(job.out_dir, step)
+            saved = ((job.manifest or {}).get("steps") or {}).get(str(step))
+            checkpoints.append(Checkpoint(
+                id=f"{job.run}@step{step}", kind="finetuned", base=base_id, path=str(folder),
+                dtype=effective_dtype(str(folder), suite.models[base_id].dtype), job=job,
+                identity=None if ident is None or not saved else {**ident, "weights": saved["weights_sha256"],
+                                                                  "step": step}))
 
     ev = suite.eval
     shas: dict[TestSet, tuple[str, str] | None] = {}

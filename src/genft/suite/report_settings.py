@@ -39,6 +39,9 @@ def _default_margins() -> dict[str, Margin]:
             "rougeL": Margin(kind="relative", value=0.2, floor=0.01)}
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+
+
 class ReportSettings(BaseModel):
     """The suite's `report:` block (every key optional)."""
 
@@ -57,6 +60,12 @@ class ReportSettings(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise error rate per finding part (Holm)")
     n_resamples: int = Field(2000, ge=100, description="bootstrap resamples")
     seed: int = Field(0, description="bootstrap seed (the report is deterministic)")
+    # where the results are also logged: not how findings are judged, so never part of the evidence file
+    log_to: Literal[TRACKERS] | None = Field(  # type: ignore[valid-type]
+        None, exclude=True, description="also log every cell's metrics and the findings to this tracker "
+                                        "(tensorboard, wandb, mlflow, trackio) when the report is written")
+    log_dir: str | None = Field(None, exclude=True, description="the tracker's folder (tensorboard: its event "
+                                "files; default <output>/tensorboard)")
 
     def margin(self, metric: str) -> Margin:
         if metric not in self.margins:

@@ -65,6 +65,11 @@ def run_finetunes(p: planning.Plan, trainer: Trainer, log: Log) -> list[str]:
     return failed
 
 
+def _run_of(cell: planning.Cell) -> str:
+    """The fine-tuning run a cell's checkpoint comes from (its final or an intermediate model), or its base."""
+    return cell.checkpoint.job.run if cell.checkpoint.job is not None else cell.checkpoint.id
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -137,7 +142,7 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
             (executor or LocalExecutor()).run(list(works.values()), ctx)
             p = planning.plan(suite, provision=True, fingerprints=cache)
             store.write_index(suite.output, planning.plan_index(p, now_utc()))
-        left = [c for c in p.todo_cells if c.checkpoint.id not in failed]
+        left = [c for c in p.todo_cells if _run_of(c) not in failed]
         if left:
             log(f"{len(left)} cells are still not finished, e.g. {left[0].label()}; re-run the suite")
             return 1
@@ -148,7 +153,7 @@ def run_suite(path: str | os.PathLike, dry_run: bool = False, executor: Executor
 
 
 def _todo(p: planning.Plan, failed: list[str]) -> list[planning.Cell]:
-    return [c for c in p.todo_cells if c.checkpoint.id not in failed]
+    return [c for c in p.todo_cells if _run_of(c) not in failed]
 
 
 def _this_stage(c: planning.Cell) -> planning.Cell:
@@ -191,7 +196,7 @@ def _decide(suite: Suite, p: planning.Plan, decide: Decide | None, cache: dict, 
     if decide is None or not in_step(todo):
         return p
     records = [store.read_cell(store.cell_path(suite.output, c.key)) for c in p.cells
-               if c.key and c.held and c.checkpoint.id not in failed]
+               if c.key and c.held and _run_of(c) not in failed]
     verdict = dict(decide(records))
     known = {c.key for c in p.cells}
     unknown = [k for k in verdict if k not in known]

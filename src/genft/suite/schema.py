@@ -43,6 +43,7 @@ SUITE_MANAGED = {
     "data_dir": "set by the suite's data.data_dir",
     "seed": "give the run `seeds: [s, ...]` (one checkpoint per seed)",
     "torch_threads": "set by the suite's `threads`",
+    "step_models": "set by the run's `evaluate_checkpoints: [step, ...]`",
 }
 
 
@@ -83,8 +84,9 @@ def _settings_model(name: str, source: type, keep: typing.Callable[[str], bool],
     hints = typing.get_type_hints(source)
     fields = {f.name: (_optional(hints[f.name]), Field(None, description=FIELD_HELP.get(f.name, "")))
               for f in dataclasses.fields(source) if keep(f.name)}
-    if "lora_target_modules" in fields:  # a YAML string ("all-linear", "q_proj v_proj") or a list
-        fields["lora_target_modules"] = (str | list[str] | None, fields["lora_target_modules"][1])
+    for name in ("lora_target_modules", "report_to"):  # a YAML string ("all-linear", "tensorboard") or a list
+        if name in fields:
+            fields[name] = (str | list[str] | None, fields[name][1])
     return create_model(name, __base__=_Section, __doc__=doc, **fields)
 
 
@@ -102,6 +104,9 @@ class RunSection(_RunData):
                                     "(default: one, the recipe's seed or 42, named <name>)")
     test_sets: list[str] | str | None = Field(None, description="evaluate this run's checkpoints on these of "
                                               "eval.test_sets only (data set or task names; default: all)")
+    evaluate_checkpoints: list[int] | None = Field(None, min_length=1, description="also evaluate the model after "
+                                                   "these optimizer steps, each as a checkpoint of its own "
+                                                   "(<checkpoint>@step<N>): the report's learning-forgetting curves")
     trainer: TrainerSettings = Field(default_factory=TrainerSettings,  # type: ignore[valid-type]
                                      description="finetune/sft.py settings under TRL's names (use_peft, "
                                      "learning_rate, lora_r, ...); they override the recipe's")

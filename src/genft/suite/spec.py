@@ -229,6 +229,8 @@ def _run(w: Where, i: int, run: RunSection, models: dict[str, ModelSpec], source
     # the run's own keys win over the recipe's: data keys at the run level, trainer keys under trainer:
     values.update({k: getattr(run, k) for k in run.model_fields_set if k in _DATA_KEYS})
     values.update({k: getattr(run.trainer, k) for k in run.trainer.model_fields_set})
+    if run.evaluate_checkpoints is not None:
+        values["step_models"] = list(run.evaluate_checkpoints)
     base = run.base
     if base is None:
         if len(models) != 1:
@@ -271,7 +273,7 @@ def _run(w: Where, i: int, run: RunSection, models: dict[str, ModelSpec], source
 
 
 _DATA_KEYS = tuple(k for k in RunSection.model_fields if k not in ("name", "base", "recipe", "seeds", "test_sets",
-                                                                    "trainer"))
+                                                                    "trainer", "evaluate_checkpoints"))
 
 
 def _eval(w: Where, e: EvalSection, source: str, root: Path) -> EvalSpec:

@@ -41,7 +41,8 @@ def units_of(p: planning.Plan) -> list[Unit]:
     this_round = {c.checkpoint.id for c in round_cells(p.todo_cells)}  # staged: the cells at the lowest stage
     for ck in p.checkpoints:
         if ck.id in this_round:
-            units.append(Unit("evaluate", ck.id, after=ck.id if ck.id in todo else None))
+            run = ck.job.run if ck.job is not None else None
+            units.append(Unit("evaluate", ck.id, after=run if run in todo else None))
     return units
 
 

@@ -107,13 +107,24 @@ class FinetuneConfig(DataArguments):
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept while training"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoint-* folders after finishing"})
     torch_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's / $OMP_NUM_THREADS)"})
+    step_models: list[int] | None = field(
+        default=None,
+        metadata={"help": "also keep the model after these optimizer steps, each in OUT/steps/step-<N>/ (for "
+                  "learning-forgetting curves; a suite sets it from a run's evaluate_checkpoints)"})
+    report_to: list[str] | None = field(
+        default=None,
+        metadata={"help": "where the trainer logs its curves (TRL / transformers report_to): none (default), "
+                  "tensorboard, wandb, mlflow, trackio, ... or several; the tracker's library must be installed"})
+    run_name: str | None = field(default=None, metadata={"help": "the run's name in the tracker (default: the "
+                                                         "trainer's; a suite names it <suite>/<checkpoint>)"})
 
 
 # Settings that do not change the trained model: excluded from the config hash, so that changing them does
 # not make a finished run look different.  (padding_free: the same loss over the same targets, checked before
 # training; the weights differ by float rounding at most, and a cell is keyed on the weights' own hash.)
 OPERATIONAL = ("output_dir", "data_dir", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
-               "torch_threads", "accelerate_config", "padding_free")  # (the accelerate config's CONTENT is hashed, not its path)
+               "torch_threads", "accelerate_config", "padding_free", "report_to", "run_name",
+               "step_models")  # (the accelerate config's CONTENT is hashed, not its path)
 FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 # genft's own data settings (what is trained on); every other field is the trainer's / model's (TRL's names).
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataArguments))
@@ -188,6 +199,45 @@ def load_yaml_config(path: str | os.PathLike) -> dict:
     return check_types(values, f"--config {path}")
 
 
+def _norm_report_to(value) -> list[str]:
+    """report_to as a list of integration names ([] for none); ConfigError for a name transformers does not
+    know or whose library is not installed."""
+    if value is None:
+        return []
+    names = [v for v in re.split(r"[,\s]+", value) if v] if isinstance(value, str) else list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"report_to: expected integration names, got {value!r}")
+    if names in ([], ["none"]):
+        return []
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                              get_available_reporting_integrations)
+
+    if names == ["all"]:
+        return get_available_reporting_integrations()
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise ConfigError(f"report_to: unknown integration {unknown[0]!r}; expected none, all or some of "
+                          f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+    missing = [n for n in names if n not in get_available_reporting_integrations()]
+    if missing:
+        raise ConfigError(f"report_to: {missing[0]} is not installed here; `pip install {missing[0]}` "
+                          "(or drop it from report_to)")
+    return names
+
+
+def _norm_steps(cfg: FinetuneConfig) -> list[int] | None:
+    steps = cfg.step_models
+    if steps is None or steps == []:
+        return None
+    if isinstance(steps, int) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in steps):
+        raise ConfigError(f"step_models: expected a list of positive optimizer steps, got {steps!r}")
+    if cfg.max_steps > 0 and max(steps) > cfg.max_steps:
+        raise ConfigError(f"step_models: step {max(steps)} is beyond max_steps {cfg.max_steps}")
+    if cfg.accelerate_config is not None:
+        raise ConfigError("step_models: not with sharded training (accelerate_config): no process holds the model")
+    return sorted(set(steps))
+
+
 def _norm_modules(mods):
     if mods is None:
         return None
@@ -248,6 +298,8 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype: {cfg.dtype!r}; expected float32, bfloat16 or float16")
     cfg.lora_target_modules = _norm_modules(cfg.lora_target_modules)
+    cfg.report_to = _norm_report_to(cfg.report_to)
+    cfg.step_models = _norm_steps(cfg)
     return cfg
 
 

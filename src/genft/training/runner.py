@@ -33,6 +33,7 @@ from .config import (
 )
 from .batching import check_padding_free
 from .lm_head import scored_positions_only
+from .steps import finish_steps, make_step_callback, missing_steps
 from .examples import build_examples, load_training_items
 
 # ---------------------------------------------------------------- output folder state
@@ -257,8 +258,13 @@ def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
     chash = config_hash(cfg, files)
     state = output_state(out, chash, cfg)
     if state == "done":
+        manifest = json.loads((out / MANIFEST).read_text())
+        missing = missing_steps(manifest, cfg.step_models)
+        if missing:
+            raise ConfigError(f"output_dir: {out} holds this finished run without the models at steps "
+                              f"{', '.join(map(str, missing))} (step_models); delete {out} to train it again with them")
         log(f"[genft] {out} already holds this finished run (config {chash[:12]}); nothing to do")
-        return json.loads((out / MANIFEST).read_text())
+        return manifest
 
     try:
         model_path = models.resolve(cfg.model_name_or_path)
@@ -345,7 +351,8 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        report_to="none",
+        report_to=cfg.report_to or "none",
+        run_name=cfg.run_name,
         disable_tqdm=True,
         completion_only_loss=True,
         packing=False,
@@ -356,7 +363,9 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     )
     train_ds = Dataset.from_list(examples)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[make_progress_callback(log), make_final_checkpoint_guard()])
+                         peft_config=peft_config, callbacks=[make_progress_callback(log), make_final_checkpoint_guard()] + (
+                             [make_step_callback(cfg.step_models, out, tokenizer, cfg.use_peft, log)]
+                             if cfg.step_models else []))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces the raw log dicts
@@ -409,6 +418,8 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
             final = trainer.model
         deviation = (weight_deviation_from_files(model_path, out, dtype, cfg.trust_remote_code) if sharded
                      else weight_deviation(base, final))
+        steps = finish_steps(cfg.step_models or [], out, model_path, dtype, tokenizer, cfg.use_peft,
+                             cfg.trust_remote_code)
         if not cfg.keep_checkpoints:
             for ck in out.glob("checkpoint-*"):
                 shutil.rmtree(ck, ignore_errors=True)
@@ -445,6 +456,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
                 * dev["world_size"],
             },
             "weight_deviation": deviation,
+            "steps": steps,
             "outputs": {
                 "model_dir": str(out),
                 "adapter_dir": str(out / ADAPTER_DIR) if cfg.use_peft else None,
