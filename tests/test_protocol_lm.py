@@ -81,7 +81,8 @@ def test_with_protocol(tiny_model):
         StudyPromptLM(Other(), 0, wrapped.quirks).generate_until([])
 
 
-def test_genft_eval_and_a_suite_give_the_same_items_on_study_data(tmp_path, tiny_model, study_root):
+def test_genft_eval_and_a_suite_give_the_same_items_on_study_data(tmp_path, tiny_model, study_root, monkeypatch):
+    monkeypatch.setenv("GENFT_DATA_DIR", str(study_root))  # `genft eval` sets it; restored after the test
     doc = {"name": "p", "data": {"source": "study", "data_dir": str(study_root), "protocol": "study"},
            "models": {"tiny": {"model": "tiny"}},
            "eval": {"test_sets": ["amazon", "socialiqa"], "shots": {"classification": [0, 2], "generation": [0, 1]},
