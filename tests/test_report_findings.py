@@ -11,7 +11,7 @@ from report_records import ft, ok, record, roundtrip
 from genft.report import (DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_MEASURED, Margin, ReportSettings, SuiteData,
                           build, findings, holm)
 from genft.report import diagnostics
-from genft.report.findings import CONTRADICTS, DEGENERATE, NO_DIFFERENCE, SUPPORTS, UNDETERMINED, VACUOUS, fmt_p
+from genft.report.judging import CONTRADICTS, DEGENERATE, NO_DIFFERENCE, SUPPORTS, UNDETERMINED, VACUOUS, fmt_p
 
 
 def judged(tmp_path, recs, num, settings=None):

@@ -3,7 +3,6 @@ suite writes them (the first n items of the seeded order, the stages in the key 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from report_records import ft, record, roundtrip
 
 from genft.report import SuiteData, findings
@@ -69,7 +68,7 @@ def test_the_stop_rule_keeps_its_error_rate_under_a_true_null():
     """A part of 3 comparisons whose true pooled effect is exactly at its boundary (ROUGE-L mean 0.05, the ~0
     level): stopping at the first stage whose sequences decide must err in at most alpha of the runs."""
     from genft.report.anytime import pooled_bounds
-    from genft.report.findings import _pooled_verdict
+    from genft.report.judging import _pooled_verdict
     from genft.report.model import Comp
     from genft.report.stats import Estimate
 

@@ -1,15 +1,20 @@
 """The suite report: the study's transfer tables, its findings judged against this suite, figures, and the
 evidence file that rebuilds it.
 
-One concern a module: `settings` (how findings are judged: margins, tolerances), `stats` (hierarchical
-bootstrap, Holm), `model` (the `CellRecord`s indexed: groups of true replicates, conditions, comparisons),
-`diagnostics` (one-label arms, identical and repeated outputs), `findings` (the registry of the study's
-findings), `tables` and `sections` (markdown), `figures`, `evidence` (the committed cells file), `write`.
+One concern a module: `stats` (hierarchical bootstrap, Holm, pooling), `model` (the `CellRecord`s indexed:
+groups of true replicates, conditions, comparisons, in-domain checks), `diagnostics` (one-label arms,
+identical, repeated, empty and copied outputs), `judging` (the rules that turn comparisons into verdicts),
+`findings` (the registry of the study's findings), `sequential` and `anytime` (confidence sequences for staged
+evaluation), `stopping` (its stop decision), `power` (the power planner), `compare` (two judgements side by
+side), `tables`, `sections` and `curves` (markdown), `figures`, `evidence` (the committed cells file),
+`export` and `tracking` (tables and trackers for researchers' tools), `write`.  The settings of the judging
+live with the suite schema (`suite.report_settings`).
 """
 from __future__ import annotations
 
 from .evidence import read_evidence
-from .findings import DOES_NOT_HOLD, FINDINGS, HOLDS, INCONCLUSIVE, NOT_MEASURED, findings
+from .findings import FINDINGS, findings
+from .judging import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_MEASURED
 from .model import SuiteData
 from ..suite.report_settings import Margin, ReportSettings
 from .stats import holm, paired_bootstrap

@@ -39,7 +39,8 @@ from ..suite.store import CellRecord, CheckpointInfo, FinetuneInfo, Provenance, 
 from ..suite.report_settings import ReportSettings
 from ..training import OPERATIONAL
 from .evidence import read_evidence
-from .findings import FINDINGS, Part, judge_part
+from .findings import FINDINGS
+from .judging import Part, judge_part
 from .markdown import table
 from .model import SuiteData
 

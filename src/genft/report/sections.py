@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..prompts import TARGET_DELIMITER
 from . import diagnostics
-from .findings import NOT_MEASURED, RULES, Finding, row, run_table
+from .findings import run_table
+from .judging import NOT_MEASURED, RULES, Finding, row
 from .markdown import human_s, join, many, table, uniq
 from .model import SuiteData, fmt, task_kind
 

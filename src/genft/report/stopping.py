@@ -14,7 +14,8 @@ from typing import Callable, Mapping
 
 from ..suite.report_settings import ReportSettings
 from ..suite.store import CellRecord
-from .findings import DOES_NOT_HOLD, FINDINGS, HOLDS, judge_part
+from .findings import FINDINGS
+from .judging import DOES_NOT_HOLD, HOLDS, judge_part
 from .model import SuiteData
 
 
