@@ -84,10 +84,12 @@ def data_protocol(data_root: str | os.PathLike | None = None) -> str:
     return found[0] if found else "clean"
 
 
-def per_item(spec: TaskSpec, samples: Sequence[dict]) -> dict:
-    """Per-item results of one task from lm-eval's samples, in doc_id order: doc_ids, each metric's values, and
-    each item's output (the label the first-token rule predicts, or the stripped-and-cut generation)."""
-    samples = sorted(samples, key=lambda s: s["doc_id"])
+def per_item(spec: TaskSpec, samples: Sequence[dict], by_doc_id: bool = True) -> dict:
+    """Per-item results of one task from lm-eval's samples, in doc_id order (by_doc_id=False: in the order given,
+    as a staged cell's items are drawn): doc_ids, each metric's values, and each item's output (the label the
+    first-token rule predicts, or the stripped-and-cut generation)."""
+    if by_doc_id:
+        samples = sorted(samples, key=lambda s: s["doc_id"])
     names = list(dict.fromkeys(m for s in samples for m in s.get("metrics") or []))
     if spec.is_classification:
         outputs = [next((lab for lab in spec.labels if s.get(f"predfirst_{lab}")), "") for s in samples]

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 from matplotlib.ticker import MaxNLocator
 
 from ..suite.store import CellRecord
-from .export import one_cell, setting, step_of
+from .export import one_cell, setting, split, step_of  # noqa: F401 (split: re-exported for write)
 from .figures import _fig_bytes, _pyplot
 from .markdown import table
 from .model import Comp, Cond, SuiteData, fmt

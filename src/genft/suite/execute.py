@@ -242,7 +242,7 @@ def _record_fields(cell: Cell, suite: Suite, result: Mapping, samples: list[dict
     ck, spec = cell.checkpoint, get_task(cell.task)
     metrics = {k.split(",", 1)[0]: float(v) for k, v in result.items()
                if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    per_item = harness.per_item(spec, samples)
+    per_item = harness.per_item(spec, samples, by_doc_id=False)  # (unstaged callers sort by doc id first)
     items, outputs = per_item["items"], per_item["outputs"]
     majority = None
     if spec.is_classification:

@@ -162,6 +162,8 @@ def check_types(values: Mapping[str, Any], source: str = "config") -> dict:
     for k, v in values.items():
         if isinstance(v, bool) and k not in _BOOL_FIELDS:
             raise ConfigError(f"{source}: {k}: expected {_type_name(k)}, got {v!r}")
+    if isinstance(values.get("report_to"), str):  # "none", "tensorboard" or "a,b": TRL's spellings of a list
+        values = {**values, "report_to": [n for n in re.split(r"[,\s]+", values["report_to"]) if n]}
     try:
         checked = _TYPES.model_validate(dict(values))
     except ValidationError as e:
