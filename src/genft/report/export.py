@@ -62,8 +62,8 @@ CELL_COLUMNS: dict[str, tuple[str, str]] = {
     "change_vs_base": ("float64", "fine-tuned: score - base_score, paired over the common items"),
     "change_lo": ("float64", "lower end of the change's 95% bootstrap interval (items resampled)"),
     "change_hi": ("float64", "upper end of that interval"),
-    "degenerate": ("string", "why the change is no evidence (identical outputs, an arm answering one label); "
-                             "empty otherwise"),
+    "degenerate": ("string", "why the change carries no information (every arm at the floor, or the same "
+                             "output on every item); empty otherwise"),
     "backend": ("string", "the lm-eval model type that evaluated it"),
     "device": ("string", "the evaluation device"),
     "dtype": ("string", "the evaluation dtype"),
