@@ -32,10 +32,10 @@ the measured FLOP/s.
     python benchmarks/eval_speed.py                              # default cells, 2 threads, 3 runs each
     python benchmarks/eval_speed.py --quick --threads 1          # a busy machine / a smoke run
     python benchmarks/eval_speed.py --backends genft-hf --json out.json   # one backend, machine-readable
-    python benchmarks/eval_speed.py --model swa-262k --preset swa   # issue 13's sliding-window, 262k-vocab anchor
+    python benchmarks/eval_speed.py --model swa-262k --preset swa   # the sliding-window, 262k-vocab anchor
     python benchmarks/eval_speed.py --dtype bfloat16             # bf16 weights, shares of the bf16 matmul peak
 
-The report ("genft-hf against study and hf") gives each cell's speed-up and checks issue 13's targets: no
+The report ("genft-hf against study and hf") gives each cell's speed-up and checks genft-hf's speed targets: no
 cell kind (classification / generation, 0-shot / k-shot) slower with genft-hf than with the study's method,
 and k-shot classification at least 3x lm-eval's `hf`.  The default model's run writes the whole --out file
 except blocks that other scripts own (`<!-- NAME:start -->` ... `<!-- NAME:end -->`, kept as they are);
@@ -88,7 +88,7 @@ QUICK = [
     ("genft_question_socialiqa", 0, 8), ("genft_question_socialiqa", 2, 8),
     ("genft_nli_mnli_m", 5, 12),
 ]
-# Issue 13's cells on a sliding-window, large-vocabulary model (--model swa-262k): 0-shot NLI, 4-shot paraphrase
+# The anchor cells on a sliding-window, large-vocabulary model (--model swa-262k): 0-shot NLI, 4-shot paraphrase
 # classification, and a generation cell.
 SWA = [("genft_nli_mnli_m", 0, 40), ("genft_paraphrase_paws", 4, 40), ("genft_question_socialiqa", 0, 16)]
 PRESETS = {"default": CELLS, "quick": QUICK, "swa": SWA}
@@ -310,12 +310,12 @@ def _metric(res: dict) -> str:
 # --------------------------------------------------------------------------- the report
 
 
-CLS_MATMUL_TARGET = 0.60  # issue 13: classification at or above 60% of the machine's matmul FLOP/s
+CLS_MATMUL_TARGET = 0.60  # target: classification at or above 60% of the machine's matmul FLOP/s
 
 
 def targets_section(medians: list, matmul_shares: dict | None = None) -> list[str]:
     """Markdown lines: genft-hf's speed-up over `study` and `hf` per cell (their median model time over its
-    own) and issue 13's targets.  medians: [(task, shots, items, generation, {backend: median seconds})];
+    own) and genft-hf's speed targets.  medians: [(task, shots, items, generation, {backend: median seconds})];
     matmul_shares: {(task, shots): genft-hf's prefill FLOPs over its median time as a share of the measured
     matmul FLOP/s} of the classification cells (the third target, checked when given)."""
     if not medians or "genft-hf" not in medians[0][4] or not {"study", "hf"} & set(medians[0][4]):
@@ -356,7 +356,7 @@ def targets_section(medians: list, matmul_shares: dict | None = None) -> list[st
         "|---|---|---|---|---|---|",
         *rows,
         "",
-        "Issue 13's targets on these cells (medians of the runs above):",
+        "genft-hf's speed targets on these cells (medians of the runs above):",
         f"- no cell kind slower with genft-hf than with the study's method: {first}",
         f"- k-shot classification at least 3x lm-eval's `hf`: {second}",
         *third,

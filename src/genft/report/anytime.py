@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from . import sequential
-from .model import Comp, SuiteData
+from .model import Comp
 
 KINDS = ("diff", "value")
 
@@ -81,8 +81,3 @@ def stopped_early(comps: Sequence[Comp]) -> bool:
     """Whether any record behind these comparisons stopped on a decision before its test set's end."""
     return any(r.stages is not None and r.stages.stopped == "decided" for c in comps for cond in c.conds
                for r in cond.cells)
-
-
-def uses(s: SuiteData, comp: Comp | None) -> list[str]:
-    """The keys of the records a comparison reads."""
-    return [r.key for c in (comp.conds if comp is not None else ()) for r in c.cells]

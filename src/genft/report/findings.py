@@ -31,14 +31,10 @@ def findings(s: SuiteData) -> list[Finding]:
     return out
 
 
-def margin_of(s: SuiteData, metric: str, reference: float) -> float:
-    return s.settings.margin(metric).of(reference)
-
-
 def _evidence(s: SuiteData, g: Group, ts: TestSet, what: str, comp: Comp | None) -> Evidence | None:
     if comp is None:
         return None
-    return Evidence(g, ts, what, comp, margin_of(s, s.conds_of(g, ts, any_demos=True)[0].metric, comp.reference))
+    return Evidence(g, ts, what, comp, s.margin(s.conds_of(g, ts, any_demos=True)[0].metric, comp.reference))
 
 
 def _best(s: SuiteData, a_conds: list, b_conds: list) -> Comp:
@@ -98,7 +94,7 @@ def finding_train_size(s: SuiteData) -> Finding:
                     comp = s.compare(c1, c0)
                     part.evidence.append(Evidence(
                         g1, ts, f"step {g0.size} → {g1.size}: {c1.score:.3f} − {c0.score:.3f}", comp,
-                        margin_of(s, c0.metric, comp.reference), series=(gs[0].key, ts.name),
+                        s.margin(c0.metric, comp.reference), series=(gs[0].key, ts.name),
                         groups=[g0, g1]))
     return Finding(2, "Training size", "More training data is not reliably better (PAWS 81.6% at 2K -> 93.2% at "
                    "4K; 4K -> 6K flat or worse).", [part], HEADERS,

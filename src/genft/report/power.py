@@ -150,9 +150,10 @@ def _planned_items(plan: planning.Plan, default: int) -> tuple[dict[tuple, int],
     """Items a cell will score and the most its test set holds, per (task, dataset)."""
     scored, held = {}, {}
     for c in plan.cells:
-        count = planning.test_count(c.task, c.dataset, plan.suite.data_dir)
-        held[(c.task, c.dataset)] = count
-        scored[(c.task, c.dataset)] = c.n or c.limit or count or default
+        ts = (c.task, c.dataset)
+        if ts not in held:  # one read of the test set's meta.json, not one per cell
+            held[ts] = planning.test_count(c.task, c.dataset, plan.suite.data_dir)
+        scored[ts] = c.n or c.limit or held[ts] or default
     return scored, held
 
 
