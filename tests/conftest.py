@@ -79,7 +79,7 @@ def tiny_suite(tmp_path_factory, tiny_model) -> Path:
     0 and 1 shots.  Returns the suite file; its output folder holds the cells and manifests the run wrote."""
     import yaml
 
-    from genft import suite as gsuite
+    from genft.suite.run import run_suite
     from genft.builtin import generate
 
     root = tmp_path_factory.mktemp("tiny-suite")
@@ -99,5 +99,5 @@ def tiny_suite(tmp_path_factory, tiny_model) -> Path:
     path = root / "tiny-suite.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     lines: list[str] = []
-    assert gsuite.run_suite(path, log=lines.append) == 0, "\n".join(lines[-40:])
+    assert run_suite(path, log=lines.append) == 0, "\n".join(lines[-40:])
     return path

@@ -14,6 +14,7 @@ import yaml
 
 from genft import suite as gsuite
 from genft.suite import cluster, store
+from genft.suite.run import run_suite
 from genft.suite.units import Unit, run_unit, units_of
 
 ray = pytest.importorskip("ray")
@@ -57,19 +58,19 @@ def cells(path: Path) -> dict[str, tuple]:
 @pytest.fixture(scope="module")
 def local_cells(tmp_path_factory, data_root):
     path = make_suite(tmp_path_factory.mktemp("local"), data_root)
-    assert gsuite.run_suite(path, log=lambda *_: None) == 0
+    assert run_suite(path, log=lambda *_: None) == 0
     return cells(path)
 
 
 def test_units_order_fine_tunes_before_their_evaluations(tmp_path, data_root):
-    p = gsuite.plan(gsuite.load_suite(make_suite(tmp_path, data_root)))
+    p = gsuite.read_plan(gsuite.load_suite(make_suite(tmp_path, data_root)))
     assert units_of(p) == [Unit("finetune", "ft"), Unit("evaluate", "tiny"), Unit("evaluate", "ft", after="ft")]
 
 
 def test_ray_local_cluster_gives_the_local_executors_cells(tmp_path, data_root, local_cells):
     path = make_suite(tmp_path, data_root, kind="ray")
     lines: list[str] = []
-    rc = gsuite.run_suite(path, log=lines.append, executor=cluster.RayExecutor(gsuite.load_suite(path).executor,
+    rc = run_suite(path, log=lines.append, executor=cluster.RayExecutor(gsuite.load_suite(path).executor,
                                                                                num_cpus=2))
     assert rc == 0, "\n".join(lines[-20:])
     got = cells(path)
@@ -80,7 +81,7 @@ def test_ray_local_cluster_gives_the_local_executors_cells(tmp_path, data_root, 
 def test_submitit_local_executor_gives_the_local_executors_cells(tmp_path, data_root, local_cells):
     path = make_suite(tmp_path, data_root, kind="slurm", cluster="local", poll_s=0.5)
     lines: list[str] = []
-    assert gsuite.run_suite(path, log=lines.append) == 0, "\n".join(lines[-20:])
+    assert run_suite(path, log=lines.append) == 0, "\n".join(lines[-20:])
     assert cells(path) == local_cells
     logs = [x for x in lines if x.startswith("slurm: ") and " job " in x]
     assert len(logs) == 3 and all("log " in x and Path(x.rsplit("log ", 1)[1]).parent.is_dir() for x in logs)
@@ -115,7 +116,7 @@ def test_a_worker_killed_mid_unit_is_retried_and_leaves_no_partial_cell(tmp_path
     path = make_suite(tmp_path, data_root, kind="ray")
     lines: list[str] = []
     ex = cluster.RayExecutor(gsuite.load_suite(path).executor, unit_fn=killed_once, num_cpus=2)
-    assert gsuite.run_suite(path, log=lines.append, executor=ex) == 0, "\n".join(lines[-20:])
+    assert run_suite(path, log=lines.append, executor=ex) == 0, "\n".join(lines[-20:])
     assert (tmp_path / "killed-evaluate-ft").exists()  # it did die once
     assert cells(path) == local_cells
     assert not list((tmp_path / "out").rglob("*.tmp"))
@@ -136,7 +137,7 @@ def test_submitit_resubmits_a_failed_job(tmp_path, data_root, local_cells):
     path = make_suite(tmp_path, data_root, kind="slurm", cluster="local", poll_s=0.5)
     lines: list[str] = []
     ex = cluster.SlurmExecutor(gsuite.load_suite(path).executor, unit_fn=flaky)
-    assert gsuite.run_suite(path, log=lines.append, executor=ex) == 0, "\n".join(lines[-20:])
+    assert run_suite(path, log=lines.append, executor=ex) == 0, "\n".join(lines[-20:])
     assert any("finetune:ft failed (" in x and "submitting it again" in x for x in lines)
     assert cells(path) == local_cells
 
@@ -147,4 +148,4 @@ def test_a_missing_engine_says_what_to_install(tmp_path, data_root, monkeypatch)
                         lambda name: (_ for _ in ()).throw(ImportError(name)) if name == "ray" else real(name))
     path = make_suite(tmp_path, data_root)
     with pytest.raises(gsuite.SuiteError, match=r"pip install 'genft\[ray\]'"):
-        gsuite.run_suite(path, log=lambda *_: None, engine="ray")
+        run_suite(path, log=lambda *_: None, executor="ray")

@@ -159,14 +159,13 @@ def test_a_foreign_file_in_a_checkpoint_folder_is_never_deleted(tmp_path, data_r
 
 
 def test_the_trainer_refuses_a_folder_that_gained_a_foreign_file_after_planning(tmp_path, data_root):  # noqa: F811
-    from genft.suite import planning
     from genft.suite.execute import finetune
 
     suite = make_suite(tmp_path, data_root)
     folder = tmp_path / "out" / "checkpoints" / "ft-products"
     folder.mkdir(parents=True)
     (folder / "genft_run.json").write_text(json.dumps({"config_hash": "another", "config": {}}))
-    job = planning.plan(gsuite.load_suite(suite)).jobs[0]
+    job = gsuite.read_plan(gsuite.load_suite(suite)).jobs[0]
     assert job.status == "retrain"
     (folder / "README.md").write_text("# my model\n")  # a README that is not TRL's model card
     trainer = FakeTrainer()

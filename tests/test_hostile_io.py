@@ -28,7 +28,7 @@ from genft import data as gdata
 from genft import files, models
 from genft.cli import main as cli_main
 from genft.data import study
-from genft.suite import store
+from genft.suite import snapshot, store
 
 from loopback import http_server
 from report_records import record, stored
@@ -281,7 +281,7 @@ def test_an_edited_cell_record_is_detected_and_named(tmp_path):
     assert raw["checksum"] == store.CellRecord.model_validate(raw).content_sha256()
     raw["metrics"]["acc_first"] = 1.0  # a better score, typed in; the key is untouched
     path.write_text(json.dumps(raw))
-    rec, problem = store.check_cell(out, raw["key"], None)
+    rec, problem = snapshot.check_cell(out, raw["key"], None)
     assert rec is None and str(path) in problem and "edited after genft wrote it" in problem
     with pytest.raises(store.StoreError, match="edited after genft wrote it"):
         store.load_finished(out)

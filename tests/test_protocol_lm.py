@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from genft import cli, data, harness, study_tokens
-from genft import suite as gsuite
 from genft.prompts import render_context
 from genft.protocol_lm import StudyPromptLM, with_protocol
-from genft.suite import planning, store
+from genft.suite import observe, store
+from genft.suite.run import run_suite
 
 SENT = [{"text": "great phone, works well", "label": "positive"}, {"text": "broke in a day", "label": "negative"},
         {"text": "fine value", "label": "positive"}]
@@ -90,11 +90,11 @@ def test_genft_eval_and_a_suite_give_the_same_items_on_study_data(tmp_path, tiny
            "output": str(tmp_path / "out")}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(doc))
-    assert gsuite.run_suite(path, log=lambda *_: None) == 0
+    assert run_suite(path, log=lambda *_: None) == 0
     recs, _ = store.load_finished(tmp_path / "out")
     assert {r.protocol for r in recs} == {"study"} and len(recs) == 8
     # the modules that build the study's ids are part of a study cell's key: changing them re-runs the cell
-    assert {r.material["study_tokens"] for r in recs} == {planning.study_tokens_hash()}
+    assert {r.material["study_tokens"] for r in recs} == {observe.study_tokens_hash()}
     got = {}
     sent, ques = ["genft_sentiment_amazon", "genft_sentiment_amazon_p2"], ["genft_question_socialiqa",
                                                                           "genft_question_socialiqa_p2"]
@@ -132,7 +132,7 @@ def test_a_study_protocol_suite_evaluates_the_studys_release(tmp_path, tiny_mode
                     "group": "cell"}, "output": str(tmp_path / "out")}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(doc))
-    assert gsuite.run_suite(path, log=lambda *_: None) == 0
+    assert run_suite(path, log=lambda *_: None) == 0
     recs, _ = store.load_finished(tmp_path / "out")
     assert {r.protocol for r in recs} == {"study"} and len(recs) == 2
     for r in recs:

@@ -17,7 +17,9 @@ from genft.cli import main as cli_main
 from genft.models import weights_fingerprint
 from genft.precision import cpu_bf16_missing
 from genft.prompts import get_task
-from genft.suite import planning as gplan, store
+from genft.suite import observe, store
+from genft.suite.execute import Trainer
+from genft.suite.run import run_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +36,7 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-class FakeTrainer(gsuite.Trainer):
+class FakeTrainer(Trainer):
     """A 'fine-tune' in no time: the tiny model's weights moved by a seeded perturbation (`noise` per call:
     the same noise gives the same weights, as a deterministic trainer does), saved like sft.py saves them,
     and the manifest sft.py writes (recipe hashes, the weights' fingerprint, last)."""
@@ -65,7 +67,7 @@ class FakeTrainer(gsuite.Trainer):
         (job.out_dir / "genft_manifest.json").write_text(json.dumps(manifest))
 
 
-class NoTrainer(gsuite.Trainer):
+class NoTrainer(Trainer):
     def train(self, job, log):
         raise AssertionError(f"the trainer was called for {job.run}")
 
@@ -124,7 +126,7 @@ class Counter:
 
 
 def run(path: Path, trainer=None, **kw) -> int:
-    return gsuite.run_suite(path, trainer=trainer or NoTrainer(), log=lambda *_: None, **kw)
+    return run_suite(path, trainer=trainer or NoTrainer(), log=lambda *_: None, **kw)
 
 
 def load_cells(path: Path) -> list[store.CellRecord]:
@@ -232,8 +234,8 @@ def test_recipe_is_merged_under_the_run(tmp_path, data_root):
 # ---------------------------------------------------------------- plan and keys
 
 
-def plan(path: Path, **kw) -> gplan.Plan:
-    return gsuite.plan(gsuite.load_suite(path), **kw)
+def plan(path: Path, **kw) -> gsuite.Plan:
+    return gsuite.read_plan(gsuite.load_suite(path), **kw)
 
 
 def test_plan_cells_and_cross_task_prompts(tmp_path, data_root):
@@ -413,7 +415,7 @@ def test_device_dtype_and_backend_are_in_the_key(tmp_path, data_root, monkeypatc
     (first,) = load_cells(path)
     assert first.provenance.dtype == "float32" and first.material["device"] == "cpu"
     # another device (a GPU, faked here): every cell is to run again, under another key
-    monkeypatch.setattr(gplan, "device_identity", lambda device: "cuda:NVIDIA H200")
+    monkeypatch.setattr(observe, "device_identity", lambda device: "cuda:NVIDIA H200")
     p = plan(path)
     assert [c.done for c in p.cells] == [False] and p.cells[0].key != first.key
     monkeypatch.undo()
@@ -492,6 +494,7 @@ import torch; torch.set_num_threads(1)
 import json
 from genft import suite as gsuite
 from genft.suite import store
+from genft.suite.run import run_suite
 real = store.write_json
 count = [0]
 def write(path, obj):
@@ -503,7 +506,7 @@ def write(path, obj):
             os._exit(9)
     return real(path, obj)
 store.write_json = write
-sys.exit(gsuite.run_suite(sys.argv[1]))
+sys.exit(run_suite(sys.argv[1]))
 """
 
 
@@ -574,7 +577,7 @@ def test_real_trainer_agrees_on_the_config_hash(tmp_path, data_root):
     path = make_suite(tmp_path, data_root, test_sets=["builtin_products"], shots={"classification": [0]})
     edit(path, lambda d: d.update(threads=1))
     lines: list[str] = []
-    assert gsuite.run_suite(path, log=lines.append) == 0, "\n".join(lines[-30:])
+    assert run_suite(path, log=lines.append) == 0, "\n".join(lines[-30:])
     man = gsuite.load_manifests(tmp_path / "out")["ft-products"]
     job = plan(path).jobs[0]
     assert job.status == "done" and man["config_hash"] == job.recipe_hash and man["replicate_hash"] == job.replicate_hash
@@ -691,7 +694,7 @@ def test_the_cell_key_follows_the_test_and_demo_files_and_the_harness(tmp_path, 
     # the harness: a copy of harness_tasks with one task's file changed
     tasks = tmp_path / "harness_tasks"
     shutil.copytree(harness.tasks_dir(), tasks)
-    monkeypatch.setattr(gplan, "tasks_dir", lambda: tasks)
+    monkeypatch.setattr(observe, "tasks_dir", lambda: tasks)
     assert todo() == []
     task_file = tasks / "sentiment" / "genft_sentiment_builtin_restaurants.yaml"
     task_file.write_text(task_file.read_text() + "# edited\n")

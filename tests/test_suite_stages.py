@@ -16,6 +16,8 @@ import yaml
 from genft import harness, suite as gsuite
 from genft.cli import main as cli_main
 from genft.suite import cluster, store
+from genft.suite import snapshot as gsnapshot
+from genft.suite.run import run_suite
 from genft.suite.stages import item_order
 from genft.suite.units import run_unit
 
@@ -98,7 +100,7 @@ def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp
         return stop_one_shot(records)
 
     spy = Spy(monkeypatch)
-    assert gsuite.run_suite(path, decide=decide, log=lambda *_: None) == 0
+    assert run_suite(path, decide=decide, log=lambda *_: None) == 0
     cells = by_cell(path)
     zero, one, gen = cells[("sentiment", 0)], cells[("sentiment", 1)], cells[("summary", 0)]
     # what each record holds, of how many, and why it stopped
@@ -120,7 +122,7 @@ def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp
 
     # the same items as an unstaged run scores them, item by item (another key: the order is in it)
     ref = make_suite(tmp_path, data_root, None, name="ref")
-    assert gsuite.run_suite(ref, log=lambda *_: None) == 0
+    assert run_suite(ref, log=lambda *_: None) == 0
     plain = by_cell(ref)
     # a limit takes the first `limit` items of the order, not of the file
     assert plain[("summary", 0)].doc_ids == [0, 1] and gen.doc_ids == list(ORDER[:2])
@@ -141,7 +143,7 @@ def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp
     before = snapshot(path)
     monkeypatch.undo()
     Spy(monkeypatch, forbid=True)
-    assert gsuite.run_suite(path, decide=decide, log=lambda *_: None) == 0
+    assert run_suite(path, decide=decide, log=lambda *_: None) == 0
     assert snapshot(path) == before
 
     # stop: exhausted continues the decided cell from its 40 items; the others are finished already
@@ -150,7 +152,7 @@ def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp
     doc = yaml.safe_load(path.read_text())
     doc["eval"]["stages"]["stop"] = "exhausted"
     path.write_text(yaml.safe_dump(doc))
-    assert gsuite.run_suite(path, decide=decide, log=lambda *_: None) == 0
+    assert run_suite(path, decide=decide, log=lambda *_: None) == 0
     assert spy.calls == [(name, 1, tuple(sorted(ORDER[40:80]))), (name, 1, tuple(sorted(ORDER[80:])))]
     again = by_cell(path)
     assert (again[("sentiment", 1)].n, again[("sentiment", 1)].stages.stopped) == (100, "exhausted")
@@ -162,7 +164,7 @@ def test_without_a_decision_staged_cells_run_to_the_end(tmp_path, data_root):
     path = make_suite(tmp_path, data_root, {"step": 60, "seed": 3}, test_sets=["builtin_products"],
                       shots={"classification": [0]})
     logged: list[str] = []
-    assert gsuite.run_suite(path, log=logged.append) == 0
+    assert run_suite(path, log=logged.append) == 0
     (rec,) = by_cell(path).values()
     assert (rec.n, rec.stages.stage, rec.stages.stopped) == (100, 2, "exhausted")
     assert rec.doc_ids == list(item_order(3, 100)) and rec.material["stages"] == {"seed": 3, "step": 60}
@@ -175,7 +177,7 @@ def test_a_round_that_stores_nothing_ends_the_run_unfinished(tmp_path, data_root
     spy = Spy(monkeypatch)
     monkeypatch.setattr(store, "write_cell", lambda *a, **k: None)  # a store that keeps nothing
     logged: list[str] = []
-    assert gsuite.run_suite(path, log=logged.append) == 1
+    assert run_suite(path, log=logged.append) == 1
     assert len(spy.calls) == 1 and any("1 cells are still not finished" in line for line in logged)
 
 
@@ -188,6 +190,7 @@ sys.path.insert(0, sys.argv[2])
 from test_suite_stages import stop_resume
 from genft import suite as gsuite
 from genft.suite import store
+from genft.suite.run import run_suite
 real = store.write_json
 count = [0]
 def write(path, obj):
@@ -199,7 +202,7 @@ def write(path, obj):
             os._exit(9)
     return real(path, obj)
 store.write_json = write
-sys.exit(gsuite.run_suite(sys.argv[1], decide=stop_resume, log=lambda *_: None))
+sys.exit(run_suite(sys.argv[1], decide=stop_resume, log=lambda *_: None))
 """
 
 
@@ -212,16 +215,16 @@ def test_a_killed_staged_run_resumes_to_the_records_of_an_uninterrupted_one(tmp_
                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 9, proc.stderr[-2000:]
     out = gsuite.output_of(path)
-    p = gsuite.plan(gsuite.load_suite(path))
+    p = gsuite.read_plan(gsuite.load_suite(path))
     assert sorted((c.shots, c.held, c.stopped) for c in p.cells) == [(0, 80, None), (1, 40, None), (2, 40, "decided")]
     assert any(x.name.startswith(".") for x in (out / "cells").iterdir())  # the torn temporary file
     samples_1 = out / "cells" / f"{next(c.key for c in p.cells if c.shots == 1)}.samples.jsonl"
     assert len(samples_1.read_text().splitlines()) == 80  # grown before the record was (half) written
 
-    assert gsuite.run_suite(path, decide=stop_resume, log=lambda *_: None) == 0
+    assert run_suite(path, decide=stop_resume, log=lambda *_: None) == 0
     resumed = by_cell(path)
     ref = make_suite(tmp_path, data_root, {"step": STEP, "seed": 0}, name="ref", **kw)
-    assert gsuite.run_suite(ref, decide=stop_resume, log=lambda *_: None) == 0
+    assert run_suite(ref, decide=stop_resume, log=lambda *_: None) == 0
     clean = by_cell(ref)
     assert {k: content(r) for k, r in resumed.items()} == {k: content(r) for k, r in clean.items()}
     assert {k: (r.n, r.stages.stopped) for k, r in clean.items()} == {
@@ -243,9 +246,9 @@ def test_a_cluster_engine_runs_the_same_stages(tmp_path, data_root):
     kw = dict(test_sets=["builtin_products"], shots={"classification": [0, 1]})
     local = make_suite(tmp_path, data_root, {"step": 50, "seed": 1}, name="local", **kw)
     elsewhere = make_suite(tmp_path, data_root, {"step": 50, "seed": 1}, name="elsewhere", **kw)
-    assert gsuite.run_suite(local, decide=stop_one_shot, log=lambda *_: None) == 0
+    assert run_suite(local, decide=stop_one_shot, log=lambda *_: None) == 0
     engine = InProcess(gsuite.load_suite(elsewhere).executor, unit_fn=run_unit)
-    assert gsuite.run_suite(elsewhere, executor=engine, decide=stop_one_shot, log=lambda *_: None) == 0
+    assert run_suite(elsewhere, executor=engine, decide=stop_one_shot, log=lambda *_: None) == 0
     a, b = by_cell(local), by_cell(elsewhere)
     assert {k: content(r) for k, r in a.items()} == {k: content(r) for k, r in b.items()}
     assert {k: (r.n, r.stages.stopped) for k, r in b.items()} == {("sentiment", 0): (100, "exhausted"),
@@ -307,11 +310,11 @@ def test_records_of_version_2_read_as_unstaged_and_stores_check_staged_files(tmp
         store.stop_cell(tmp_path, old.key, "why")
     staged = store.CellRecord.model_validate(_staged_raw())
     store.write_cell(tmp_path, staged, b"{}\n" * 7)  # a samples file shorter than the record
-    rec, problem = store.check_cell(tmp_path, staged.key, 100, staged=True)
+    rec, problem = gsnapshot.check_cell(tmp_path, staged.key, 100, staged=True)
     assert rec is None and "fewer than its 8 items" in problem
     store.write_cell(tmp_path, staged, b"{}\n" * 8)
-    assert store.check_cell(tmp_path, staged.key, 100, staged=True)[0] == staged.sealed()  # the store seals what it writes
-    assert "can hold 100 items, the cell has 50" in store.check_cell(tmp_path, staged.key, 50, staged=True)[1]
+    assert gsnapshot.check_cell(tmp_path, staged.key, 100, staged=True)[0] == staged.sealed()  # the store seals what it writes
+    assert "can hold 100 items, the cell has 50" in gsnapshot.check_cell(tmp_path, staged.key, 50, staged=True)[1]
     stopped = store.stop_cell(tmp_path, staged.key, "decided by a test")
     assert (stopped.stages.stopped, stopped.stages.why) == ("decided", "decided by a test")
     assert store.read_cell(store.cell_path(tmp_path, staged.key)) == stopped

@@ -122,14 +122,14 @@ def builtin_root(tmp_path_factory) -> Path:
 
 
 def test_a_suites_trainer_takes_report_to_outside_the_recipe_hash(tmp_path, builtin_root):
-    from genft.suite import SuiteError, load_suite, plan
+    from genft.suite import SuiteError, load_suite, read_plan
 
-    plain = plan(load_suite(_suite_file(tmp_path, builtin_root))).jobs[0]
-    tracked = plan(load_suite(_suite_file(tmp_path, builtin_root, {"report_to": "tensorboard"}))).jobs[0]
+    plain = read_plan(load_suite(_suite_file(tmp_path, builtin_root))).jobs[0]
+    tracked = read_plan(load_suite(_suite_file(tmp_path, builtin_root, {"report_to": "tensorboard"}))).jobs[0]
     assert tracked.config["report_to"] == ["tensorboard"] and tracked.config["run_name"] == "wf/ft-products"
     assert plain.config["report_to"] == [] and plain.config["run_name"] is None
     assert tracked.recipe_hash == plain.recipe_hash and tracked.replicate_hash == plain.replicate_hash
-    named = plan(load_suite(_suite_file(tmp_path, builtin_root, {"report_to": ["tensorboard"], "run_name": "x"})))
+    named = read_plan(load_suite(_suite_file(tmp_path, builtin_root, {"report_to": ["tensorboard"], "run_name": "x"})))
     assert named.jobs[0].config["run_name"] == "x" and named.jobs[0].recipe_hash == plain.recipe_hash
     with pytest.raises(SuiteError, match=r"suite\.yaml:\d+: finetune\[0\]: report_to: unknown integration 'tb'"):
         load_suite(_suite_file(tmp_path, builtin_root, {"report_to": "tb"}))
@@ -344,10 +344,12 @@ def test_lora_step_models_are_merged_like_the_final_model(tiny_model, data_root,
 
 
 def test_intermediate_models_are_checkpoints_of_their_own_and_resumable(tracked_suite):
-    from genft.suite import Trainer, load_suite, plan, run_suite, store
+    from genft.suite import load_suite, read_plan, store
+    from genft.suite.execute import Trainer
+    from genft.suite.run import run_suite
 
     tmp, path = tracked_suite
-    p = plan(load_suite(path))
+    p = read_plan(load_suite(path))
     ids = [ck.id for ck in p.checkpoints]
     assert ids == ["tiny", "ft-products", "ft-products@step1", "ft-products@step2", "ft-products@step3"]
     steps = {ck.id: ck for ck in p.checkpoints if "@" in ck.id}
@@ -445,10 +447,10 @@ def test_curves_show_each_steps_change_vs_base_with_its_interval(tmp_path):
 
 
 def test_a_cluster_evaluates_intermediate_models_after_their_fine_tune(tmp_path, builtin_root):
-    from genft.suite import SuiteError, load_suite, plan
+    from genft.suite import SuiteError, load_suite, read_plan
     from genft.suite.units import units_of
 
-    p = plan(load_suite(_suite_file(tmp_path, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[2, 1])))
+    p = read_plan(load_suite(_suite_file(tmp_path, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[2, 1])))
     assert p.jobs[0].config["step_models"] == [1, 2] and p.jobs[0].status == "todo"
     units = {u.id: u for u in units_of(p)}
     assert set(units) == {"finetune:ft-products", "evaluate:tiny", "evaluate:ft-products",
@@ -464,17 +466,17 @@ def test_a_cluster_evaluates_intermediate_models_after_their_fine_tune(tmp_path,
 def test_asking_for_another_step_retrains_and_fewer_steps_do_not(tracked_suite, tmp_path):
     import yaml
 
-    from genft.suite import load_suite, plan
+    from genft.suite import load_suite, read_plan
 
     _, path = tracked_suite
     doc = yaml.safe_load(path.read_text())
     doc["finetune"][0]["evaluate_checkpoints"] = [1, 2, 3, 4]
     more = tmp_path / "more.yaml"
     more.write_text(yaml.safe_dump(doc))
-    p = plan(load_suite(more))
-    assert p.jobs[0].status == "retrain" and p.jobs[0].recipe_hash == plan(load_suite(path)).jobs[0].recipe_hash
+    p = read_plan(load_suite(more))
+    assert p.jobs[0].status == "retrain" and p.jobs[0].recipe_hash == read_plan(load_suite(path)).jobs[0].recipe_hash
     doc["finetune"][0]["evaluate_checkpoints"] = [2]  # fewer steps: nothing to train
     fewer = tmp_path / "fewer.yaml"
     fewer.write_text(yaml.safe_dump(doc))
-    p = plan(load_suite(fewer))
+    p = read_plan(load_suite(fewer))
     assert p.jobs[0].status == "done" and all(c.done for c in p.cells) and len(p.cells) == 9

@@ -168,12 +168,13 @@ def cmd_suite_run(args) -> int:
     """Run the suite, then (unless --no-report or --dry-run) write its report from the store."""
     from .report import write_report
     from .report.stopping import make_decide
-    from .suite import load_suite, run_suite
+    from .suite import load_suite
+    from .suite.run import run_suite
 
     from .report.tracking import TrackingError
 
     decide = make_decide(load_suite(args.suite).report)  # staged suites: stop cells once their parts are decided
-    rc = run_suite(args.suite, dry_run=args.dry_run, engine=args.executor, decide=decide)
+    rc = run_suite(args.suite, dry_run=args.dry_run, executor=args.executor, decide=decide)
     if args.dry_run and args.pilot:
         cmd_suite_power(args)
     if not args.dry_run and not args.no_report:

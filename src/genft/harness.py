@@ -6,29 +6,15 @@ folder serves `lm_eval --include_path harness_tasks --tasks 'genft_*'`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 from .data import DataError, data_dir, data_protocols
+from .harness_names import BACKENDS, task_name, task_spec, tasks_dir  # noqa: F401 (re-exported)
 from .metrics import clean_generation
 from .precision import check_eval_dtype
-from .prompts import TASKS, TaskSpec
+from .prompts import TaskSpec
 from .protocol_lm import with_protocol
 from .study_tokens import APPLIED_KEY
-
-BACKENDS = ("genft-hf", "hf", "vllm")  # lm-eval model types genft runs; genft-hf is the suites' default
-
-
-def tasks_dir() -> Path:
-    env = os.environ.get("GENFT_TASKS_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "harness_tasks"
-    if not (path / "_genft_classification.yaml").is_file():
-        raise FileNotFoundError(f"{path}: genft's harness_tasks folder not found; set GENFT_TASKS_DIR to it")
-    return path
-
-
-def task_name(task: str, dataset: str, prompt: int = 1) -> str:
-    return f"genft_{task}_{dataset}" + ("" if prompt == 1 else f"_p{prompt}")
 
 
 def task_manager(pretrained: str | None = None, data_root: str | os.PathLike | None = None, **metadata):
@@ -64,15 +50,6 @@ def match_tasks(patterns: Sequence[str], tm=None) -> list[str]:
 
 def _tag_members(tm, tag: str) -> list[str]:
     return sorted(name for name, entry in tm.task_index.items() if tag in (getattr(entry, "tags", None) or ()))
-
-
-def task_spec(name: str) -> TaskSpec:
-    """The genft task of a harness task name (genft_<task>_<dataset>[_p2])."""
-    rest = name.removeprefix("genft_")
-    for task, spec in TASKS.items():
-        if rest.startswith(task + "_"):
-            return spec
-    raise KeyError(f"{name!r} is not a genft task name (genft_<task>_<dataset>[_p2])")
 
 
 def data_protocol(data_root: str | os.PathLike | None = None) -> str:

@@ -1,6 +1,6 @@
 """Power planning: before any compute is spent, how precisely each finding part of a suite can be judged.
 
-1. *Structure*: the suite is planned (`suite.planning.plan`: no model loaded, nothing written) and every planned
+1. *Structure*: the suite is planned (`suite.observe.read_plan`: no model loaded, nothing written) and every planned
    cell becomes a placeholder record (random answers on a few items; fine-tuned models as their runs will
    record them), so the report's own finding functions list the comparisons each part would make.  The
    placeholders assume what the plan cannot know: that no comparison will lack information (no arm at the
@@ -34,6 +34,7 @@ from scipy.stats import norm
 from ..files import sha256_json
 from ..prompts import get_task
 from ..suite import planning
+from ..suite.observe import read_plan, test_count
 from ..suite.spec import Suite
 from ..suite.store import CellRecord, CheckpointInfo, FinetuneInfo, Provenance, key_of
 from ..suite.report_settings import ReportSettings
@@ -152,14 +153,14 @@ def _planned_items(plan: planning.Plan, default: int) -> tuple[dict[tuple, int],
     for c in plan.cells:
         ts = (c.task, c.dataset)
         if ts not in held:  # one read of the test set's meta.json, not one per cell
-            held[ts] = planning.test_count(c.task, c.dataset, plan.suite.data_dir)
+            held[ts] = test_count(c.task, c.dataset, plan.suite.data_dir)
         scored[ts] = c.n or c.limit or held[ts] or default
     return scored, held
 
 
 def power(suite: Suite, pilot: str | Path | None = None, default_items: int = 500) -> tuple[list[PartPower], str]:
     """Every finding part's precision at the suite's planned items; (rows, a note on the variances' source)."""
-    plan = planning.plan(suite)
+    plan = read_plan(suite)
     s = SuiteData(suite.name, placeholder_records(plan), settings=ReportSettings(n_resamples=100))
     variances = pilot_variances(pilot) if pilot else {}
     scored, held = _planned_items(plan, default_items)

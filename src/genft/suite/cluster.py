@@ -1,7 +1,9 @@
-"""Engines a user already runs: Ray and Slurm (through submitit).  Each runs the plan's units (`units.Unit`)
-with the suite's resources and retries, in dependency order (a fine-tuned checkpoint's evaluation after its
-fine-tune, base models' at once); the results are the store's atomic files on a shared filesystem, so the
-driver only orders work and reports failures.  Ray and submitit are optional extras, imported when asked for.
+"""Executors for clusters a user already runs: Ray and Slurm (through submitit), implementations of
+`units.Executor` like the local one.  Each runs a round's units (`units.Unit`) with the suite's resources and
+retries, in dependency order (a fine-tuned checkpoint's evaluation after its fine-tune, base models' at
+once), each unit on a worker that calls `units.run_unit`; the results are the store's atomic files on a
+shared filesystem, so the driver only orders work and reports failures.  Ray and submitit are optional
+extras, imported by name when a suite asks for them (`require`).
 """
 from __future__ import annotations
 
@@ -13,15 +15,18 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .planning import Plan
 from .schema import ExecutorSection, Resources, SuiteError
-from .units import Unit, run_unit
+from .spec import Suite
+from .execute import Trainer
+from .units import Executor, LocalExecutor, Unit, run_unit
 
 Log = Callable[[str], None]
 UnitFn = Callable[..., str]
 
 
 def require(module: str, extra: str):
-    """Import an optional engine, or say what to install."""
+    """Import an optional cluster library, or say what to install."""
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -29,8 +34,10 @@ def require(module: str, extra: str):
                          "(or choose executor.kind: local)") from None
 
 
-class ClusterExecutor:
-    """Runs units elsewhere; returns the ids of the units that failed for good (after retries)."""
+class ClusterExecutor(Executor):
+    """Runs units elsewhere (`run_units`); returns the ids of the units that failed for good (after retries)."""
+
+    here = False
 
     def __init__(self, section: ExecutorSection, unit_fn: UnitFn = run_unit):
         self.section = section
@@ -39,8 +46,11 @@ class ClusterExecutor:
     def resources(self, unit: Unit) -> Resources:
         return self.section.finetune if unit.kind == "finetune" else self.section.evaluate
 
+    def run(self, suite: Suite, p: Plan, units: Sequence[Unit], log: Log) -> list[str]:
+        return self.run_units(suite.path, units, suite.output, log)
+
     def run_units(self, suite_path: Path, units: Sequence[Unit], output: Path, log: Log) -> list[str]:
-        raise NotImplementedError  # pragma: no cover - interface
+        raise NotImplementedError  # pragma: no cover - each cluster's own
 
 
 class RayExecutor(ClusterExecutor):
@@ -188,10 +198,10 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, old)
 
 
-def make_executor(section: ExecutorSection) -> ClusterExecutor | None:
-    """The engine a suite's `executor:` block asks for (None: the local, in-process one)."""
+def make_executor(section: ExecutorSection, trainer: Trainer | None = None) -> Executor:
+    """The executor a suite's `executor:` block asks for (`trainer`: the local executor's)."""
     if section.kind == "ray":
         return RayExecutor(section)
     if section.kind == "slurm":
         return SlurmExecutor(section)
-    return None
+    return LocalExecutor(trainer)

@@ -1,6 +1,7 @@
-"""The seams where work happens: a `Trainer` makes one fine-tuned checkpoint, an `Executor` evaluates units of
-work (one checkpoint and its missing cells).  The local ones run here; an engine that runs elsewhere
-implements the same two interfaces and writes the same store (atomic files on a shared filesystem).
+"""Where work happens on this machine: a `Trainer` makes one fine-tuned checkpoint (`finetune`: the hand-off
+to finetune/sft.py), `evaluate_checkpoint` evaluates one checkpoint's cells (the hand-off to lm-eval, through
+`genft.harness`) and writes each finished cell into the store; `set_threads` sets the torch threads of the
+process that does either.  Who calls them, here or on a worker elsewhere, is `units`' executors' business.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
+import torch
 import yaml
 
 from .. import data as gdata
@@ -27,11 +29,18 @@ from ..prompts import TARGET_DELIMITER, get_task, render_target
 from ..training import FIELDS, MANIFEST, foreign_files
 from . import stages, store
 from .estimate import Progress
-from .planning import Cell, Checkpoint, FinetuneJob
+from .planning import CellState, Checkpoint, FinetuneJob
 from .spec import REPO, Suite
 
 SFT_SCRIPT = REPO / "finetune" / "sft.py"
 Log = Callable[[str], None]
+
+
+def set_threads(threads: int | None) -> None:
+    """The suite's `threads:` for this process and the processes it starts (the driver, a worker)."""
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 class Trainer:
@@ -161,23 +170,7 @@ class CheckpointWork:
     """A unit of evaluation: one checkpoint (one model load) and its missing cells."""
 
     checkpoint: Checkpoint
-    cells: list[Cell]
-
-
-class Executor:
-    """Evaluates units of work.  A distributed engine ships each CheckpointWork to a worker that calls
-    `evaluate_checkpoint`, which writes each finished cell into the store."""
-
-    def run(self, works: Sequence[CheckpointWork], ctx: EvalContext) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class LocalExecutor(Executor):
-    """In this process, in order: one model load per checkpoint."""
-
-    def run(self, works: Sequence[CheckpointWork], ctx: EvalContext) -> None:
-        for work in works:
-            evaluate_checkpoint(work, ctx)
+    cells: list[CellState]
 
 
 def _random_demo_task(tm, name: str):
@@ -229,14 +222,14 @@ def _finetune_info(job: FinetuneJob, weights: str, step: int | None = None) -> s
         weight_deviation=wd.get("mean_abs_diff") if isinstance(wd, Mapping) else wd)
 
 
-def make_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
+def make_record(cell: CellState, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
                 shared: int) -> store.CellRecord:
     """The store's record of one finished cell, from lm-eval's result and per-item samples."""
     return store.CellRecord(**_record_fields(cell, suite, result, sorted(samples, key=lambda s: s["doc_id"]), wall,
                                              device, shared))
 
 
-def _record_fields(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
+def _record_fields(cell: CellState, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
                    shared: int) -> dict:
     """A record's fields from lm-eval's result and per-item samples, the items in the given order."""
     ck, spec = cell.checkpoint, get_task(cell.task)
@@ -273,7 +266,7 @@ def _mean(values: list) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def grow_record(cell: Cell, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
+def grow_record(cell: CellState, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,
                 shared: int) -> tuple[store.CellRecord, list[dict]]:
     """A staged cell's record after one more stage: its stored record (if any) with the stage's items
     appended in the order, the metrics recomputed over every item held.  Returns the record and the
@@ -325,7 +318,7 @@ def evaluate_checkpoint(work: CheckpointWork, ctx: EvalContext) -> None:
     ctx.progress.loaded()
     ctx.log(f"loaded {ck.id} in {time.time() - t0:.0f} s")
     tm = harness.task_manager(ck.path, suite.data_dir)
-    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    groups: dict[tuple, list[CellState]] = defaultdict(list)
     for i, c in enumerate(work.cells):
         # staged cells name their items (lm-eval's samples); lm-eval takes a limit or samples, not both
         limit = "staged" if c.staged else c.limit

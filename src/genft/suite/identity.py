@@ -1,5 +1,5 @@
 """Model and device identities for cell keys: the device kind, the effective dtype, the fingerprint of a base
-model's weights (or a hub id's cached revision), and where bf16 may run.  Planning builds the keys from these."""
+model's weights (or a hub id's cached revision), and where bf16 may run.  `observe` reads these for the planner."""
 from __future__ import annotations
 
 from pathlib import Path

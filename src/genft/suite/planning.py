@@ -1,5 +1,7 @@
-"""Planning: a pure function from a suite and the store's contents to a frozen plan of fine-tune jobs and
-evaluation cells, each cell keyed by everything that determines its numbers.
+"""Planning: a pure function from a suite, what was read about its data and models (`PlanInputs`, read by
+`observe`) and a snapshot of its store (`snapshot.read`) to a frozen plan of fine-tune jobs and evaluation
+cells, each cell keyed by everything that determines its numbers.  It imports no torch, loads, prepares and
+reads nothing: the same inputs and snapshot give the same plan.
 
 Identities (what a key is built from):
 * a base model: the fingerprint of its folder's weights, config and tokenizer (`models.weights_fingerprint`),
@@ -12,27 +14,77 @@ Identities (what a key is built from):
   and demonstration files' sha256s, prompt, shots, limit, demonstration choice and the harness files' hash;
   a staged cell (eval.stages) adds the seed and step of its items' order.  Not in it: the batch size, the
   output paths and the stop rule (a cell that stopped says why; changing the rule continues it).
+
+A `Cell` is plan data only; what the store holds of it is its `CellStatus` (judged from the snapshot), and a
+plan lists each cell joined with its status (`CellState`).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from .. import data as gdata
-from ..files import fmt_duration, read_json_or_none, sha256_cached
-from ..harness import task_name, tasks_dir
+from ..files import fmt_duration
+from ..harness_names import task_name
+from ..models import hub_cache
 from ..prompts import TARGET_DELIMITER, get_task
-from ..training import (MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, foreign_files,
-                        load_training_items, validate)
+from ..training import FinetuneConfig, config_from_mapping, validate
 from ..training.steps import missing_steps, step_dir
 from . import estimate, stages, store
-from ..models import hub_cache
-from .identity import (_fingerprint, base_identity, check_precision, device_identity,  # noqa: F401 (re-exported)
-                       effective_dtype, resolve_device)
-from .spec import Suite, TestSet
 from .schema import SuiteError
+from .snapshot import Snapshot, judge
+from .spec import Suite, TestSet
+
+
+# ---------------------------------------------------------------- what the planner is given
+
+
+@dataclass(frozen=True)
+class TestSetFacts:
+    shas: tuple[str, str] | None  # (test.jsonl, demos.jsonl) sha256s; None: the data set is missing
+    count: int | None  # items in the test set; None: not there
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One fine-tuning run's config, training data hashes and output folder, as read."""
+
+    config: FinetuneConfig
+    recipe_hash: str | None  # None while the training data is missing
+    replicate_hash: str | None
+    manifest: dict | None  # the folder's finished-run manifest
+    started: dict | None  # the manifest, else the run file of a run that started
+    occupied: bool  # the folder exists and holds files
+    foreign: tuple[str, ...]  # files in it genft did not write
+    tokens_est: int
+    weights: str | None  # the trained weights' fingerprint (a finished run of this recipe only)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    path: str  # what the backend loads (a folder or a hub id)
+    identity: dict | None  # None: not provisioned
+    dtype: str | None  # the effective evaluation dtype; None: not known (no local config)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything the planner reads about the world, read at its edge (`observe.observe`)."""
+
+    device: str  # what the backend is given (cpu, cuda, cuda:N, mps)
+    device_id: str  # the device part of a cell key
+    missing: tuple[str, ...]  # data sets missing: task/dataset
+    test_sets: Mapping[TestSet, TestSetFacts]
+    harness: Mapping[tuple[str, str, int], str]  # (task, dataset, prompt) -> harness files' hash (data there)
+    study_tokens: str | None  # the study-token modules' hash (study protocol)
+    bases: Mapping[str, ModelFacts]  # by model id
+    runs: Mapping[str, RunFacts]  # by checkpoint name
+    dtypes: Mapping[str, str | None] = field(default_factory=dict)  # effective dtype of each fine-tuned folder
+
+
+# ---------------------------------------------------------------- what it plans
 
 
 @dataclass(frozen=True)
@@ -70,6 +122,8 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Cell:
+    """One evaluation the suite asks for: plan data only (what the store holds of it is its CellStatus)."""
+
     checkpoint: Checkpoint
     task: str
     dataset: str
@@ -81,23 +135,12 @@ class Cell:
     n: int | None  # the items the cell scores; None while the data is missing
     key: str | None
     material: dict | None
-    est_s: float
-    done: bool
-    problem: str | None  # a file is there but cannot count (named, re-run)
-    wall_s: float | None  # measured, when done
     stages: tuple[int, int] | None = None  # staged evaluation: (seed, step) of the items' order
     count: int | None = None  # items in the test set (the order's length)
-    held: int = 0  # items its stored record holds (staged cells grow stage by stage)
-    stopped: str | None = None  # a staged record's stop reason (decided / exhausted / limit)
 
     @property
     def staged(self) -> bool:
         return self.stages is not None
-
-    @property
-    def stage(self) -> int:
-        """Stages evaluated (0: none yet; unstaged cells: 0)."""
-        return stages.stage_of(self.held, self.stages[1]) if self.stages else 0
 
     @property
     def task_name(self) -> str:
@@ -110,12 +153,6 @@ class Cell:
     @property
     def metric(self) -> str:
         return get_task(self.task).primary_metric
-
-    def label(self, stage: bool = True) -> str:
-        """What a person reads; `stage`: name the stage it runs next (staged cells still running)."""
-        demos = "" if self.demo_seed is None else f" random demos seed {self.demo_seed}"
-        stage = f" stage {self.stage + 1}" if stage and self.staged and not self.done else ""
-        return f"{self.task_name} {self.shots}-shot{demos} on {self.checkpoint.id}{stage}"
 
     def unknown_key_reason(self) -> str | None:
         """Why the cell's key is not known yet (None when it is)."""
@@ -132,18 +169,61 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class CellStatus:
+    """What the store snapshot holds of a cell."""
+
+    done: bool = False
+    problem: str | None = None  # a file is there but cannot count (named, re-run)
+    wall_s: float | None = None  # measured, when it holds items
+    held: int = 0  # items its stored record holds (staged cells grow stage by stage)
+    stopped: str | None = None  # a staged record's stop reason (decided / exhausted / limit)
+
+
+@dataclass(frozen=True)
+class CellState:
+    """A planned cell joined with its status; reads the cell's fields through (`state.key`, `state.task`)."""
+
+    cell: Cell
+    status: CellStatus
+    est_s: float  # the time it is expected to take: its items left (done: the items it holds)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("cell", "status", "est_s"):
+            raise AttributeError(name)
+        return getattr(self.cell, name)
+
+    done = property(lambda self: self.status.done)
+    problem = property(lambda self: self.status.problem)
+    wall_s = property(lambda self: self.status.wall_s)
+    held = property(lambda self: self.status.held)
+    stopped = property(lambda self: self.status.stopped)
+
+    @property
+    def stage(self) -> int:
+        """Stages evaluated (0: none yet; unstaged cells: 0)."""
+        return stages.stage_of(self.held, self.cell.stages[1]) if self.cell.stages else 0
+
+    def label(self, stage: bool = True) -> str:
+        """What a person reads; `stage`: name the stage it runs next (staged cells still running)."""
+        c = self.cell
+        demos = "" if c.demo_seed is None else f" random demos seed {c.demo_seed}"
+        stage = f" stage {self.stage + 1}" if stage and c.staged and not self.done else ""
+        return f"{c.task_name} {c.shots}-shot{demos} on {c.checkpoint.id}{stage}"
+
+
+@dataclass(frozen=True)
 class Plan:
     suite: Suite
     device: str  # what the backend is given (cpu, cuda, cuda:N, mps)
     jobs: tuple[FinetuneJob, ...]
     checkpoints: tuple[Checkpoint, ...]
-    cells: tuple[Cell, ...]
+    cells: tuple[CellState, ...]  # each planned Cell with its CellStatus
     missing_data: tuple[str, ...]
     ratios: dict  # measured / default time per task family
     train_tps: float
 
     @property
-    def todo_cells(self) -> list[Cell]:
+    def todo_cells(self) -> list[CellState]:
         return [c for c in self.cells if not c.done]
 
     @property
@@ -161,41 +241,16 @@ class Plan:
         return {"finetune": train, "eval": cells + loads, "total": train + cells + loads}
 
 
-# ---------------------------------------------------------------- cells
-
-
-def harness_hash(task: str, dataset: str, prompt: int) -> str:
-    """The hash of the files that determine a cell's prompts and scores: its task YAML, the templates it
-    includes, the loader/scorer (harness_tasks/utils.py) and the genft modules they render and score with."""
-    root = tasks_dir()
-    kind = "generation" if get_task(task).family == "generation" else "classification"
-    here = Path(__file__).resolve().parents[1]
-    files = [root / f"_genft_{kind}.yaml", root / task / f"_{task}.yaml",
-             root / task / f"{task_name(task, dataset, prompt)}.yaml", root / "utils.py",
-             here / "metrics.py", here / "prompts.py"]
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        h.update((sha256_cached(p) if p.is_file() else "missing").encode())
-    return h.hexdigest()
-
-
-def study_tokens_hash() -> str:
-    """The hash of the modules that build a study-protocol cell's token ids (genft.study_tokens, protocol_lm and
-    data/protocol.py): part of study-protocol cells' keys only, so that a change to the study's tokens re-runs them."""
-    here = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for p in (here / "study_tokens.py", here / "protocol_lm.py", here / "data" / "protocol.py"):
-        h.update(p.name.encode())
-        h.update(sha256_cached(p).encode())
-    return h.hexdigest()
+# ---------------------------------------------------------------- keys
 
 
 def cell_key_material(checkpoint: Checkpoint, device: str, backend: str, protocol: str, task: str, dataset: str,
                       test_sha: str, demos_sha: str, prompt: int, shots: int, limit: int | None,
-                      demo_seed: int | None, stages: tuple[int, int] | None = None) -> dict:
-    """Everything that determines a cell's numbers; its sha256 is the cell key.  `stages`: (seed, step) of a
-    staged cell's item order (unstaged cells' keys do not have the entry)."""
+                      demo_seed: int | None, harness: str, stages: tuple[int, int] | None = None,
+                      study_tokens: str | None = None) -> dict:
+    """Everything that determines a cell's numbers; its sha256 is the cell key.  `harness`: the hash of the
+    files that render and score its prompts; `stages`: (seed, step) of a staged cell's item order (unstaged
+    cells' keys do not have the entry); `study_tokens`: study-protocol cells' token modules' hash."""
     staged = {} if stages is None else {"stages": {"seed": stages[0], "step": stages[1]}}
     material = {
         "cell_version": store.KEY_VERSION,
@@ -213,28 +268,16 @@ def cell_key_material(checkpoint: Checkpoint, device: str, backend: str, protoco
         "limit": limit,
         "demos": "first_n" if demo_seed is None or not shots else {"random": demo_seed},
         "target_delimiter": TARGET_DELIMITER,
-        "harness": harness_hash(task, dataset, prompt),
+        "harness": harness,
         **staged,
     }
     if protocol == "study":
-        material["study_tokens"] = study_tokens_hash()
+        material["study_tokens"] = study_tokens
     return material
 
 
-def test_count(task: str, dataset: str, root: Path) -> int | None:
-    folder = gdata.dataset_dir(task, dataset, root)
-    if (folder / "meta.json").is_file():
-        try:
-            return int(gdata.read_meta(task, dataset, root)["files"]["test"]["count"])
-        except (KeyError, ValueError, TypeError, gdata.DataError):
-            pass
-    path = folder / "test.jsonl"
-    if path.is_file():
-        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    return None
-
-
 def needed_datasets(suite: Suite) -> list[TestSet]:
+    """The data sets a suite reads: its test sets, then its runs' training sets."""
     need = list(suite.eval.test_sets)
     for r in suite.runs:
         pair = (r.values["task"], r.values["dataset"])
@@ -243,27 +286,7 @@ def needed_datasets(suite: Suite) -> list[TestSet]:
     return need
 
 
-def missing_datasets(suite: Suite) -> list[str]:
-    return [f"{t}/{d}" for t, d in needed_datasets(suite)
-            if not (gdata.dataset_dir(t, d, suite.data_dir) / "test.jsonl").is_file()]
-
-
-def check_protocol(suite: Suite) -> None:
-    """Every data set the suite reads was written under the suite's protocol (data.protocol)."""
-    for t, d in needed_datasets(suite):
-        if (gdata.dataset_dir(t, d, suite.data_dir) / "test.jsonl").is_file():
-            have = gdata.read_protocol(t, d, suite.data_dir)
-            if have != suite.protocol:
-                raise SuiteError(f"{suite.path}: data.protocol is {suite.protocol} but {t}/{d} in {suite.data_dir} "
-                                 f"was written under the {have} protocol; import the study's data with "
-                                 f"`genft data import-study --protocol {suite.protocol} --data-dir DIR` into another "
-                                 "folder and point data.data_dir at it")
-
-
-# ---------------------------------------------------------------- the plan
-
-
-def finetune_config(suite: Suite, spec, seed: int, out_dir: Path):
+def finetune_config(suite: Suite, spec, seed: int, out_dir: Path) -> FinetuneConfig:
     values = dict(spec.values)
     values.update(model_name_or_path=suite.models[spec.base].model, output_dir=str(out_dir),
                   data_dir=str(suite.data_dir), seed=seed)
@@ -274,20 +297,30 @@ def finetune_config(suite: Suite, spec, seed: int, out_dir: Path):
     return validate(config_from_mapping(values, str(suite.path)))
 
 
-def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: dict[bool, list[float]]) -> FinetuneJob:
+# ---------------------------------------------------------------- the plan
+
+
+def plan(suite: Suite, inputs: PlanInputs, snapshot: Snapshot) -> Plan:
+    """Fine-tune jobs, then evaluation cells (checkpoint x test set x prompt x shots x demos) with keys, each
+    joined with what the snapshot holds of it.  Cells whose key cannot be known yet (data missing, a model not
+    provisioned, a checkpoint not trained) are planned as to do."""
+    tps: dict[bool, list[float]] = {}  # measured tokens/s of finished runs, by bf16 mixed precision
+    jobs = [_job(suite, spec, run, seed, inputs.runs[run], tps) for spec in suite.runs
+            for run, seed in spec.run_names()]
+    rates = {bf16: estimate.train_rate(tps.get(bf16, []), suite.threads, bf16) for bf16 in (False, True)}
+    jobs = [dataclasses.replace(j, est_s=j.tokens_est / rates[bool(j.config.get("bf16"))]) for j in jobs]
+    checkpoints = _checkpoints(suite, inputs, jobs)
+    cells = [_state(suite, cell, snapshot) for ck in checkpoints for cell in _cells(suite, inputs, ck)]
+    ratios = estimate.calibrate((c.family, c.wall_s, c.est_s) for c in cells if c.done and c.wall_s)
+    return Plan(suite=suite, device=inputs.device, jobs=tuple(jobs), checkpoints=tuple(checkpoints),
+                cells=tuple(cells), missing_data=inputs.missing, ratios=ratios, train_tps=rates[False])
+
+
+def _job(suite: Suite, spec, run: str, seed: int, facts: RunFacts, tps: dict[bool, list[float]]) -> FinetuneJob:
     out_dir = suite.checkpoints_dir / run
-    cfg = finetune_config(suite, spec, seed, out_dir)
-    chash = rhash = None
-    if f"{cfg.task}/{cfg.dataset}" not in missing:
-        try:
-            _, _, files, _ = load_training_items(cfg)
-        except (ConfigError, gdata.DataError) as e:
-            raise SuiteError(f"{suite.path}: finetune[{spec.index}] ({spec.name}): {e}") from None
-        chash, rhash = config_hash(cfg, files), config_hash(cfg, files, seed=False)
-    man = read_json_or_none(out_dir / MANIFEST)
-    started = man or read_json_or_none(out_dir / RUN_FILE)
+    chash, man, started = facts.recipe_hash, facts.manifest, facts.started
     status = "todo"
-    if chash and man and man.get("config_hash") == chash and missing_steps(man, cfg.step_models):
+    if chash and man and man.get("config_hash") == chash and missing_steps(man, facts.config.step_models):
         status = "retrain"  # finished without a step model now asked for: trained again
     elif chash and man and man.get("config_hash") == chash:
         status = "done"
@@ -296,123 +329,106 @@ def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: dict[
             tps.setdefault(bool((man.get("device") or {}).get("bf16")), []).append(float(t))
     elif chash and started and started.get("config_hash") == chash:
         status = "resume"
-    elif started or (out_dir.exists() and any(out_dir.iterdir())):
-        foreign = foreign_files(out_dir)
-        if foreign:  # never cleared: what genft did not write stays, and the run waits for the folder
+    elif started or facts.occupied:
+        if facts.foreign:  # never cleared: what genft did not write stays, and the run waits for the folder
             other = "a run of another config and " if started else ""
             raise SuiteError(
                 f"{suite.path}: finetune[{spec.index}] ({spec.name}): {out_dir} holds {other}files genft did not write "
-                f"({', '.join(p.name for p in foreign[:5])}{', ...' if len(foreign) > 5 else ''}); genft never deletes "
+                f"({', '.join(facts.foreign[:5])}{', ...' if len(facts.foreign) > 5 else ''}); genft never deletes "
                 f"them: move them out of {out_dir} (or delete the folder yourself), then re-run")
         status = "retrain"
     return FinetuneJob(run=run, name=spec.name, index=spec.index, seed=seed, method=spec.method,
-                       config=dataclasses.asdict(cfg), out_dir=out_dir,
-                       config_path=suite.output / "configs" / f"{run}.yaml", recipe_hash=chash, replicate_hash=rhash,
-                       status=status, manifest=man if status == "done" else None,
-                       tokens_est=estimate.training_tokens(cfg, suite.data_dir), est_s=0.0)
+                       config=dataclasses.asdict(facts.config), out_dir=out_dir,
+                       config_path=suite.output / "configs" / f"{run}.yaml", recipe_hash=chash,
+                       replicate_hash=facts.replicate_hash, status=status, manifest=man if status == "done" else None,
+                       tokens_est=facts.tokens_est, est_s=0.0)
 
 
-def plan(suite: Suite, provision: bool = False, fingerprints: dict | None = None) -> Plan:
-    """Fine-tune jobs, then evaluation cells (checkpoint x test set x prompt x shots x demos) with keys and
-    what the store already holds.  Reads data and model files (for their hashes); loads no model; writes
-    nothing (`fingerprints`, a cache the caller may save, is filled).  Cells whose key cannot be known yet
-    (data missing, a model not provisioned, a checkpoint not trained) are planned as to do."""
-    root = suite.data_dir
-    missing = missing_datasets(suite)
-    check_protocol(suite)
-    cache = fingerprints if fingerprints is not None else {}
-    device = resolve_device(suite.eval.device)
-    device_id = device_identity(device)
-    bases = {mid: base_identity(m.model, cache, provision) for mid, m in suite.models.items()}
-
-    tps: dict[bool, list[float]] = {}  # measured tokens/s of finished runs, by bf16 mixed precision
-    jobs = [_job(suite, spec, run, seed, missing, tps) for spec in suite.runs for run, seed in spec.run_names()]
-    rates = {bf16: estimate.train_rate(tps.get(bf16, []), suite.threads, bf16) for bf16 in (False, True)}
-    train_tps = rates[False]
-    jobs = [dataclasses.replace(j, est_s=j.tokens_est / rates[bool(j.config.get("bf16"))]) for j in jobs]
-
-    checkpoints: list[Checkpoint] = []
-    for mid, m in suite.models.items():
-        path, ident = bases[mid]
-        if m.evaluate:
-            checkpoints.append(Checkpoint(id=mid, kind="base", base=mid, path=path, dtype=effective_dtype(path, m.dtype),
-                                          identity=None if ident is None else {"model": ident}))
+def _checkpoints(suite: Suite, inputs: PlanInputs, jobs: list[FinetuneJob]) -> list[Checkpoint]:
+    """The base models evaluated, then each fine-tuned model and its intermediate (step) models."""
+    out = [Checkpoint(id=mid, kind="base", base=mid, path=inputs.bases[mid].path, dtype=inputs.bases[mid].dtype,
+                      identity=None if inputs.bases[mid].identity is None else {"model": inputs.bases[mid].identity})
+           for mid, m in suite.models.items() if m.evaluate]
     runs = {r.index: r for r in suite.runs}
     for job in jobs:
         base_id = runs[job.index].base
-        bident = bases[base_id][1]
+        bident = inputs.bases[base_id].identity
         ident = None
         if job.manifest is not None and bident is not None:
-            weights = job.manifest.get("weights_sha256") or _fingerprint(job.out_dir, cache)
-            ident = {"base": bident, "recipe_hash": job.recipe_hash, "weights": weights}
-        checkpoints.append(Checkpoint(id=job.run, kind="finetuned", base=base_id, path=str(job.out_dir),
-                                      dtype=effective_dtype(str(job.out_dir), suite.models[base_id].dtype),
-                                      identity=ident, job=job))
+            ident = {"base": bident, "recipe_hash": job.recipe_hash, "weights": inputs.runs[job.run].weights}
+        out.append(Checkpoint(id=job.run, kind="finetuned", base=base_id, path=str(job.out_dir),
+                              dtype=inputs.dtypes.get(str(job.out_dir)), identity=ident, job=job))
         for step in job.config.get("step_models") or []:  # intermediate models: checkpoints of their own
             folder = step_dir(job.out_dir, step)
             saved = ((job.manifest or {}).get("steps") or {}).get(str(step))
-            checkpoints.append(Checkpoint(
+            out.append(Checkpoint(
                 id=f"{job.run}@step{step}", kind="finetuned", base=base_id, path=str(folder),
-                dtype=effective_dtype(str(folder), suite.models[base_id].dtype), job=job,
+                dtype=inputs.dtypes.get(str(folder)), job=job,
                 identity=None if ident is None or not saved else {**ident, "weights": saved["weights_sha256"],
                                                                   "step": step}))
+    return out
 
+
+def _cells(suite: Suite, inputs: PlanInputs, ck: Checkpoint) -> list[Cell]:
+    """A checkpoint's cells: its test sets x prompts x shots x demonstration choices."""
     ev = suite.eval
-    shas: dict[TestSet, tuple[str, str] | None] = {}
-    cells: list[Cell] = []
-    for ck in checkpoints:
-        own = runs[ck.job.index].test_sets if ck.job else None
-        for task, ds in ev.test_sets:
-            if own is not None and (task, ds) not in own:
-                continue
-            folder = gdata.dataset_dir(task, ds, root)
-            if (task, ds) not in shas:
-                ok = f"{task}/{ds}" not in missing and (folder / "demos.jsonl").is_file()
-                shas[(task, ds)] = (sha256_cached(folder / "test.jsonl"), sha256_cached(folder / "demos.jsonl")) \
-                    if ok else None
-            sha = shas[(task, ds)]
-            which = "base" if ck.kind == "base" else ("same_task" if task == ck.task else "cross_task")
-            limit = ev.limit[task]
-            count = test_count(task, ds, root)
-            n = None if count is None else min(count, limit) if limit else count
-            for prompt in ev.prompts[which][task]:
-                for shots in ev.shots[task]:
-                    seeds: list[int | None] = []
-                    if ev.demos in ("fixed", "both") or shots == 0:
-                        seeds.append(None)
-                    if ev.demos in ("random", "both") and shots > 0:
-                        seeds += list(ev.demo_seeds)
-                    for dseed in seeds:
-                        cells.append(_cell(suite, ck, device_id, task, ds, prompt, shots, limit, dseed, n, sha,
-                                           count))
-    ratios = estimate.calibrate((c.family, c.wall_s, c.est_s) for c in cells if c.done and c.wall_s)
-    return Plan(suite=suite, device=device, jobs=tuple(jobs), checkpoints=tuple(checkpoints), cells=tuple(cells),
-                missing_data=tuple(missing), ratios=ratios, train_tps=train_tps)
+    own = next(r.test_sets for r in suite.runs if r.index == ck.job.index) if ck.job else None
+    out = []
+    for task, ds in ev.test_sets:
+        if own is not None and (task, ds) not in own:
+            continue
+        facts = inputs.test_sets[(task, ds)]
+        which = "base" if ck.kind == "base" else ("same_task" if task == ck.task else "cross_task")
+        limit = ev.limit[task]
+        n = None if facts.count is None else min(facts.count, limit) if limit else facts.count
+        for prompt in ev.prompts[which][task]:
+            for shots in ev.shots[task]:
+                seeds: list[int | None] = []
+                if ev.demos in ("fixed", "both") or shots == 0:
+                    seeds.append(None)
+                if ev.demos in ("random", "both") and shots > 0:
+                    seeds += list(ev.demo_seeds)
+                out += [_cell(suite, inputs, ck, task, ds, prompt, shots, limit, dseed, n, facts) for dseed in seeds]
+    return out
 
 
-def _cell(suite: Suite, ck: Checkpoint, device_id: str, task: str, ds: str, prompt: int, shots: int,
-          limit: int | None, dseed: int | None, n: int | None, sha: tuple[str, str] | None, count: int | None) -> Cell:
+def _cell(suite: Suite, inputs: PlanInputs, ck: Checkpoint, task: str, ds: str, prompt: int, shots: int,
+          limit: int | None, dseed: int | None, n: int | None, facts: TestSetFacts) -> Cell:
     st = suite.eval.stages
     order = None if st is None else (st.seed, st.step)
     key = material = None
-    if ck.identity is not None and ck.dtype is not None and sha is not None:
-        material = cell_key_material(ck, device_id, suite.eval.backend, suite.protocol, task, ds, sha[0], sha[1],
-                                     prompt, shots, limit, dseed, order)
+    if ck.identity is not None and ck.dtype is not None and facts.shas is not None:
+        material = cell_key_material(ck, inputs.device_id, suite.eval.backend, suite.protocol, task, ds,
+                                     facts.shas[0], facts.shas[1], prompt, shots, limit, dseed,
+                                     inputs.harness[(task, ds, prompt)], order, inputs.study_tokens)
         key = store.key_of(material)
-    rec, problem = store.check_cell(suite.output, key, n, staged=order is not None) if key else (None, None)
-    done, held, stopped = rec is not None, rec.n if rec is not None else 0, None
-    if rec is not None and rec.stages is not None:
+    return Cell(checkpoint=ck, task=task, dataset=ds, domain=gdata.all_datasets()[ds].domain, prompt=prompt,
+                shots=shots, limit=limit, demo_seed=dseed, n=n, key=key, material=material, stages=order,
+                count=facts.count)
+
+
+def status_of(suite: Suite, cell: Cell, snapshot: Snapshot) -> CellStatus:
+    """What the snapshot holds of a cell (nothing while its key is unknown)."""
+    if cell.key is None:
+        return CellStatus()
+    rec, problem = judge(suite.output, cell.key, snapshot.get(cell.key), cell.n, staged=cell.staged)
+    if rec is None:
+        return CellStatus(problem=problem)
+    done, stopped, st = True, None, suite.eval.stages
+    if rec.stages is not None:
         stopped = rec.stages.stopped
         # a record stopped by a decision is finished while the suite stops on decisions; else it runs on
         done = stopped in ("exhausted", "limit") or (stopped == "decided" and st is not None and st.stop == "decided")
+    return CellStatus(done=done, wall_s=rec.wall_s, held=rec.n, stopped=stopped)
+
+
+def _state(suite: Suite, cell: Cell, snapshot: Snapshot) -> CellState:
+    status = status_of(suite, cell, snapshot)
     # done: the items it holds (calibration compares this with wall_s); to do: the items left (staged: at most)
-    items = (held if done else n - held) if n is not None else (limit or 500)
-    est = estimate.cell_seconds(task, shots, items, suite.eval.backend, suite.threads,
-                                dtype=ck.dtype)
-    return Cell(checkpoint=ck, task=task, dataset=ds, domain=gdata.all_datasets()[ds].domain, prompt=prompt,
-                shots=shots, limit=limit, demo_seed=dseed, n=n, key=key, material=material, est_s=est,
-                done=done, problem=problem, wall_s=rec.wall_s if rec is not None else None, stages=order,
-                count=count, held=held, stopped=stopped)
+    items = (status.held if status.done else cell.n - status.held) if cell.n is not None else (cell.limit or 500)
+    est = estimate.cell_seconds(cell.task, cell.shots, items, suite.eval.backend, suite.threads,
+                                dtype=cell.checkpoint.dtype)
+    return CellState(cell, status, est)
 
 
 def plan_index(p: Plan, time: str) -> dict:

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .. import settings_yaml
-from ..harness import BACKENDS
+from ..harness_names import BACKENDS
 from ..training import DATA_FIELDS, FIELD_HELP, DataArguments, FinetuneConfig
 from .report_settings import ReportSettings
 

@@ -371,3 +371,11 @@ def _resolve(f: SuiteFile, w: Where, path: Path) -> Suite:
 
 def _with_test_sets(r: RunSpec, test_sets: tuple[TestSet, ...]) -> RunSpec:
     return RunSpec(**{**r.__dict__, "test_sets": test_sets})
+
+
+def output_of(suite: Suite | str | os.PathLike) -> Path:
+    """A suite's output folder: of a Suite, a suite file, or an output folder itself."""
+    if isinstance(suite, Suite):
+        return suite.output
+    p = Path(suite)
+    return load_suite(p).output if p.is_file() else p.resolve()

@@ -11,7 +11,7 @@ Output folder of a suite::
 `CellRecord` is the contract between the suite and the report: the report reads nothing else, and a record
 that does not validate (a missing or renamed field, items of the wrong length, a key that is not the hash of
 its key material) is an error naming the file, never a blank column.  A cell counts as done only when its
-record parses, validates, has the key the plan expects and holds every item (`check_cell`); a staged cell
+record parses, validates, has the key the plan expects and holds every item (`snapshot.judge`); a staged cell
 (eval.stages) grows stage by stage, its record rewritten atomically after each, and counts as done with
 fewer items only when its record says why it stopped (`StageInfo.stopped`).
 
@@ -297,37 +297,6 @@ def _read_cell(path: Path) -> CellRecord:
         raise StoreError(f"{path}: not a valid cell record: {_explain(e)}") from None
 
 
-def check_cell(output: Path, key: str, n_expected: int | None,
-               staged: bool = False) -> tuple[CellRecord | None, str | None]:
-    """(record, None) when the cell is done, or for a staged cell when its record is sound (it may hold a
-    part of its items: `stages` says how many and whether it stopped); (None, None) when there is no file;
-    (None, why) when a file is there but cannot count (torn, corrupt, another key, items missing, no samples
-    file)."""
-    path = cell_path(output, key)
-    if not path.exists():
-        return None, None
-    try:
-        rec = read_cell(path)
-    except StoreError as e:
-        return None, str(e)
-    if rec.key != key:
-        return None, f"{path}: holds the record of cell {rec.key[:12]}, not {key[:12]}"
-    if staged:
-        if rec.stages is None:
-            return None, f"{path}: the cell is staged but its record has no stages"
-        cap = min(rec.stages.of, rec.limit) if rec.limit else rec.stages.of
-        if n_expected is not None and cap != n_expected:
-            return None, f"{path}: its record can hold {cap} items, the cell has {n_expected}"
-    elif n_expected is not None and (rec.n != n_expected or rec.doc_ids != list(range(n_expected))):
-        return None, f"{path}: holds {rec.n} items, the cell has {n_expected}"
-    spath = samples_path(output, key)
-    if not spath.is_file():
-        return None, f"{path}: its samples file {spath.name} is missing"
-    if staged and spath.read_bytes().count(b"\n") < rec.n:  # a stage appends to it; the record holds n
-        return None, f"{path}: its samples file {spath.name} holds fewer than its {rec.n} items"
-    return rec, None
-
-
 def stop_cell(output: Path, key: str, why: str) -> CellRecord:
     """Mark a staged cell's record as stopped by a decision (rewritten atomically; its items unchanged)."""
     path = cell_path(output, key)
@@ -467,8 +436,8 @@ class Lock:
         self.f.close()  # (closing releases the flock)
 
 
-_CELL_FILE = re.compile(r"^[0-9a-f]{64}\.(json|samples\.jsonl)$")
-_OWN_TARGETS = {"cells": _CELL_FILE, "configs": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.yaml$"),
+CELL_FILE = re.compile(r"^[0-9a-f]{64}\.(json|samples\.jsonl)$")
+_OWN_TARGETS = {"cells": CELL_FILE, "configs": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.yaml$"),
                 "plans": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.json$"),
                 "": re.compile(r"^(plan\.json|\.fingerprints\.json)$")}
 
