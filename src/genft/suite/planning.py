@@ -24,9 +24,9 @@ from .. import data as gdata
 from ..files import fmt_duration, read_json_or_none, sha256_cached
 from ..harness import task_name, tasks_dir
 from ..prompts import TARGET_DELIMITER, get_task
-from ..training import (MANIFEST, RUN_FILE, ConfigError, config_from_mapping, config_hash, foreign_files,
-                        load_training_items, validate)
-from ..training.steps import missing_steps, step_dir
+from ..training import (RUN_FILE, ConfigError, Manifest, ManifestError, config_from_mapping, config_hash,
+                        foreign_files, load_training_items, read_manifest, validate)
+from ..training.steps import step_dir
 from . import estimate, stages, store
 from ..models import hub_cache
 from .identity import (_fingerprint, base_identity, check_precision, device_identity,  # noqa: F401 (re-exported)
@@ -48,7 +48,7 @@ class FinetuneJob:
     recipe_hash: str | None  # training.config_hash; None while the training data is missing
     replicate_hash: str | None  # the same without the seed
     status: str  # done | resume | todo | retrain
-    manifest: dict | None  # the finished run's manifest (status done)
+    manifest: Manifest | None  # the finished run's manifest (status done)
     tokens_est: int
     est_s: float
 
@@ -284,17 +284,20 @@ def _job(suite: Suite, spec, run: str, seed: int, missing: list[str], tps: dict[
         except (ConfigError, gdata.DataError) as e:
             raise SuiteError(f"{suite.path}: finetune[{spec.index}] ({spec.name}): {e}") from None
         chash, rhash = config_hash(cfg, files), config_hash(cfg, files, seed=False)
-    man = read_json_or_none(out_dir / MANIFEST)
+    try:
+        man = read_manifest(out_dir)
+    except ManifestError as e:
+        raise SuiteError(f"{suite.path}: finetune[{spec.index}] ({spec.name}): {e}") from None
     started = man or read_json_or_none(out_dir / RUN_FILE)
+    held = man.config_hash if man else started.get("config_hash") if isinstance(started, dict) else None
     status = "todo"
-    if chash and man and man.get("config_hash") == chash and missing_steps(man, cfg.step_models):
+    if chash and man and man.config_hash == chash and man.missing_steps(cfg.step_models):
         status = "retrain"  # finished without a step model now asked for: trained again
-    elif chash and man and man.get("config_hash") == chash:
+    elif chash and man and man.config_hash == chash:
         status = "done"
-        t = (man.get("training") or {}).get("tokens_per_s")
-        if t:
-            tps.setdefault(bool((man.get("device") or {}).get("bf16")), []).append(float(t))
-    elif chash and started and started.get("config_hash") == chash:
+        if man.training.tokens_per_s:
+            tps.setdefault(man.device.bf16, []).append(man.training.tokens_per_s)
+    elif chash and started and held == chash:
         status = "resume"
     elif started or (out_dir.exists() and any(out_dir.iterdir())):
         foreign = foreign_files(out_dir)
@@ -343,18 +346,17 @@ def plan(suite: Suite, provision: bool = False, fingerprints: dict | None = None
         bident = bases[base_id][1]
         ident = None
         if job.manifest is not None and bident is not None:
-            weights = job.manifest.get("weights_sha256") or _fingerprint(job.out_dir, cache)
-            ident = {"base": bident, "recipe_hash": job.recipe_hash, "weights": weights}
+            ident = {"base": bident, "recipe_hash": job.recipe_hash, "weights": job.manifest.weights_sha256}
         checkpoints.append(Checkpoint(id=job.run, kind="finetuned", base=base_id, path=str(job.out_dir),
                                       dtype=effective_dtype(str(job.out_dir), suite.models[base_id].dtype),
                                       identity=ident, job=job))
         for step in job.config.get("step_models") or []:  # intermediate models: checkpoints of their own
             folder = step_dir(job.out_dir, step)
-            saved = ((job.manifest or {}).get("steps") or {}).get(str(step))
+            saved = job.manifest.steps.get(str(step)) if job.manifest else None
             checkpoints.append(Checkpoint(
                 id=f"{job.run}@step{step}", kind="finetuned", base=base_id, path=str(folder),
                 dtype=effective_dtype(str(folder), suite.models[base_id].dtype), job=job,
-                identity=None if ident is None or not saved else {**ident, "weights": saved["weights_sha256"],
+                identity=None if ident is None or not saved else {**ident, "weights": saved.weights_sha256,
                                                                   "step": step}))
 
     ev = suite.eval
