@@ -1,7 +1,8 @@
-"""The fine-tuning manifest contract (genft.training.manifest): no training here (test_finetune.py round-trips a
-manifest the real trainer wrote)."""
+"""The fine-tuning manifest contract (genft.training.manifest) and TRL's argument classes built from a config
+(genft.training.trl_args): no training here (test_finetune.py round-trips a manifest the real trainer wrote)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -103,6 +104,64 @@ def test_the_manifest_module_imports_no_torch():
     code = ("import sys; import genft.training.manifest, genft.training; "
             "bad = [m for m in ('torch', 'transformers', 'trl') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# ---------------------------------------------------------------- TRL's argument classes
+
+
+def test_every_setting_is_read_by_trl_or_by_genft():
+    from trl import ModelConfig, SFTConfig
+
+    from genft.training.trl_args import partition
+
+    parts = partition()
+    assert sorted(f for fs in parts.values() for f in fs) == sorted(training.FIELDS)
+    assert {"learning_rate", "num_train_epochs", "per_device_train_batch_size", "lr_scheduler_type",
+            "save_total_limit", "report_to"} <= set(parts["trainer"])
+    assert {"use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"} <= set(parts["model"])
+    names = {f.name for cls in (SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
+    assert not names & set(parts["genft"]) and not names & set(parts["data"])
+
+
+def test_sft_config_carries_a_suite_trainer_section(tmp_path):
+    """Every trainer setting of a suite's `trainer:` section reaches TRL's SFTConfig under its own name;
+    what genft derives (precision from the device, padding-free batches where checked) wins."""
+    from genft.training.trl_args import partition, sft_config
+
+    section = {"learning_rate": 3e-4, "num_train_epochs": 1.5, "max_steps": 7, "per_device_train_batch_size": 3,
+               "gradient_accumulation_steps": 5, "lr_scheduler_type": "cosine", "warmup_steps": 2,
+               "weight_decay": 0.01, "max_length": 200, "seed": 11, "activation_checkpointing": True,
+               "logging_steps": 2, "save_steps": 9, "save_total_limit": 4, "run_name": "s/ft", "report_to": "none"}
+    cfg = training.config_from_mapping({"task": "sentiment", "model_name_or_path": "tiny", **section}, "suite.yaml")
+    cfg.report_to = []  # (validate's normal form of "none")
+    dev = {"bf16": False, "use_cpu": True}
+    args = sft_config(cfg, tmp_path / "out", {"padding_free": False}, dev)
+    for k in partition()["trainer"]:
+        if k not in ("output_dir", "report_to", "trust_remote_code", "bf16", "padding_free"):
+            assert getattr(args, k) == getattr(cfg, k), k
+    assert args.lr_scheduler_type == "cosine" and args.max_length == 200 and args.data_seed == 11
+    assert args.output_dir == str(tmp_path / "out") and args.report_to == [] and args.use_cpu is True
+    assert args.completion_only_loss is True and args.packing is False and args.padding_free is False
+    flat = sft_config(cfg, tmp_path / "out", {"padding_free": True}, dev)
+    assert flat.padding_free is True and flat.max_length is None and flat.include_num_input_tokens_seen == "all"
+
+
+def test_lora_config_from_trls_get_peft_config(tiny_model):
+    """trl.get_peft_config builds the LoRA config; a one-module list stays a list (TRL's ModelConfig would make
+    it a string, which peft matches against whole module names: no module found)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from genft.training.trl_args import peft_config
+
+    assert peft_config(FinetuneConfig(use_peft=False)) is None
+    lora = peft_config(FinetuneConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                                      lora_target_modules=["q_proj"]))
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.bias) == (4, 8, 0.1, "none")
+    assert lora.target_modules == {"q_proj"} and lora.task_type == "CAUSAL_LM"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+    assert peft_config(FinetuneConfig(use_peft=True, lora_target_modules="all-linear")).target_modules == "all-linear"
 
 
 def test_a_manifest_is_frozen():

@@ -317,7 +317,9 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
+
+    from .trl_args import peft_config, sft_config
 
     dtype = getattr(torch, dev["dtype"])
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
@@ -326,28 +328,10 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     n_params = sum(p.numel() for p in model.parameters())
     batching = batching_for(cfg, model, tokenizer, examples, dev, sharded)
     log(f"[genft] batches: {'padding-free' if batching['padding_free'] else 'padded'} ({batching['reason']})")
-    peft_config = None
-    if cfg.use_peft:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM", bias="none")
-    args = SFTConfig(
-        output_dir=str(out), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        max_length=None if batching["padding_free"] else cfg.max_length, padding_free=batching["padding_free"],
-        seed=cfg.seed, data_seed=cfg.seed, bf16=dev["bf16"], use_cpu=dev["use_cpu"],
-        activation_checkpointing=cfg.activation_checkpointing, logging_steps=cfg.logging_steps,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        report_to=cfg.report_to or "none", run_name=cfg.run_name, disable_tqdm=True, completion_only_loss=True,
-        packing=False, include_num_input_tokens_seen="all" if batching["padding_free"] else "non_padding",
-        trust_remote_code=cfg.trust_remote_code, dataset_num_proc=None)
     callbacks = [make_progress_callback(log), make_final_checkpoint_guard()] + (
         [make_step_callback(cfg.step_models, out, tokenizer, cfg.use_peft, log)] if cfg.step_models else [])
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, out, batching, dev), train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces the raw log dicts
