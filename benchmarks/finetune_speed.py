@@ -253,12 +253,12 @@ def run_genft(spec: dict) -> dict:
 
     cfg = training.FinetuneConfig(**spec["genft_config"])
     manifest = training.run(cfg)
-    t = manifest["training"]
-    return {"manifest": {"tokens_per_s": t["tokens_per_s"], "trained_tokens": t["trained_tokens"],
-                         "wall_time_s": t["wall_time_s"], "global_steps": t["global_steps"],
-                         "final_loss": t["final_loss"], "truncation_tokens": manifest["truncation"].get("tokens"),
-                         "examples": manifest["data"]["examples"], "batching": t["batching"],
-                         "lm_head": t.get("lm_head")}}
+    t = manifest.training
+    return {"manifest": {"tokens_per_s": t.tokens_per_s, "trained_tokens": t.trained_tokens,
+                         "wall_time_s": t.wall_time_s, "global_steps": t.global_steps,
+                         "final_loss": t.final_loss, "truncation_tokens": manifest.truncation.tokens,
+                         "examples": manifest.data.examples,
+                         "batching": t.batching.model_dump() if t.batching else None, "lm_head": t.lm_head}}
 
 
 def worker(spec_path: str) -> int:

@@ -52,7 +52,7 @@ def fit(cells, manifests) -> dict:
         out["CLS_ITEM_S"], out["CLS_SHOT"] = a, b / a
     if len({s for s, _ in gen}) >= 2:
         out["GEN_ITEM_S"], out["GEN_SHOT_S"] = _line(gen)
-    tps = [m["training"]["tokens_per_s"] for m in manifests.values() if m.get("training", {}).get("tokens_per_s")]
+    tps = [m.training.tokens_per_s for m in manifests.values() if m.training.tokens_per_s]
     if tps:
         out["TRAIN_TOKENS_S"] = statistics.median(tps)
     return out
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         since = _utc(a.since)
         cells = [c for c in cells if _utc(c.provenance.time, f"cell {c.key}: provenance.time") >= since]
         manifests = {k: m for k, m in manifests.items()
-                     if _utc(m.get("finished_at"), f"fine-tune {k}: its manifest's finished_at") >= since}
+                     if _utc(m.finished_at, f"fine-tune {k}: its manifest's finished_at") >= since}
     if not cells:
         print(f"{a.output}: no finished cells", file=sys.stderr)
         return 2
@@ -119,8 +119,7 @@ def main(argv=None) -> int:
             est = sum(predict(c, k, backend) for c in sub)
             ratio = statistics.median(c.wall_s / predict(c, k, backend) for c in sub)
             rows.append(f"| {family} | {len(sub)} | {name} | {est / 60:.1f} | {measured / 60:.1f} | {ratio:.2f} |")
-    tr = [(m["training"]["trained_tokens"], m["training"]["wall_time_s"]) for m in manifests.values()
-          if m.get("training", {}).get("wall_time_s")]
+    tr = [(m.training.trained_tokens, m.training.wall_time_s) for m in manifests.values() if m.training.wall_time_s]
     times = sorted(_utc(c.provenance.time, f"cell {c.key}: provenance.time") for c in cells)
     span = f"{times[0]:%Y-%m-%d %H:%M} to {times[-1]:%H:%M} UTC" if times[0].date() == times[-1].date() \
         else f"{times[0]:%Y-%m-%d %H:%M} to {times[-1]:%Y-%m-%d %H:%M} UTC"

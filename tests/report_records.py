@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from genft.files import sha256_json, write_json
+from genft.files import sha256_json
 from genft.prompts import TASKS
 from genft.suite import store
 from genft.suite.store import CellRecord, CheckpointInfo, FinetuneInfo, Provenance
+from genft.training import write_manifest
 
 BASE = "tiny-base"
 
@@ -78,7 +79,7 @@ def stored(output: Path, records: list[CellRecord], manifests: dict | None = Non
     store.write_index(output, {"suite": records[0].suite if records else "t",
                                "cells": [{"key": r.key, "done": True} for r in records]})
     for run, man in (manifests or {}).items():
-        write_json(output / "checkpoints" / run / store.MANIFEST, man)
+        write_manifest(output / "checkpoints" / run, man)
     return output
 
 

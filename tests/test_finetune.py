@@ -94,7 +94,7 @@ def test_full_run_folder_and_manifest(full_run):
     assert (out / "genft_manifest.json").is_file() and (out / "model.safetensors").is_file()
     assert not list(out.glob("checkpoint-*")), "checkpoints are removed when the run finished"
     disk = json.loads((out / "genft_manifest.json").read_text())
-    assert disk["config_hash"] == man["config_hash"] and disk["status"] == "finished"
+    assert disk["config_hash"] == man.config_hash and disk["status"] == "finished"
     assert disk["data"]["examples"] == 16 and disk["training"]["global_steps"] == 3
     assert set(disk["data"]["files"]) == {"train_16.jsonl", "demos.jsonl"}
     assert all(len(h) == 64 for h in disk["data"]["files"].values())
@@ -113,13 +113,32 @@ def test_full_run_folder_and_manifest(full_run):
     AutoTokenizer.from_pretrained(out)
 
 
+def test_the_manifest_training_wrote_round_trips(full_run, tmp_path):
+    """What run() returns is what it wrote (genft's JSON names), and what every reader reads back; a copy of
+    the run with its manifest in an older, unversioned form is refused by name, not retrained over."""
+    import shutil
+
+    cfg, man = full_run
+    out = Path(cfg.output_dir)
+    disk = json.loads((out / training.MANIFEST).read_text())
+    assert isinstance(man, training.Manifest) and disk == man.dump() and training.read_manifest(out) == man
+    assert disk["genft_manifest_version"] == training.MANIFEST_VERSION
+    assert man.outputs.model_dir == str(out) and man.truncation.longest <= 72 and man.training.batching.padding_free
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    del disk["genft_manifest_version"]
+    (old / training.MANIFEST).write_text(json.dumps(disk))
+    with pytest.raises(ConfigError, match=f"output_dir: {old / training.MANIFEST}: no genft_manifest_version"):
+        training.run(FinetuneConfig(**{**training.config_dict(cfg), "output_dir": str(old)}), log=_quiet)
+
+
 def test_lora_run_folder(lora_run):
     cfg, man = lora_run
     out = Path(cfg.output_dir)
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "model.safetensors").is_file() and (out / "genft_manifest.json").is_file()
-    assert man["model"]["method"] == "lora" and man["model"]["trainable_parameters"] < man["model"]["parameters"]
-    assert man["weight_deviation"]["mean_abs_diff"] > 0
+    assert man.model.method == "lora" and man.model.trainable_parameters < man.model.parameters
+    assert man.weight_deviation.mean_abs_diff > 0
 
 
 def test_same_seed_identical_weights(full_run, tmp_path):
@@ -138,20 +157,20 @@ def test_padding_free_trains_the_padded_objective(full_run, tmp_path):
     from safetensors.torch import load_file
 
     cfg, man = full_run
-    flat = man["training"]
-    assert flat["batching"]["padding_free"] is True, flat["batching"]
+    flat = man.training
+    assert flat.batching.padding_free is True, flat.batching
     padded_cfg = FinetuneConfig(**{**training.config_dict(cfg), "output_dir": str(tmp_path / "padded"),
                                    "padding_free": False})
-    assert training.config_hash(padded_cfg, man["data"]["files"]) == man["config_hash"], "not part of the identity"
-    padded = training.run(padded_cfg, log=_quiet)["training"]
-    assert padded["batching"] == {"padding_free": False, "reason": "padding_free is off"}
-    assert flat["lm_head"] == padded["lm_head"] == "target positions"
+    assert training.config_hash(padded_cfg, man.data.files) == man.config_hash, "not part of the identity"
+    padded = training.run(padded_cfg, log=_quiet).training
+    assert padded.batching.model_dump(exclude_none=True) == {"padding_free": False, "reason": "padding_free is off"}
+    assert flat.lm_head == padded.lm_head == "target positions"
     # the same input tokens counted (EOS included: the tokenizer's pad token is its EOS)
-    assert flat["trained_tokens"] == padded["trained_tokens"] > 0
+    assert flat.trained_tokens == padded.trained_tokens > 0
     # step 1 sees the same weights: the same loss up to summation order; later steps stay within rounding
-    (s1, a1), (_, b1) = flat["loss_curve"][0], padded["loss_curve"][0]
+    (s1, a1), (_, b1) = flat.loss_curve[0], padded.loss_curve[0]
     assert s1 == 1 and a1 == pytest.approx(b1, rel=1e-5)
-    assert [x for _, x in flat["loss_curve"]] == pytest.approx([x for _, x in padded["loss_curve"]], rel=1e-3)
+    assert [x for _, x in flat.loss_curve] == pytest.approx([x for _, x in padded.loss_curve], rel=1e-3)
     a = load_file(Path(cfg.output_dir) / "model.safetensors")
     b = load_file(tmp_path / "padded" / "model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
@@ -237,14 +256,14 @@ def test_rerun_same_config_does_not_train(full_run):
     lines = []
     again = training.run(FinetuneConfig(**training.config_dict(cfg)), log=lines.append)
     assert any("nothing to do" in line for line in lines)
-    assert again["config_hash"] == man["config_hash"] and manifest.stat().st_mtime_ns == before
+    assert again.config_hash == man.config_hash and manifest.stat().st_mtime_ns == before
     # an operational setting (logging, checkpointing) is not a different config: nothing trained or rewritten
     weights = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in Path(cfg.output_dir).glob("*.safetensors")}
     lines.clear()
     again = training.run(FinetuneConfig(**{**training.config_dict(cfg), "logging_steps": 7, "save_steps": 50}),
                          log=lines.append)
     assert any("nothing to do" in line for line in lines) and not any("step " in line for line in lines), lines
-    assert again["config_hash"] == man["config_hash"] and again["weights_sha256"] == man["weights_sha256"]
+    assert again.config_hash == man.config_hash and again.weights_sha256 == man.weights_sha256
     assert manifest.stat().st_mtime_ns == before and weights and weights == {
         p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in Path(cfg.output_dir).glob("*.safetensors")}
 
@@ -272,7 +291,7 @@ def test_interrupted_run_resumes_from_checkpoint(tiny_model, data_root, tmp_path
     lines = []
     man = training.run(cfg, log=lines.append)
     assert any("resuming from" in line and "checkpoint-2" in line for line in lines)
-    assert man["training"]["resumed_from_checkpoint"].endswith("checkpoint-2")
+    assert man.training.resumed_from_checkpoint.endswith("checkpoint-2")
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
@@ -463,8 +482,8 @@ def test_weight_deviation_from_saved_files_equals_the_in_memory_one(full_run, ti
     ways agree."""
     cfg, man = full_run
     d = training.weight_deviation_from_files(tiny_model, Path(cfg.output_dir), torch.float32)
-    assert d["parameters"] == man["weight_deviation"]["parameters"]
-    assert d["mean_abs_diff"] == pytest.approx(man["weight_deviation"]["mean_abs_diff"], rel=1e-6)
+    assert d["parameters"] == man.weight_deviation.parameters
+    assert d["mean_abs_diff"] == pytest.approx(man.weight_deviation.mean_abs_diff, rel=1e-6)
     assert d["mean_abs_diff"] > 0
 
 
@@ -562,7 +581,7 @@ def test_bf16_mixed_precision_on_cpu(full_run, tmp_path):
 
     cfg, man = full_run
     bf_cfg = FinetuneConfig(**{**training.config_dict(cfg), "output_dir": str(tmp_path / "bf16"), "bf16": True})
-    assert training.config_hash(bf_cfg, man["data"]["files"]) != man["config_hash"]
+    assert training.config_hash(bf_cfg, man.data.files) != man.config_hash
     seen: set = set()
 
     def linear_out(module, args, output):
@@ -575,15 +594,15 @@ def test_bf16_mixed_precision_on_cpu(full_run, tmp_path):
     finally:
         hook.remove()
     assert seen == {torch.bfloat16}, seen  # every training forward of a linear layer ran in bf16
-    assert bf["device"]["bf16"] is True and bf["device"]["precision"].startswith("bf16 mixed precision")
-    assert man["device"]["bf16"] is False and man["device"]["precision"] == "float32 throughout"
-    t = bf["training"]
-    assert t["mixed_precision"] == "bf16" and man["training"]["mixed_precision"] == "no"
-    assert t["batching"]["padding_free"] is True and t["lm_head"] == "target positions"
-    assert t["trained_tokens"] == man["training"]["trained_tokens"]
+    assert bf.device.bf16 is True and bf.device.precision.startswith("bf16 mixed precision")
+    assert man.device.bf16 is False and man.device.precision == "float32 throughout"
+    t = bf.training
+    assert t.mixed_precision == "bf16" and man.training.mixed_precision == "no"
+    assert t.batching.padding_free is True and t.lm_head == "target positions"
+    assert t.trained_tokens == man.training.trained_tokens
     # step 1: the same weights and batch, forward in bf16: the float32 loss within bf16 rounding (2**-7 per
     # product; measured 8e-6 relative on the tiny model's near-uniform logits), but not bit-equal
-    a1, b1 = man["training"]["loss_curve"][0][1], t["loss_curve"][0][1]
+    a1, b1 = man.training.loss_curve[0][1], t.loss_curve[0][1]
     assert b1 == pytest.approx(a1, rel=1e-2) and b1 != a1
     w = load_file(Path(bf_cfg.output_dir) / "model.safetensors")
     assert {v.dtype for v in w.values()} == {torch.float32}  # master weights stay float32

@@ -248,9 +248,9 @@ def test_resuming_a_run_killed_after_its_last_save_trains_no_extra_step(tiny_mod
     (out / "model.safetensors").unlink()
     lines: list[str] = []
     man = training.run(cfg(out), log=lines.append)
-    assert man["training"]["global_steps"] == 2 and not any("step 3/" in line for line in lines)
+    assert man.training.global_steps == 2 and not any("step 3/" in line for line in lines)
     assert any("holds the last step (2/2)" in line for line in lines)
-    assert man["weights_sha256"] == ref["weights_sha256"]
+    assert man.weights_sha256 == ref.weights_sha256
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(bool((a[k] == b[k]).all()) for k in a)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from manifests import fake_manifest
 from report_records import BASE, ft, ok, record, roundtrip, stored
 
 from genft import report
@@ -191,8 +192,8 @@ def full_suite():
     return cells
 
 
-MANIFESTS = {"sentiment-builtin_products-100-s42": {"training": {"wall_time_s": 60.0, "tokens_per_s": 10.0},
-                                                    "truncation": {"examples_demos_cut": 2}, "seed": 42}}
+MANIFESTS = {"sentiment-builtin_products-100-s42": fake_manifest(wall_time_s=60.0, tokens_per_s=10.0,
+                                                                  truncation={"examples_demos_cut": 2})}
 
 
 def test_write_report_is_deterministic_with_figures(tmp_path):
@@ -290,8 +291,9 @@ def test_the_evidence_file_rebuilds_the_same_report_byte_for_byte(tmp_path):
     assert "500 resamples" in a.read_text() and "≥ 80% of the items" in a.read_text()  # settings travel too
     name, recs, runs, stored_settings = report.read_evidence(evidence)
     assert (name, len(recs), stored_settings) == ("synth", len(full_suite()), settings)
-    assert runs == {"sentiment-builtin_products-100-s42": {"training": {"wall_time_s": 60.0, "tokens_per_s": 10.0},
-                                                          "truncation": {"examples_demos_cut": 2}}}
+    assert runs == {"sentiment-builtin_products-100-s42": {
+        "training": {"wall_time_s": 60.0, "tokens_per_s": 10.0, "global_steps": 1},
+        "truncation": {"examples_demos_cut": 2, "demos_dropped": 0, "examples_input_cut": 0, "input_chars_cut": 0}}}
     assert evidence.stat().st_size < 20_000
 
 

@@ -12,6 +12,7 @@ from genft import report
 from genft import suite as gsuite
 from genft.cli import main
 from genft.report import build, write_report
+from genft.training import training_facts
 from genft.suite import store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def written(tiny_suite):
 @pytest.fixture(scope="module")
 def md(written) -> str:
     records, manifests = written
-    return build("tiny-suite", records, manifests, figures_=False)[0]
+    return build("tiny-suite", records, {run: training_facts(m) for run, m in manifests.items()}, figures_=False)[0]
 
 
 def rows(md: str, heading: str) -> list[dict[str, str]]:
@@ -114,9 +115,9 @@ def test_the_training_manifests_reach_the_report(written, md):
     table = {row["run"]: row for row in rows(md, "## Fine-tuned checkpoints: weight deviation and training")}
     assert set(table) == set(manifests) == {"ft-products-seed1", "ft-products-seed2"}
     for run, man in manifests.items():
-        assert table[run]["seed"] == str(man["config"]["seed"])
-        assert table[run]["mean \\|Δw\\|"] == f"{man['weight_deviation']['mean_abs_diff']:.3e}"
-        assert table[run]["train wall"] == f"{man['training']['wall_time_s']:.1f} s"
+        assert table[run]["seed"] == str(man.config["seed"]) == str(man.seed)
+        assert table[run]["mean \\|Δw\\|"] == f"{man.weight_deviation.mean_abs_diff:.3e}"
+        assert table[run]["train wall"] == f"{man.training.wall_time_s:.1f} s"
 
 
 def test_the_runs_evidence_file_rebuilds_its_report_and_holds_its_records(tiny_suite, written, tmp_path):

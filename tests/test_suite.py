@@ -20,6 +20,8 @@ from genft.prompts import get_task
 from genft.suite import observe, store
 from genft.suite.execute import Trainer
 from genft.suite.run import run_suite
+from genft.training import write_manifest
+from manifests import fake_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,11 +62,10 @@ class FakeTrainer(Trainer):
                 p.add_(torch.randn(p.shape, generator=gen) * 1e-3)
         model.save_pretrained(job.out_dir)
         AutoTokenizer.from_pretrained(src).save_pretrained(job.out_dir)
-        manifest = {"status": "finished", "config": job.config, "config_hash": job.recipe_hash,
-                    "replicate_hash": job.replicate_hash, "weights_sha256": weights_fingerprint(job.out_dir),
-                    "weight_deviation": {"mean_abs_diff": float(job.config["learning_rate"]), "parameters": 1},
-                    "training": {"wall_time_s": 0.1, "tokens_per_s": 1000.0, "loss_curve": [[1, 1.0]]}}
-        (job.out_dir / "genft_manifest.json").write_text(json.dumps(manifest))
+        write_manifest(job.out_dir, fake_manifest(
+            job.out_dir, config=job.config, config_hash=job.recipe_hash, replicate_hash=job.replicate_hash,
+            weights_sha256=weights_fingerprint(job.out_dir), wall_time_s=0.1, tokens_per_s=1000.0,
+            mean_abs_diff=float(job.config["learning_rate"])))
 
 
 class NoTrainer(Trainer):
@@ -580,15 +581,17 @@ def test_real_trainer_agrees_on_the_config_hash(tmp_path, data_root):
     assert run_suite(path, log=lines.append) == 0, "\n".join(lines[-30:])
     man = gsuite.load_manifests(tmp_path / "out")["ft-products"]
     job = plan(path).jobs[0]
-    assert job.status == "done" and man["config_hash"] == job.recipe_hash and man["replicate_hash"] == job.replicate_hash
-    assert man["weights_sha256"] == weights_fingerprint(tmp_path / "out" / "checkpoints" / "ft-products")
-    assert man["config"]["num_processes"] == 1 and man["device"]["world_size"] == 1
+    assert job.status == "done" and man.config_hash == job.recipe_hash and man.replicate_hash == job.replicate_hash
+    assert man.weights_sha256 == weights_fingerprint(tmp_path / "out" / "checkpoints" / "ft-products")
+    assert man.config["num_processes"] == 1 and man.device.world_size == 1
+    assert job.manifest == man  # the planner reads the manifest the real trainer wrote
     assert (tmp_path / "out" / "configs" / "ft-products.yaml").is_file()
     assert any("step 1/1" in x for x in lines)
     cells = load_cells(path)
     assert len(cells) == 2 and {r.model for r in cells} == {"tiny", "ft-products"}
     ft = next(r for r in cells if r.finetune)
-    assert ft.finetune.weight_deviation > 0 and ft.finetune.weights_sha256 == man["weights_sha256"]
+    assert ft.finetune.weight_deviation > 0 and ft.finetune.weights_sha256 == man.weights_sha256
+    assert ft.finetune.weight_deviation == man.weight_deviation.mean_abs_diff
 
 
 def test_runs_differing_in_a_hyper_parameter_are_two_models_in_the_report(tmp_path, data_root):

@@ -77,7 +77,7 @@ def test_sft_reports_its_loss_curve_to_tensorboard(tiny_model, data_root, tmp_pa
     assert training.config_hash(training.validate(plain), files) == man["config_hash"]
     # the same recipe without the tracker: already finished, nothing trained again
     before = (out / training.MANIFEST).stat().st_mtime_ns
-    assert training.run(sft.parse_args(args), log=lambda *_: None)["config_hash"] == man["config_hash"]
+    assert training.run(sft.parse_args(args), log=lambda *_: None).config_hash == man["config_hash"]
     assert (out / training.MANIFEST).stat().st_mtime_ns == before
 
 
@@ -311,16 +311,16 @@ def test_step_models_are_the_model_after_that_step(tiny_model, data_root, tmp_pa
     quiet = lambda *_: None  # noqa: E731
     cfg = _cfg(tiny_model, data_root, tmp_path / "three", lr_scheduler_type="constant", step_models=[2, 1])
     man = training.run(cfg, log=quiet)
-    assert sorted(man["steps"]) == ["1", "2"] and cfg.step_models == [1, 2]
+    assert sorted(man.steps) == ["1", "2"] and cfg.step_models == [1, 2]
     two = training.run(_cfg(tiny_model, data_root, tmp_path / "two", lr_scheduler_type="constant", max_steps=2),
                        log=quiet)
     step2 = tmp_path / "three" / "steps" / "step-2"
     a, b = load_file(step2 / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert man["steps"]["2"]["weights_sha256"] == weights_fingerprint(step2) == two["weights_sha256"]
-    assert len({man["steps"]["1"]["weights_sha256"], man["steps"]["2"]["weights_sha256"], man["weights_sha256"]}) == 3
+    assert man.steps["2"].weights_sha256 == weights_fingerprint(step2) == two.weights_sha256
+    assert len({man.steps["1"].weights_sha256, man.steps["2"].weights_sha256, man.weights_sha256}) == 3
     plain = training.validate(_cfg(tiny_model, data_root, tmp_path / "three", lr_scheduler_type="constant"))
-    assert training.config_hash(plain, man["data"]["files"]) == man["config_hash"]
+    assert training.config_hash(plain, man.data.files) == man.config_hash
     with pytest.raises(ConfigError, match=r"without the models at steps 3 \(step_models\); delete"):
         training.run(_cfg(tiny_model, data_root, tmp_path / "three", lr_scheduler_type="constant",
                           step_models=[1, 3]), log=quiet)
@@ -340,7 +340,7 @@ def test_lora_step_models_are_merged_like_the_final_model(tiny_model, data_root,
     ids = torch.tensor([[1, 5, 9, 13, 2]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
-    assert man["steps"]["2"]["weights_sha256"] != man["weights_sha256"]
+    assert man.steps["2"].weights_sha256 != man.weights_sha256
 
 
 def test_intermediate_models_are_checkpoints_of_their_own_and_resumable(tracked_suite):

@@ -1,6 +1,7 @@
 """The evidence file committed beside a report: every cell record the report read, as JSON lines, gzip.
 
     line 1     {"genft_evidence": 1, "suite": NAME, "settings": {...}, "runs": {run: training facts}}
+               (training facts: genft.training.training_facts of each run's manifest)
     line 2...  one `CellRecord` per line (genft.suite.store), sorted by key
 
 Written byte-deterministically (sorted keys, gzip with mtime 0 and no file name), read strictly: every record
@@ -24,20 +25,13 @@ EVIDENCE_VERSION = 1
 FILE_NAME = "cells.jsonl.gz"
 
 
-def _training_facts(manifest: Mapping) -> dict:
-    """The part of a fine-tuning manifest the report shows (training time and speed, truncation counts)."""
-    train = manifest.get("training") if isinstance(manifest.get("training"), Mapping) else {}
-    trunc = manifest.get("truncation") if isinstance(manifest.get("truncation"), Mapping) else {}
-    return {"training": {k: train[k] for k in ("wall_time_s", "tokens_per_s", "global_steps") if k in train},
-            "truncation": {k: v for k, v in trunc.items() if isinstance(v, (int, float)) and ("cut" in k or "drop" in k)}}
-
-
-def evidence_bytes(name: str, records: Iterable[CellRecord], manifests: Mapping[str, Mapping],
+def evidence_bytes(name: str, records: Iterable[CellRecord], facts: Mapping[str, Mapping],
                    settings: ReportSettings) -> bytes:
+    """The evidence file's bytes; facts: run -> its training facts (`training_facts`)."""
     records = {r.key: r for r in records}
     runs = sorted({r.finetune.run for r in records.values() if r.finetune})
     header = {"genft_evidence": EVIDENCE_VERSION, "suite": name, "settings": settings.model_dump(mode="json"),
-              "runs": {run: _training_facts(manifests[run]) for run in runs if run in manifests}}
+              "runs": {run: dict(facts[run]) for run in runs if run in facts}}
     lines = [json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":"))]
     lines += [json.dumps(records[k].model_dump(mode="json", exclude=None if records[k].checksum else {"checksum"}),
                          sort_keys=True, ensure_ascii=False, separators=(",", ":"))  # (older records: as they were)

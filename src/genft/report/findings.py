@@ -205,13 +205,11 @@ def run_table(s: SuiteData) -> list[dict]:
         ft = c.finetune
         if ft is None or ft.run in out:
             continue
-        man = s.manifests.get(ft.run) or {}
-        train = man.get("training") if isinstance(man.get("training"), dict) else {}
-        trunc = man.get("truncation") if isinstance(man.get("truncation"), dict) else {}
+        facts = s.manifests.get(ft.run) or {}  # (genft.training.training_facts: what was cut, time and speed)
+        train = facts.get("training") or {}
         out[ft.run] = {"run": ft.run, "group": s.group_of(c), "ft": ft, "wd": ft.weight_deviation,
                        "wall": train.get("wall_time_s"), "tps": train.get("tokens_per_s"),
-                       "trunc": {k: v for k, v in trunc.items()  # the counts of what was cut
-                                 if isinstance(v, (int, float)) and ("cut" in k or "drop" in k)}}
+                       "trunc": dict(facts.get("truncation") or {})}
     return sorted(out.values(), key=lambda r: (r["group"].sort_key(), r["ft"].seed, r["run"]))
 
 

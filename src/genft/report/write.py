@@ -14,7 +14,8 @@ from ..suite import store
 from ..suite.schema import parse
 from ..suite.store import CellRecord
 from . import curves, figures, sections, tables
-from .evidence import FILE_NAME, _training_facts, evidence_bytes, read_evidence
+from ..training.manifest import Manifest, training_facts
+from .evidence import FILE_NAME, evidence_bytes, read_evidence
 from .findings import findings
 from .model import TASK_ORDER, SuiteData
 from ..suite.report_settings import ReportSettings
@@ -24,10 +25,11 @@ def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-") or "suite"
 
 
-def build(name: str, records: Iterable[CellRecord], manifests: Mapping | None = None,
+def build(name: str, records: Iterable[CellRecord], facts: Mapping[str, Mapping] | None = None,
           settings: ReportSettings | None = None, figures_: bool = True) -> tuple[str, dict[str, bytes]]:
-    """The markdown text and the figures ({file name: PNG bytes}); nothing written (figures_=False: text only)."""
-    facts = {run: _training_facts(m) for run, m in (manifests or {}).items()}
+    """The markdown text and the figures ({file name: PNG bytes}); nothing written (figures_=False: text only).
+    facts: run -> its training facts (genft.training.training_facts of its manifest)."""
+    facts = dict(facts or {})
     records, stepped = curves.split(records)  # intermediate models: their own section
     s = SuiteData(name, records, facts, settings)
     fig_dir = slug(name)
@@ -88,18 +90,23 @@ def load_settings(ref: str | os.PathLike) -> ReportSettings:
     return parse(Path(ref))[0].report
 
 
+def _facts(output: Path) -> dict[str, dict]:
+    return {run: training_facts(m) for run, m in store.load_manifests(output).items()}
+
+
 def load(source: str | os.PathLike) -> tuple[str, list[CellRecord], dict, ReportSettings | None]:
-    """(suite name, records, manifests, settings) from an evidence file (`*.jsonl.gz`), a suite's output folder,
-    or a suite file (its output folder is `load_suite(path).output`, its settings the suite's `report:` block)."""
+    """(suite name, records, training facts per run, settings) from an evidence file (`*.jsonl.gz`), a suite's
+    output folder, or a suite file (its output folder is `load_suite(path).output`, its settings the suite's
+    `report:` block)."""
     p = Path(source)
     if p.name.endswith(".jsonl.gz"):
         return read_evidence(p)
     if not p.is_dir():  # a suite file: its own index in its output folder, never another suite's there
         suite = load_suite(p)
         records, _ = store.load_finished(suite.output, suite.name, str(suite.path))
-        return suite.name, records, store.load_manifests(suite.output), suite.report
+        return suite.name, records, _facts(suite.output), suite.report
     records, idx = store.load_finished(p)
-    return idx.get("suite") or _name_of(p, records), records, store.load_manifests(p), None
+    return idx.get("suite") or _name_of(p, records), records, _facts(p), None
 
 
 def _name_of(source: str | os.PathLike, records: list[CellRecord]) -> str:
@@ -111,15 +118,16 @@ def _name_of(source: str | os.PathLike, records: list[CellRecord]) -> str:
 
 
 def write_report(source: str | os.PathLike, cells: Iterable[CellRecord] | None = None,
-                 manifests: Mapping[str, Mapping] | None = None, out_dir: str | os.PathLike = "reports",
+                 manifests: Mapping[str, Manifest] | None = None, out_dir: str | os.PathLike = "reports",
                  settings: ReportSettings | None = None) -> Path:
     """Write `<out_dir>/<suite>.md`, its figures and its evidence file; returns the markdown path.
 
     With cells None the records are read from `source`: an evidence file (`--cells`), a suite's output folder
     or a suite file.  Settings: the argument, else those stored in an evidence file, else the defaults."""
+    facts = None if manifests is None else {run: training_facts(m) for run, m in manifests.items()}
     if cells is None:
         name, cells, loaded, stored = load(source)
-        manifests = loaded if manifests is None else manifests
+        facts = loaded if facts is None else facts
         settings = settings or stored
     else:
         cells = list(cells)
@@ -128,8 +136,8 @@ def write_report(source: str | os.PathLike, cells: Iterable[CellRecord] | None =
     if not cells:
         raise FileNotFoundError(f"{source}: no finished evaluation cells to report")
     settings = settings or ReportSettings()
-    text, figs = build(name, cells, manifests, settings)
-    evidence = evidence_bytes(name, cells, manifests or {}, settings)
+    text, figs = build(name, cells, facts, settings)
+    evidence = evidence_bytes(name, cells, facts or {}, settings)
     out = Path(out_dir)
     for fname, data in sorted(figs.items()):
         atomic_write(out / slug(name) / fname, data)

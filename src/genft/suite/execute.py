@@ -24,9 +24,9 @@ import yaml
 
 from .. import data as gdata
 from .. import harness
-from ..files import atomic_write, fmt_duration, now_utc, read_json_or_none
+from ..files import atomic_write, fmt_duration, now_utc
 from ..prompts import TARGET_DELIMITER, get_task, render_target
-from ..training import FIELDS, MANIFEST, foreign_files
+from ..training import FIELDS, MANIFEST, ManifestError, foreign_files, read_manifest
 from . import stages, store
 from .estimate import Progress
 from .planning import CellState, Checkpoint, FinetuneJob
@@ -78,11 +78,14 @@ def finetune(job: FinetuneJob, trainer: Trainer, log: Log) -> str | None:
         trainer.train(job, log)
     except (RuntimeError, OSError) as e:
         return str(e)
-    man = read_json_or_none(job.out_dir / MANIFEST)
-    if not man:
+    try:
+        man = read_manifest(job.out_dir)
+    except ManifestError as e:
+        return str(e)
+    if man is None:
         return f"the trainer exited without writing {job.out_dir / MANIFEST}"
-    if man.get("config_hash") != job.recipe_hash:
-        return (f"its manifest's recipe hash {str(man.get('config_hash'))[:12]} differs from the suite's "
+    if man.config_hash != job.recipe_hash:
+        return (f"its manifest's recipe hash {man.config_hash[:12]} differs from the suite's "
                 f"{str(job.recipe_hash)[:12]} (the suite and finetune/sft.py disagree on the config)")
     log(f"fine-tune {job.run} done in {fmt_duration(time.time() - t0)}")
     return None
@@ -211,15 +214,16 @@ def _versions() -> dict:
 
 
 def _finetune_info(job: FinetuneJob, weights: str, step: int | None = None) -> store.FinetuneInfo:
-    c, man = job.config, job.manifest or {}
-    wd = man.get("weight_deviation") if step is None else None  # measured for the final weights only
+    c, man = job.config, job.manifest
+    # measured for the final weights only
+    wd = man.weight_deviation.mean_abs_diff if man is not None and step is None else None
     return store.FinetuneInfo(
         run=job.run, name=job.name, task=c["task"], dataset=c["dataset"], train_size=c["train_size"],
         train_limit=c["train_limit"], method=job.method, icl_shots=c["icl_shots"],
         icl_demos=c["icl_demos"] if c["icl_shots"] else None, seed=job.seed, num_processes=c["num_processes"],
         recipe_hash=job.recipe_hash, replicate_hash=job.replicate_hash,
         weights_sha256=weights,
-        weight_deviation=wd.get("mean_abs_diff") if isinstance(wd, Mapping) else wd)
+        weight_deviation=wd)
 
 
 def make_record(cell: CellState, suite: Suite, result: Mapping, samples: list[dict], wall: float, device: str,

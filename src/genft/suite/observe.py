@@ -12,10 +12,11 @@ from .. import data as gdata
 from ..files import read_json_or_none, sha256_cached
 from ..harness_names import task_name, tasks_dir
 from ..prompts import get_task
-from ..training import MANIFEST, RUN_FILE, ConfigError, config_hash, foreign_files, load_training_items
+from ..training import (RUN_FILE, ConfigError, ManifestError, config_hash, foreign_files, load_training_items,
+                        read_manifest)
 from ..training.steps import step_dir
 from . import estimate, planning, snapshot
-from .identity import _fingerprint, base_identity, device_identity, effective_dtype, resolve_device
+from .identity import base_identity, device_identity, effective_dtype, resolve_device
 from .planning import ModelFacts, PlanInputs, RunFacts, TestSetFacts
 from .schema import SuiteError
 from .spec import Suite
@@ -41,7 +42,7 @@ def observe(suite: Suite, provision: bool = False, fingerprints: dict | None = N
     runs, dtypes = {}, {}
     for spec in suite.runs:
         for run, seed in spec.run_names():
-            runs[run] = _run_facts(suite, spec, run, seed, missing, cache)
+            runs[run] = _run_facts(suite, spec, run, seed, missing)
             folders = [suite.checkpoints_dir / run] + [
                 step_dir(suite.checkpoints_dir / run, s) for s in runs[run].config.step_models or []]
             dtypes.update({str(f): effective_dtype(str(f), suite.models[spec.base].dtype) for f in folders})
@@ -60,7 +61,7 @@ def observe(suite: Suite, provision: bool = False, fingerprints: dict | None = N
                       bases=bases, runs=runs, dtypes=dtypes)
 
 
-def _run_facts(suite: Suite, spec, run: str, seed: int, missing: list[str], cache: dict) -> RunFacts:
+def _run_facts(suite: Suite, spec, run: str, seed: int, missing: list[str]) -> RunFacts:
     out_dir = suite.checkpoints_dir / run
     cfg = planning.finetune_config(suite, spec, seed, out_dir)
     chash = rhash = None
@@ -70,12 +71,15 @@ def _run_facts(suite: Suite, spec, run: str, seed: int, missing: list[str], cach
         except (ConfigError, gdata.DataError) as e:
             raise SuiteError(f"{suite.path}: finetune[{spec.index}] ({spec.name}): {e}") from None
         chash, rhash = config_hash(cfg, files), config_hash(cfg, files, seed=False)
-    man = read_json_or_none(out_dir / MANIFEST)
-    started = man or read_json_or_none(out_dir / RUN_FILE)
+    try:
+        man = read_manifest(out_dir)
+    except ManifestError as e:
+        raise SuiteError(f"{suite.path}: finetune[{spec.index}] ({spec.name}): {e}") from None
+    run_file = None if man else read_json_or_none(out_dir / RUN_FILE)
+    started = man.config_hash if man else (run_file.get("config_hash") or "unknown") \
+        if isinstance(run_file, dict) else None
     occupied = out_dir.is_dir() and any(out_dir.iterdir())
-    weights = None
-    if chash and man and man.get("config_hash") == chash:  # a finished run of this recipe: its weights
-        weights = man.get("weights_sha256") or _fingerprint(out_dir, cache)
+    weights = man.weights_sha256 if chash and man and man.config_hash == chash else None  # this recipe's weights
     return RunFacts(config=cfg, recipe_hash=chash, replicate_hash=rhash, manifest=man, started=started,
                     occupied=occupied, foreign=tuple(p.name for p in foreign_files(out_dir)),
                     tokens_est=estimate.training_tokens(cfg, suite.data_dir), weights=weights)

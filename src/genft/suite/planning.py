@@ -30,8 +30,8 @@ from ..files import fmt_duration
 from ..harness_names import task_name
 from ..models import hub_cache
 from ..prompts import TARGET_DELIMITER, get_task
-from ..training import FinetuneConfig, config_from_mapping, validate
-from ..training.steps import missing_steps, step_dir
+from ..training import FinetuneConfig, Manifest, config_from_mapping, validate
+from ..training.steps import step_dir
 from . import estimate, stages, store
 from .schema import SuiteError
 from .snapshot import Snapshot, judge
@@ -54,8 +54,8 @@ class RunFacts:
     config: FinetuneConfig
     recipe_hash: str | None  # None while the training data is missing
     replicate_hash: str | None
-    manifest: dict | None  # the folder's finished-run manifest
-    started: dict | None  # the manifest, else the run file of a run that started
+    manifest: Manifest | None  # the folder's finished-run manifest
+    started: str | None  # the config hash of the run there: the manifest's, else a started run's run file's
     occupied: bool  # the folder exists and holds files
     foreign: tuple[str, ...]  # files in it genft did not write
     tokens_est: int
@@ -100,7 +100,7 @@ class FinetuneJob:
     recipe_hash: str | None  # training.config_hash; None while the training data is missing
     replicate_hash: str | None  # the same without the seed
     status: str  # done | resume | todo | retrain
-    manifest: dict | None  # the finished run's manifest (status done)
+    manifest: Manifest | None  # the finished run's manifest (status done)
     tokens_est: int
     est_s: float
 
@@ -320,14 +320,13 @@ def _job(suite: Suite, spec, run: str, seed: int, facts: RunFacts, tps: dict[boo
     out_dir = suite.checkpoints_dir / run
     chash, man, started = facts.recipe_hash, facts.manifest, facts.started
     status = "todo"
-    if chash and man and man.get("config_hash") == chash and missing_steps(man, facts.config.step_models):
+    if chash and man and man.config_hash == chash and man.missing_steps(facts.config.step_models):
         status = "retrain"  # finished without a step model now asked for: trained again
-    elif chash and man and man.get("config_hash") == chash:
+    elif chash and man and man.config_hash == chash:
         status = "done"
-        t = (man.get("training") or {}).get("tokens_per_s")
-        if t:
-            tps.setdefault(bool((man.get("device") or {}).get("bf16")), []).append(float(t))
-    elif chash and started and started.get("config_hash") == chash:
+        if man.training.tokens_per_s:
+            tps.setdefault(man.device.bf16, []).append(man.training.tokens_per_s)
+    elif chash and started == chash:
         status = "resume"
     elif started or facts.occupied:
         if facts.foreign:  # never cleared: what genft did not write stays, and the run waits for the folder
@@ -360,11 +359,11 @@ def _checkpoints(suite: Suite, inputs: PlanInputs, jobs: list[FinetuneJob]) -> l
                               dtype=inputs.dtypes.get(str(job.out_dir)), identity=ident, job=job))
         for step in job.config.get("step_models") or []:  # intermediate models: checkpoints of their own
             folder = step_dir(job.out_dir, step)
-            saved = ((job.manifest or {}).get("steps") or {}).get(str(step))
+            saved = job.manifest.steps.get(str(step)) if job.manifest else None
             out.append(Checkpoint(
                 id=f"{job.run}@step{step}", kind="finetuned", base=base_id, path=str(folder),
                 dtype=inputs.dtypes.get(str(folder)), job=job,
-                identity=None if ident is None or not saved else {**ident, "weights": saved["weights_sha256"],
+                identity=None if ident is None or not saved else {**ident, "weights": saved.weights_sha256,
                                                                   "step": step}))
     return out
 

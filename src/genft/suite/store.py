@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..files import Busy, atomic_write, file_key, hold_lock, read_json, read_json_or_none, sha256_json, temp_target, write_json
 from ..prompts import get_task
-from ..training import MANIFEST
+from ..training.manifest import Manifest, ManifestError, read_manifest
 from .stages import item_order, stage_items, stop_reason
 
 RECORD_VERSION = 3
@@ -394,19 +394,19 @@ def load_finished(output: Path, suite: str | None = None, suite_file: str | None
     return read_cells(output, done_keys(idx)), idx
 
 
-def load_manifests(output: Path) -> dict[str, dict]:
-    """run name -> the fine-tuning manifest of each finished checkpoint (a manifest that is not JSON is an
-    error: the checkpoint would otherwise silently lose its training facts)."""
+def load_manifests(output: Path) -> dict[str, Manifest]:
+    """run name -> the fine-tuning manifest of each finished checkpoint (one genft cannot read is an error
+    naming the file: the checkpoint would otherwise silently lose its training facts)."""
     result = {}
     d = Path(output) / "checkpoints"
     if d.is_dir():
         for folder in sorted(d.iterdir()):
-            path = folder / MANIFEST
-            if folder.is_dir() and path.is_file():
-                try:
-                    result[folder.name] = read_json(path)
-                except ValueError as e:
-                    raise StoreError(f"{e}; delete {folder} and re-run the suite to retrain it") from None
+            try:
+                man = read_manifest(folder) if folder.is_dir() else None
+            except ManifestError as e:
+                raise StoreError(f"{e} (or re-run the suite to retrain it)") from None
+            if man is not None:
+                result[folder.name] = man
     return result
 
 

@@ -34,17 +34,18 @@ Output folder OUT::
     OUT/checkpoint-*/                                 while training (resume); deleted when finished
     OUT/genft_manifest.json                           written LAST, atomically: its presence = finished
 """
-from .config import (ADAPTER_DIR, DATA_FIELDS, FIELD_HELP, FIELDS, ICL_DEMOS, LOCK_FILE, MANIFEST, MANIFEST_VERSION,
+from .config import (ADAPTER_DIR, DATA_FIELDS, FIELD_HELP, FIELDS, ICL_DEMOS, LOCK_FILE,
                      OPERATIONAL, RUN_FILE, ConfigError, DataArguments, FinetuneConfig, TruncationError, check_types,
                      config_dict, config_from_mapping, config_hash, launched_processes, load_yaml_config, validate)
 from .batching import check_padding_free
+from .manifest import MANIFEST, MANIFEST_VERSION, Manifest, ManifestError, read_manifest, training_facts, write_manifest
 from .examples import TrainingData, build_examples, fit_example, load_training_items, random_demos
 from .runner import device_settings, foreign_files, output_state, run, weight_deviation, weight_deviation_from_files
 
 __all__ = [
-    "ADAPTER_DIR", "DATA_FIELDS", "FIELD_HELP", "FIELDS", "ICL_DEMOS", "LOCK_FILE", "MANIFEST", "MANIFEST_VERSION", "OPERATIONAL",
+    "ADAPTER_DIR", "DATA_FIELDS", "FIELD_HELP", "FIELDS", "ICL_DEMOS", "LOCK_FILE", "MANIFEST", "MANIFEST_VERSION", "Manifest", "ManifestError", "OPERATIONAL",
     "RUN_FILE", "ConfigError", "DataArguments", "FinetuneConfig", "TruncationError", "check_types", "config_dict",
     "config_from_mapping", "config_hash", "launched_processes", "load_yaml_config", "validate", "TrainingData",
     "check_padding_free", "build_examples", "fit_example", "load_training_items", "random_demos", "device_settings", "foreign_files", "output_state", "run",
-    "weight_deviation", "weight_deviation_from_files",
+    "read_manifest", "training_facts", "weight_deviation", "weight_deviation_from_files", "write_manifest",
 ]

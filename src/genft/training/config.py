@@ -17,11 +17,9 @@ from .. import settings_yaml
 from ..files import sha256_file, sha256_json
 from ..prompts import PROMPT_IDS, TASKS
 
-MANIFEST = "genft_manifest.json"
 RUN_FILE = "genft_run.json"
 LOCK_FILE = ".genft_sft.lock"  # sft.py holds it while it trains into the folder
 ADAPTER_DIR = "adapter"
-MANIFEST_VERSION = 2  # 2: weights_sha256, replicate_hash
 ICL_DEMOS = ("fixed", "random")
 
 

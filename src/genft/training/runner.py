@@ -3,7 +3,6 @@ merged LoRA model, and the manifest written last."""
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 import platform
@@ -20,8 +19,6 @@ from ..precision import PrecisionError, check_cpu_bf16
 from .config import (
     ADAPTER_DIR,
     LOCK_FILE,
-    MANIFEST,
-    MANIFEST_VERSION,
     OPERATIONAL,
     RUN_FILE,
     ConfigError,
@@ -32,8 +29,10 @@ from .config import (
     validate,
 )
 from .batching import check_padding_free
+from .manifest import (MANIFEST, MANIFEST_VERSION, DataInfo, DeviceInfo, Manifest, ManifestError, ModelInfo, Outputs,
+                       TrainingInfo, Truncation, WeightDeviation, read_manifest, write_manifest)
 from .lm_head import scored_positions_only
-from .steps import finish_steps, make_step_callback, missing_steps
+from .steps import finish_steps, make_step_callback
 from .examples import build_examples, load_training_items
 
 # ---------------------------------------------------------------- output folder state
@@ -86,16 +85,21 @@ def output_state(out: Path, chash: str, cfg: FinetuneConfig) -> str:
         return "new"
     if not out.is_dir():
         raise ConfigError(f"output_dir: {out} exists and is not a folder")
-    manifest = read_json_or_none(out / MANIFEST)
-    run = manifest or read_json_or_none(out / RUN_FILE)
-    if run is None:
+    try:
+        manifest = read_manifest(out / MANIFEST)
+    except ManifestError as e:
+        raise ConfigError(f"output_dir: {e}") from None
+    started = None if manifest else read_json_or_none(out / RUN_FILE)
+    if manifest is None and not isinstance(started, dict):
         # (a temporary file is another process of the same launch writing genft_run.json right now)
         if any(p.name != LOCK_FILE and not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in out.iterdir()):
             raise ConfigError(f"output_dir: {out} is not empty and holds no genft run; choose another --output_dir")
         return "new"
-    if run.get("config_hash") != chash:
+    held_hash, held_config = ((manifest.config_hash, manifest.config) if manifest
+                              else (started.get("config_hash"), started.get("config") or {}))
+    if held_hash != chash:
         mine = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL}
-        theirs = {k: v for k, v in (run.get("config") or {}).items() if k not in OPERATIONAL}
+        theirs = {k: v for k, v in held_config.items() if k not in OPERATIONAL}
         what = "a finished run" if manifest else "an unfinished run"
         raise ConfigError(
             f"output_dir: {out} holds {what} with a different config ({_diff(theirs, mine)}); use another "
@@ -240,8 +244,9 @@ def weight_deviation_from_files(base_path: str, out: Path, dtype, trust_remote_c
     return weight_deviation(base, load(str(out)))
 
 
-def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
-    """Train (or resume, or skip a finished run).  Returns the manifest.  Raises ConfigError / DataError /
+def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> Manifest | None:
+    """Train (or resume, or skip a finished run).  Returns the manifest (None on a process of a launch other
+    than the main one: that one writes it).  Raises ConfigError / DataError /
     TruncationError for bad settings before anything is written."""
     cfg = validate(cfg)
     if cfg.num_processes != launched_processes():
@@ -258,8 +263,8 @@ def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
     chash = config_hash(cfg, files)
     state = output_state(out, chash, cfg)
     if state == "done":
-        manifest = json.loads((out / MANIFEST).read_text())
-        missing = missing_steps(manifest, cfg.step_models)
+        manifest = read_manifest(out)
+        missing = manifest.missing_steps(cfg.step_models)
         if missing:
             raise ConfigError(f"output_dir: {out} holds this finished run without the models at steps "
                               f"{', '.join(map(str, missing))} (step_models); delete {out} to train it again with them")
@@ -287,7 +292,7 @@ def run(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict:
             state = output_state(out, chash, cfg)  # again, now that no other launch can write here
             if state == "done":
                 log(f"[genft] {out} was finished by another process meanwhile (config {chash[:12]}); nothing to do")
-                return json.loads((out / MANIFEST).read_text())
+                return read_manifest(out)
         if state == "new" and main_process:  # one writer per launch
             write_json(out / RUN_FILE, {"config": config_dict(cfg), "config_hash": chash, "data": files,
                                         "started_at": now_utc()})
@@ -307,80 +312,30 @@ def _lock_output(out: Path):
                           "finish (then this run finds it done), or use another --output_dir") from None
 
 
-def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log) -> dict:
+def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log) -> Manifest | None:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
+
+    from .trl_args import peft_config, sft_config
 
     dtype = getattr(torch, dev["dtype"])
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     sharded = bool(cfg.accelerate_config)  # no process holds the whole model: deviation from the saved files
     base = {} if sharded else {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
     n_params = sum(p.numel() for p in model.parameters())
-
-    peft_config = None
-    if cfg.use_peft:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM", bias="none")
     batching = batching_for(cfg, model, tokenizer, examples, dev, sharded)
     log(f"[genft] batches: {'padding-free' if batching['padding_free'] else 'padded'} ({batching['reason']})")
-    args = SFTConfig(
-        output_dir=str(out),
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        # padding-free rows are not cut by TRL (it refuses max_length with them): build_examples already fitted
-        # every example into max_length, and the prepared rows are checked against it below either way
-        max_length=None if batching["padding_free"] else cfg.max_length,
-        padding_free=batching["padding_free"],
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=dev["bf16"],
-        use_cpu=dev["use_cpu"],
-        activation_checkpointing=cfg.activation_checkpointing,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        report_to=cfg.report_to or "none",
-        run_name=cfg.run_name,
-        disable_tqdm=True,
-        completion_only_loss=True,
-        packing=False,
-        # a flattened batch holds no padding ("non_padding" would skip every EOS where pad = EOS)
-        include_num_input_tokens_seen="all" if batching["padding_free"] else "non_padding",
-        trust_remote_code=cfg.trust_remote_code,
-        dataset_num_proc=None,
-    )
-    train_ds = Dataset.from_list(examples)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[make_progress_callback(log), make_final_checkpoint_guard()] + (
-                             [make_step_callback(cfg.step_models, out, tokenizer, cfg.use_peft, log)]
-                             if cfg.step_models else []))
+    callbacks = [make_progress_callback(log), make_final_checkpoint_guard()] + (
+        [make_step_callback(cfg.step_models, out, tokenizer, cfg.use_peft, log)] if cfg.step_models else [])
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, out, batching, dev), train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces the raw log dicts
-    # TRL truncates the end of long rows and drops rows left with no target: the pre-truncation above must
-    # have made both impossible.  Check, rather than trust.
-    prepared = trainer.train_dataset
-    if len(prepared) != len(examples):
-        raise RuntimeError(f"TRL dropped rows: {len(examples)} examples in, {len(prepared)} rows entering the trainer")
-    longest = max(len(r) for r in prepared["input_ids"])
-    if longest > cfg.max_length:
-        raise RuntimeError(f"a prepared row has {longest} tokens > max_length {cfg.max_length}")
-    n_target = sum(sum(1 for t in lab if t != -100) for lab in prepared["labels"])
-    log(f"[genft] {len(prepared)} rows enter the trainer (= {len(examples)} examples), {n_target} target tokens; "
-        f"device {dev['device']} dtype {dev['dtype']} bf16 {dev['bf16']} threads {dev['torch_threads']}"
-        f"{' LoRA r=%d alpha=%d' % (cfg.lora_r, cfg.lora_alpha) if cfg.use_peft else ' full fine-tuning'}")
+    _check_prepared(trainer, examples, cfg, dev, log)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
@@ -401,21 +356,18 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     tokens = trainer.state.num_input_tokens_seen - (trainer._initial_num_input_tokens_seen
                                                     if hasattr(trainer, "_initial_num_input_tokens_seen") else 0)
     loss_curve = [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h]
+    training = TrainingInfo(
+        global_steps=trainer.state.global_step, epochs=trainer.state.epoch, train_loss=train_loss,
+        final_loss=loss_curve[-1][1] if loss_curve else None, loss_curve=loss_curve, wall_time_s=round(wall, 2),
+        trained_tokens=tokens, tokens_per_s=round(tokens / wall, 2) if wall > 0 else None,
+        resumed_from_checkpoint=last, batching=batching, lm_head=lm_head, mixed_precision=mixed_precision,
+        effective_batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dev["world_size"])
 
     manifest = None
     if not cfg.use_peft:
         trainer.save_model(str(out))  # on every process: a sharded model is gathered; only the main one writes
     if trainer.is_world_process_zero():
-        if cfg.use_peft:
-            adapter_dir = out / ADAPTER_DIR
-            trainer.model.save_pretrained(str(adapter_dir))
-            tokenizer.save_pretrained(str(adapter_dir))
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(str(out), safe_serialization=True)
-            tokenizer.save_pretrained(str(out))
-            final = merged
-        else:
-            final = trainer.model
+        final = _save_final(trainer, tokenizer, out, cfg.use_peft)
         deviation = (weight_deviation_from_files(model_path, out, dtype, cfg.trust_remote_code) if sharded
                      else weight_deviation(base, final))
         steps = finish_steps(cfg.step_models or [], out, model_path, dtype, tokenizer, cfg.use_peft,
@@ -423,54 +375,62 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
         if not cfg.keep_checkpoints:
             for ck in out.glob("checkpoint-*"):
                 shutil.rmtree(ck, ignore_errors=True)
-        manifest = {
-            "genft_manifest_version": MANIFEST_VERSION,
-            "status": "finished",
-            "config": config_dict(cfg),
-            "config_hash": chash,
-            "replicate_hash": config_hash(cfg, files, seed=False),
-            "weights_sha256": weights_fingerprint(out),
-            "model": {"name_or_path": cfg.model_name_or_path, "resolved": model_path, "parameters": n_params,
-                      "trainable_parameters": trainable, "method": "lora" if cfg.use_peft else "full"},
-            "data": {"task": cfg.task, "dataset": cfg.dataset, "files": files, "paths": paths,
-                     "examples": len(examples), "icl_shots": cfg.icl_shots,
-                     "icl_demos": cfg.icl_demos if cfg.icl_shots else None},
-            "truncation": trunc,
-            "versions": library_versions(),
-            "seed": cfg.seed,
-            "device": dev,
-            "training": {
-                "global_steps": trainer.state.global_step,
-                "epochs": trainer.state.epoch,
-                "train_loss": train_loss,
-                "final_loss": loss_curve[-1][1] if loss_curve else None,
-                "loss_curve": loss_curve,
-                "wall_time_s": round(wall, 2),
-                "trained_tokens": tokens,
-                "tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
-                "resumed_from_checkpoint": last,
-                "batching": batching,
-                "lm_head": lm_head,
-                "mixed_precision": mixed_precision,
-                "effective_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-                * dev["world_size"],
-            },
-            "weight_deviation": deviation,
-            "steps": steps,
-            "outputs": {
-                "model_dir": str(out),
-                "adapter_dir": str(out / ADAPTER_DIR) if cfg.use_peft else None,
-                "lm_eval_model_args": [f"pretrained={out}"]
-                + ([f"pretrained={model_path},peft={out / ADAPTER_DIR}"] if cfg.use_peft else []),
-            },
-            "argv": sys.argv,
-            "finished_at": now_utc(),
-        }
-        write_json(out / MANIFEST, manifest)  # LAST: its presence means "finished"
-        log(f"[genft] finished: {trainer.state.global_step} steps in {fmt_duration(wall)}, "
-            f"{manifest['training']['tokens_per_s']} tok/s, final loss {manifest['training']['final_loss']}, "
-            f"weight deviation {deviation['mean_abs_diff']:.3e}; model in {out}")
+        manifest = _manifest(cfg, out, chash, files, paths, model_path, dev, trunc, training, deviation, steps,
+                             {"parameters": n_params, "trainable_parameters": trainable, "examples": len(examples)})
+        write_manifest(out, manifest)  # LAST: its presence means "finished"
+        log(f"[genft] finished: {training.global_steps} steps in {fmt_duration(wall)}, {training.tokens_per_s} tok/s, "
+            f"final loss {training.final_loss}, weight deviation {deviation['mean_abs_diff']:.3e}; model in {out}")
     if dev["world_size"] > 1:  # the others wait for the main process's saving, then every process ends together
         trainer.accelerator.wait_for_everyone()
     trainer.end()  # the process group is destroyed on every process (a process left holding it can hang at exit)
-    return manifest or {}
+    return manifest
+
+
+def _check_prepared(trainer, examples: list[dict], cfg: FinetuneConfig, dev: Mapping, log) -> None:
+    """TRL truncates the end of long rows and drops rows left with no target: the pre-truncation must have made
+    both impossible.  Check, rather than trust."""
+    prepared = trainer.train_dataset
+    if len(prepared) != len(examples):
+        raise RuntimeError(f"TRL dropped rows: {len(examples)} examples in, {len(prepared)} rows entering the trainer")
+    longest = max(len(r) for r in prepared["input_ids"])
+    if longest > cfg.max_length:
+        raise RuntimeError(f"a prepared row has {longest} tokens > max_length {cfg.max_length}")
+    n_target = sum(sum(1 for t in lab if t != -100) for lab in prepared["labels"])
+    log(f"[genft] {len(prepared)} rows enter the trainer (= {len(examples)} examples), {n_target} target tokens; "
+        f"device {dev['device']} dtype {dev['dtype']} bf16 {dev['bf16']} threads {dev['torch_threads']}"
+        f"{' LoRA r=%d alpha=%d' % (cfg.lora_r, cfg.lora_alpha) if cfg.use_peft else ' full fine-tuning'}")
+
+
+def _save_final(trainer, tokenizer, out: Path, lora: bool):
+    """LoRA: the adapter in OUT/adapter and the merged weights in OUT (full fine-tuning was saved by the
+    trainer).  Returns the final model."""
+    if not lora:
+        return trainer.model
+    adapter_dir = out / ADAPTER_DIR
+    trainer.model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return merged
+
+
+def _manifest(cfg: FinetuneConfig, out: Path, chash: str, files: Mapping, paths: Mapping, model_path: str,
+              dev: Mapping, trunc: Mapping, training: TrainingInfo, deviation: Mapping, steps: Mapping,
+              counts: Mapping) -> Manifest:
+    """The finished run's manifest (counts: the model's parameters and trainable parameters, the examples)."""
+    lora = cfg.use_peft
+    return Manifest(
+        manifest_version=MANIFEST_VERSION, status="finished", config=config_dict(cfg), config_hash=chash,
+        replicate_hash=config_hash(cfg, files, seed=False), weights_sha256=weights_fingerprint(out),
+        model=ModelInfo(name_or_path=cfg.model_name_or_path, resolved=model_path, parameters=counts["parameters"],
+                        trainable_parameters=counts["trainable_parameters"], method="lora" if lora else "full"),
+        data=DataInfo(task=cfg.task, dataset=cfg.dataset, files=dict(files), paths=dict(paths),
+                      examples=counts["examples"], icl_shots=cfg.icl_shots,
+                      icl_demos=cfg.icl_demos if cfg.icl_shots else None),
+        truncation=Truncation(**trunc), versions=library_versions(), seed=cfg.seed, device=DeviceInfo(**dev),
+        training=training, weight_deviation=WeightDeviation(**deviation), steps=dict(steps),
+        outputs=Outputs(model_dir=str(out), adapter_dir=str(out / ADAPTER_DIR) if lora else None,
+                        lm_eval_model_args=[f"pretrained={out}"]
+                        + ([f"pretrained={model_path},peft={out / ADAPTER_DIR}"] if lora else [])),
+        argv=sys.argv, finished_at=now_utc())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from ..models import weights_fingerprint
 from .config import ADAPTER_DIR, ConfigError
@@ -18,12 +18,6 @@ STEPS_DIR = "steps"
 
 def step_dir(out: Path, step: int) -> Path:
     return Path(out) / STEPS_DIR / f"step-{step}"
-
-
-def missing_steps(manifest: Mapping, steps: Sequence[int] | None) -> list[int]:
-    """The requested steps a finished run's manifest does not list."""
-    have = manifest.get("steps") or {}
-    return [s for s in steps or [] if str(s) not in have]
 
 
 def _save(model, tokenizer, dest: Path, lora: bool) -> None:
