@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_prepare)
 
     p = sub.add_parser("eval", help="evaluate one model on genft tasks and print the table")
-    p.add_argument("--model", default="smollm2-135m", help="a genft model name, a local folder or a hub id")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="a genft model name, a local model folder or a hub id (owner/name)")
     p.add_argument("--peft", help="a LoRA adapter folder on top of --model")
     p.add_argument("--tasks", nargs="+", default=["genft_builtin"], help="task names, tags or globs")
     p.add_argument("--shots", nargs="+", type=int, default=[0])

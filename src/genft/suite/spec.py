@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import data as gdata
-from ..models import NAMED
+from ..models import ModelError, parse_ref
 from ..prompts import FAMILIES, PROMPT_IDS, TASKS
 from ..training import ConfigError, config_from_mapping, load_yaml_config, validate
 from .report_settings import ReportSettings
@@ -146,17 +146,12 @@ def resolve_file(ref: str, suite_dir: Path) -> Path | None:
 
 
 def _model_ref(w: Where, ref: str, path: tuple) -> str:
-    if ref in NAMED:
-        return ref
-    p = Path(ref).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-            raise w.error(path, f"{p} is not a model folder (no config.json)")
-        return str(p.resolve())
-    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise w.error(path, f"unknown model {ref!r}: not a genft model name ({', '.join(NAMED)}), not an existing "
-                            f"folder, and not a hub id (owner/name); run `genft model prepare NAME` or fix the path")
-    return ref  # a hub id: never loaded during validation
+    """A genft model name as is, a folder as its absolute path, a hub id as is (models.parse_ref's rule; a hub
+    id is never loaded during validation)."""
+    try:
+        return parse_ref(ref).ref
+    except ModelError as e:
+        raise w.error(path, str(e)) from None
 
 
 def known_train_sizes(info: gdata.DatasetInfo, root: Path) -> tuple[int, ...] | None:
