@@ -19,11 +19,6 @@ from .schema import (NAME_PATTERN, SUITE_MANAGED, EvalSection, ExecutorSection, 
 
 REPO = Path(__file__).resolve().parents[3]
 
-# What the study's release holds (STUDY.md, ../shared/paper-data/README.md), for validation without data.
-STUDY_TRAIN_SIZES = {"xsum": (2000,)}
-STUDY_DEFAULT_TRAIN_SIZES = (2000, 4000, 6000)
-STUDY_SMALL_POOLS = {"xsum": 4, "xlsum": 4, "peerread": 4, "cnndm": 4, "tweetqa": 4}
-STUDY_POOL = 8
 PROMPT_KINDS = ("same_task", "cross_task", "base")
 
 TestSet = tuple[str, str]  # (task, dataset)
@@ -162,7 +157,7 @@ def known_train_sizes(info: gdata.DatasetInfo, root: Path) -> tuple[int, ...] | 
     if info.source == "builtin":
         return tuple(gdata.BUILTIN_TRAIN_SIZES)
     if info.source == "study":
-        return STUDY_TRAIN_SIZES.get(info.name, STUDY_DEFAULT_TRAIN_SIZES)
+        return gdata.study_train_sizes(info.name)
     return None
 
 
@@ -175,7 +170,7 @@ def demo_pool_size(info: gdata.DatasetInfo, root: Path) -> int:
             pass
     if info.source == "builtin":
         return gdata.BUILTIN_DEMO_POOL
-    return STUDY_SMALL_POOLS.get(info.name, STUDY_POOL)
+    return gdata.study_demo_pool(info.name)
 
 
 def _test_sets(w: Where, ts: Any, path: tuple, pool: list, what: str) -> tuple[TestSet, ...]:
