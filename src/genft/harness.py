@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .data import DataError, data_dir, data_protocols
-from .metrics import clean_generation
+from .metrics import PREDFIRST, clean_generation, label_metric
 from .precision import check_eval_dtype
-from .prompts import TASKS, TaskSpec
+from .prompts import TASKS, TaskSpec, task_name  # noqa: F401 (task_name re-exported)
 from .protocol_lm import with_protocol
 from .study_tokens import APPLIED_KEY
 
@@ -25,10 +25,6 @@ def tasks_dir() -> Path:
     if not (path / "_genft_classification.yaml").is_file():
         raise FileNotFoundError(f"{path}: genft's harness_tasks folder not found; set GENFT_TASKS_DIR to it")
     return path
-
-
-def task_name(task: str, dataset: str, prompt: int = 1) -> str:
-    return f"genft_{task}_{dataset}" + ("" if prompt == 1 else f"_p{prompt}")
 
 
 def task_manager(pretrained: str | None = None, data_root: str | os.PathLike | None = None, **metadata):
@@ -92,7 +88,7 @@ def per_item(spec: TaskSpec, samples: Sequence[dict], by_doc_id: bool = True) ->
         samples = sorted(samples, key=lambda s: s["doc_id"])
     names = list(dict.fromkeys(m for s in samples for m in s.get("metrics") or []))
     if spec.is_classification:
-        outputs = [next((lab for lab in spec.labels if s.get(f"predfirst_{lab}")), "") for s in samples]
+        outputs = [next((lab for lab in spec.labels if s.get(label_metric(PREDFIRST, lab))), "") for s in samples]
     else:
         outputs = [clean_generation((s.get("filtered_resps") or [""])[0]) for s in samples]
     return {"doc_ids": [int(s["doc_id"]) for s in samples], "items": {m: [s.get(m) for s in samples] for m in names},

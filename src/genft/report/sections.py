@@ -2,6 +2,7 @@
 diagnostics, the appendix."""
 from __future__ import annotations
 
+from ..metrics import PRED, PREDFIRST
 from ..prompts import TARGET_DELIMITER
 from . import diagnostics
 from .findings import run_table
@@ -168,8 +169,8 @@ def section_labels(s: SuiteData) -> list[str]:
         flagged += bool(flag)
         g = s.group_of(c)
         seed = f" (seed {c.finetune.seed})" if c.finetune and len(g.seeds) > 1 else ""
-        first = diagnostics.label_distribution(c, "predfirst_")
-        full = diagnostics.label_distribution(c, "pred_")
+        first = diagnostics.label_distribution(c, PREDFIRST)
+        full = diagnostics.label_distribution(c, PRED)
         rows.append([g.label + seed, f"{c.task}/{c.dataset}", f"P{c.prompt}", str(c.shots),
                      "—" if c.demo_seed is None else str(c.demo_seed), str(c.n), fmt(c.metrics.get("acc_first")),
                      fmt(c.metrics.get("acc")), fmt(c.majority_rate),
