@@ -485,15 +485,6 @@ EVAL_TASKS = ["genft_sentiment_builtin_products", "genft_summary_builtin_sports"
 
 
 @pytest.fixture(scope="module")
-def builtin_data(tmp_path_factory):
-    from genft.builtin import generate
-
-    root = tmp_path_factory.mktemp("builtin-data")
-    generate(root, log=lambda *_: None)
-    return root
-
-
-@pytest.fixture(scope="module")
 def hf_reference(lively, builtin_data):
     """lm-eval's own `hf` on two genft tasks (a classification and a generation), 1 shot, 3 items."""
     import lm_eval
