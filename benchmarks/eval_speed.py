@@ -46,8 +46,8 @@ run writes its own block `<!-- eval_speed:MODEL:bfloat16:start -->` (its generat
 bf16 near-ties: counted per cell, not failures).  Its `hf` holds
 the logits of a whole batch and their log-softmax ([8, ~420, 262144] fp32 each at 4-shot PAWS: ~7 GB).
 
-Data: $GENFT_DATA_DIR or --data-dir; if neither holds data, the study's release (../shared/paper-data or
---study-data) is imported into a temporary folder, and genft's builtin sets are written next to it.
+Data: $GENFT_DATA_DIR or --data-dir; if neither holds data, the study's release (the folder
+--study-data names) is imported into a temporary folder, and genft's builtin sets are written next to it.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Training (finetune/sft.py) and evaluation (harness_tasks/) both render text through this module, so the
 strings a model is trained on are, character for character, the strings it is tested on.  The templates
-are the study's (STUDY.md section 2); only the field names are genft's canonical ones (see data.py).
+are the study's (docs/study.md §2); only the field names are genft's canonical ones (see data.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 # The study puts the target right after the prompt's colon with no separator, and separates
 # demonstrations by a blank line.  The target delimiter is a visible, reported setting because small
-# models are very sensitive to it (STUDY.md section 6).
+# models are very sensitive to it (docs/study.md §6).
 TARGET_DELIMITER = ""
 FEWSHOT_DELIMITER = "\n\n"
 PROMPT_IDS = (1, 2)

@@ -60,7 +60,7 @@ class HubSource:
     note: str = ""  # what is uncertain about this source
 
 
-# ---------------------------------------------------------------- conversions (the study's, per STUDY.md section 1)
+# ---------------------------------------------------------------- conversions (the study's, per docs/study.md §1)
 
 SENTIMENT_01 = {0: "negative", 1: "positive"}
 YES_NO_01 = {1: "yes", 0: "no"}

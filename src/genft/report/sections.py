@@ -110,7 +110,7 @@ def section_header(s: SuiteData) -> list[str]:
 
 def section_findings(s: SuiteData, fs: list[Finding]) -> list[str]:
     lines = ["## Findings of the study vs this suite", "",
-             "Each finding of STUDY.md §5 is checked by a registered function over the cells "
+             "Each finding of docs/study.md §5 is checked by a registered function over the cells "
              "(genft.report.findings), with the study's own comparison.", ""]
     lines += [f"- {rule}" for rule in RULES] + [""]
     summary = [[str(f.num), f.title, f.verdict, "; ".join(f"{p.name}: {p.verdict} ({p.counts})" for p in f.parts)]
@@ -134,7 +134,7 @@ def section_findings(s: SuiteData, fs: list[Finding]) -> list[str]:
 def section_weights(s: SuiteData) -> list[str]:
     lines = ["## Fine-tuned checkpoints: weight deviation and training", "",
              "Weight deviation: the mean absolute parameter difference from the base model over all parameters "
-             "(STUDY.md §5). Training time, speed and truncation counts come from the training manifest.", ""]
+             "(docs/study.md §4). Training time, speed and truncation counts come from the training manifest.", ""]
     rows = []
     for r in run_table(s):
         ft = r["ft"]
