@@ -46,8 +46,8 @@ run writes its own block `<!-- eval_speed:MODEL:bfloat16:start -->` (its generat
 bf16 near-ties: counted per cell, not failures).  Its `hf` holds
 the logits of a whole batch and their log-softmax ([8, ~420, 262144] fp32 each at 4-shot PAWS: ~7 GB).
 
-Data: $GENFT_DATA_DIR or --data-dir; if neither holds data, the study's release (../shared/paper-data or
---study-data) is imported into a temporary folder, and genft's builtin sets are written next to it.
+Data: $GENFT_DATA_DIR or --data-dir; if neither holds data, the study's release (the folder
+--study-data names) is imported into a temporary folder, and genft's builtin sets are written next to it.
 """
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ import time
 from pathlib import Path
 
 from genft.metrics import clean_generation
+from genft.prompts import primary_metric_of
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "benchmarks") not in sys.path:  # report_section, next to this file
@@ -300,11 +301,11 @@ def _parted(a: list, b: list, tol: float, rel: float = 0.0) -> tuple[int, float]
     return parted, max_d
 
 
-def _metric(res: dict) -> str:
-    for key in ("rougeL,none", "acc_first,none", "acc,none"):
-        if isinstance(res.get(key), float):
-            return f"{key.split(',')[0]} {res[key]:.3f}"
-    return ""
+def _metric(task: str, res: dict) -> str:
+    """`task`'s primary metric (genft's one rule: prompts.primary_metric_of) and its value in lm-eval's results."""
+    metric = primary_metric_of(task)
+    value = res.get(f"{metric},none")
+    return f"{metric} {value:.3f}" if isinstance(value, float) else ""
 
 
 # --------------------------------------------------------------------------- the report
@@ -613,7 +614,7 @@ def main(argv=None) -> int:
             share = (t_pre + t_dec) / med
             flops_share = "" if generation else f"{100 * t_pre / med:.0f}%"
             rows.append([task, shots, n, b, f"{n / med:.2f}", " / ".join(f"{s:.1f}" for s in secs[b]),
-                         f"{100 * share:.0f}%", flops_share, same, _metric(res[b])])
+                         f"{100 * share:.0f}%", flops_share, same, _metric(task, res[b])])
             raw.append({"task": task, "shots": shots, "items": n, "backend": b, "seconds": secs[b],
                         "items_per_s": n / med, "roofline_share": share, "work": work,
                         "bound_prefill_s": t_pre, "bound_decode_s": t_dec, "identical_to_hf": same})

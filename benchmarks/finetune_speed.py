@@ -52,8 +52,8 @@ tokens as the wrapper.
 The report is the `finetune_speed` section of --out (reports/benchmarks.md), between
 `<!-- finetune_speed:start -->` and `<!-- finetune_speed:end -->` (a bf16 run: `finetune_speed:bfloat16`); the
 rest of the file is left as it is.
-Data: --data-dir or $GENFT_DATA_DIR; if the data set is not there, the study's release (../shared/paper-data or
---study-data) is imported into a temporary folder, else genft's builtin training set of the task is written.
+Data: --data-dir or $GENFT_DATA_DIR; if the data set is not there, the study's release (the folder
+--study-data names) is imported into a temporary folder, else genft's builtin training set of the task is written.
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from genft.files import atomic_write
+
 
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -38,12 +40,8 @@ def check(text: str) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write the whole file atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write the whole file atomically (genft's one atomic write: never a partial file)."""
+    atomic_write(Path(path), text.encode("utf-8"))
 
 
 def upsert(text: str, name: str, body: str) -> str:

@@ -16,6 +16,7 @@ from genft import harness
 from genft.data import data_dir
 from genft.files import atomic_write, now_utc
 from genft.models import prepare
+from genft.prompts import primary_metric_of
 
 REPO = Path(__file__).resolve().parents[1]
 CELLS = [("genft_sentiment_builtin_products", 0), ("genft_sentiment_builtin_products", 2),
@@ -31,7 +32,7 @@ def evaluate(model: str, backend: str, dtype: str) -> dict:
         t0 = time.time()
         r = harness.evaluate(lm, [task], num_fewshot=shots, limit=LIMIT, pretrained=model, log_samples=True, tm=tm)
         samples = sorted(r["samples"][task], key=lambda s: s["doc_id"])
-        metric = "rougeL" if "summary" in task else "acc_first"
+        metric = primary_metric_of(task)
         out[f"{task} {shots}-shot"] = {"score": r["results"][task][f"{metric},none"], "metric": metric,
                                       "items": [s[metric] for s in samples],
                                       "outputs": [s.get("filtered_resps") for s in samples],

@@ -29,6 +29,16 @@ def tiny_model() -> str:
 
 
 @pytest.fixture(scope="session")
+def builtin_data(tmp_path_factory) -> Path:
+    """genft's builtin data sets (genft.builtin), generated once per session; tests only read it."""
+    from genft.builtin import generate
+
+    root = tmp_path_factory.mktemp("builtin-data")
+    generate(root, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="session")
 def study_release(tmp_path_factory):
     """A small release in the study's format made by the tests (tests/study_release.py): its data/ folder, a
     sums file for it and GitHub-style archives."""
@@ -73,18 +83,16 @@ def study_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_suite(tmp_path_factory, tiny_model) -> Path:
+def tiny_suite(tmp_path_factory, tiny_model, builtin_data) -> Path:
     """A real suite run, once per session, as a user runs one: genft's builtin data, the tiny model, a LoRA
     fine-tune with two seeds (finetune/sft.py, 2 steps each), evaluated in-domain, out-of-domain and cross-task at
     0 and 1 shots.  Returns the suite file; its output folder holds the cells and manifests the run wrote."""
     import yaml
 
     from genft.suite.run import run_suite
-    from genft.builtin import generate
 
     root = tmp_path_factory.mktemp("tiny-suite")
-    generate(root / "data", log=lambda *_: None)
-    doc = {"name": "tiny-suite", "threads": 1, "data": {"source": "builtin", "data_dir": str(root / "data")},
+    doc = {"name": "tiny-suite", "threads": 1, "data": {"source": "builtin", "data_dir": str(builtin_data)},
            "models": {"tiny": {"model": "tiny"}},
            "finetune": [{"name": "ft-products", "base": "tiny", "task": "sentiment", "dataset": "builtin_products",
                          "train_size": 100, "train_limit": 16, "seeds": [1, 2],

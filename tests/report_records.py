@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from genft.files import sha256_json
+from genft.metrics import GOLD, PRED, PREDFIRST, label_metric
 from genft.prompts import TASKS
 from genft.suite import store
 from genft.suite.store import CellRecord, CheckpointInfo, FinetuneInfo, Provenance
@@ -42,9 +43,9 @@ def record(task, dataset, domain, finetune=None, prompt=1, shots=0, demo_seed=No
                  "acc": [float(p == g) for p, g in zip(full_preds, gold)]}
         items["acc_norm"] = list(items["acc"])
         for lab in labels:
-            items[f"pred_{lab}"] = [float(p == lab) for p in full_preds]
-            items[f"predfirst_{lab}"] = [float(p == lab) for p in preds]
-            items[f"gold_{lab}"] = [float(g == lab) for g in gold]
+            items[label_metric(PRED, lab)] = [float(p == lab) for p in full_preds]
+            items[label_metric(PREDFIRST, lab)] = [float(p == lab) for p in preds]
+            items[label_metric(GOLD, lab)] = [float(g == lab) for g in gold]
         majority = max(gold.count(lab) for lab in labels) / len(gold)
         outputs = list(preds)
     else:

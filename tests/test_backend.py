@@ -350,7 +350,7 @@ def test_generation_does_not_depend_on_decode_slots(lively, models):
 
 
 def test_ngram_drafts_continue_the_latest_earlier_occurrence():
-    from genft.engine import NgramDrafts
+    from genft.packed_decode import NgramDrafts
 
     d = NgramDrafts([5, 1, 2, 3, 4, 8, 1, 2, 3, 6, 1, 2, 3])
     assert d.draft(3) == [6, 1, 2]  # (1, 2, 3) last occurred before the 6, not before the 4
@@ -390,7 +390,8 @@ def test_verified_drafts_keep_token_by_token_greedy_output(model, request):
 def test_waiting_rows_join_when_they_all_fit(lively):
     """Rows prefilled one at a time into 8 slots: the last waiting row takes the last free slot at once
     (it does not wait for a quarter of the slots to free up), so 8 rows of 12 tokens take 11 decoding steps."""
-    from genft.engine import greedy_decode, rows_attention
+    from genft.packed_decode import greedy_decode
+    from genft.packed_rows import rows_attention
 
     fast = GenftHFLM(pretrained=lively, device="cpu", batch_size=4)
     rows = [fast.tok_encode(f"row {i} of the batch") for i in range(8)]
@@ -442,9 +443,9 @@ def test_sliding_window_generate_matches_hf(lively_swa, shared):
 def test_probe_turns_the_fast_path_off_when_attention_is_wrong(lively_swa, monkeypatch):
     """A defect in genft's attention (here: the sliding window ignored on cached prefix keys) is caught by the
     first-call check, and genft-hf then delegates to HFLM: scores stay hf's."""
-    from genft import engine
+    from genft import packed_rows
 
-    monkeypatch.setattr(engine.RowState, "prefix_mask", lambda self, window: None)
+    monkeypatch.setattr(packed_rows.RowState, "prefix_mask", lambda self, window: None)
     hf, fast = _pair(lively_swa)
     reqs = _ll_requests()[:8]
     got = fast.loglikelihood(reqs, disable_tqdm=True)
@@ -482,15 +483,6 @@ def test_registered_and_hf_still_resolves():
 
 
 EVAL_TASKS = ["genft_sentiment_builtin_products", "genft_summary_builtin_sports"]
-
-
-@pytest.fixture(scope="module")
-def builtin_data(tmp_path_factory):
-    from genft.builtin import generate
-
-    root = tmp_path_factory.mktemp("builtin-data")
-    generate(root, log=lambda *_: None)
-    return root
 
 
 @pytest.fixture(scope="module")

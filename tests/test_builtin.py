@@ -15,17 +15,10 @@ STOP = set("a an the and of to in on at for is was it i this my with be by from 
            "has have had who what did do does".split())
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    path = tmp_path_factory.mktemp("builtin")
-    builtin.generate(path, log=lambda line: None)
-    return path
-
-
-def _splits(task, name, root):
+def _splits(task, name, builtin_data):
     info = data.get_dataset(task, name)
     names = ["test", "demos"] + ([f"train_{n}" for n in builtin.TRAIN_SIZES] if info.trains else [])
-    return {s: data.load_split(task, name, s, root=root) for s in names}
+    return {s: data.load_split(task, name, s, root=builtin_data) for s in names}
 
 
 def _key(task, item):
@@ -41,37 +34,37 @@ def test_registry_matches_generators():
         assert [d.domain for d in infos if d.trains] == ["in"]
 
 
-def test_deterministic_byte_identical(tmp_path, root):
+def test_deterministic_byte_identical(tmp_path, builtin_data):
     lines = []
     again = builtin.generate(tmp_path, log=lines.append)
     assert len(lines) == len(BUILTIN) and all("test 100, demos 8" in line for line in lines)
     for key, meta in again.items():
         task, name = key.split("/")
-        first = data.read_meta(task, name, root)
+        first = data.read_meta(task, name, builtin_data)
         assert first == meta
         assert meta["source"] == "builtin" and meta["seed"] == builtin.SEEDS[name]
         assert meta["generator_version"] == builtin.GENERATOR_VERSION
         assert meta["domain"] == data.get_dataset(task, name).domain and meta["description"]
-        for path in data.dataset_dir(task, name, root).iterdir():
+        for path in data.dataset_dir(task, name, builtin_data).iterdir():
             assert path.read_bytes() == (data.dataset_dir(task, name, tmp_path) / path.name).read_bytes(), path
         for split, f in meta["files"].items():
             assert data.file_sha256(data.dataset_dir(task, name, tmp_path) / f"{split}.jsonl") == f["sha256"]
 
 
 @pytest.mark.parametrize("name", BUILTIN)
-def test_counts_nesting_disjoint(name, root):
+def test_counts_nesting_disjoint(name, builtin_data):
     info = data.BUILTIN_DATASETS[name]
-    splits = _splits(info.task, name, root)
+    splits = _splits(info.task, name, builtin_data)
     assert len(splits["test"]) == builtin.TEST_SIZE and len(splits["demos"]) == builtin.DEMO_POOL
     if info.trains:
-        assert data.train_sizes(info.task, name, root) == list(builtin.TRAIN_SIZES)
+        assert data.train_sizes(info.task, name, builtin_data) == list(builtin.TRAIN_SIZES)
         largest = splits[f"train_{builtin.TRAIN_SIZES[-1]}"]
         for n in builtin.TRAIN_SIZES:
             assert len(splits[f"train_{n}"]) == n
             assert splits[f"train_{n}"] == largest[:n]
         train = largest
     else:
-        assert data.train_sizes(info.task, name, root) == []
+        assert data.train_sizes(info.task, name, builtin_data) == []
         train = []
     keys = {s: [_key(info.task, it) for it in items] for s, items in (("test", splits["test"]),
                                                                        ("demos", splits["demos"]), ("train", train))}
@@ -83,12 +76,12 @@ def test_counts_nesting_disjoint(name, root):
 
 
 @pytest.mark.parametrize("name", BUILTIN)
-def test_labels_balanced_and_in_first_demos(name, root):
+def test_labels_balanced_and_in_first_demos(name, builtin_data):
     info = data.BUILTIN_DATASETS[name]
     spec = TASKS[info.task]
     if not spec.is_classification:
         pytest.skip("generation task")
-    splits = _splits(info.task, name, root)
+    splits = _splits(info.task, name, builtin_data)
     for split, items in splits.items():
         counts = Counter(it["label"] for it in items)
         assert set(counts) == set(spec.labels), split
@@ -105,13 +98,13 @@ def _content_words(items, task):
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_domain_shift(task, root):
+def test_domain_shift(task, builtin_data):
     infos = data.datasets_for(task, "builtin")
     din = next(d for d in infos if d.trains)
     dout = next(d for d in infos if not d.trains)
-    train = _content_words(data.load_split(task, din.name, "train_400", root=root), task)
-    test_in = _content_words(data.load_split(task, din.name, "test", root=root), task)
-    test_out = _content_words(data.load_split(task, dout.name, "test", root=root), task)
+    train = _content_words(data.load_split(task, din.name, "train_400", root=builtin_data), task)
+    test_in = _content_words(data.load_split(task, din.name, "test", root=builtin_data), task)
+    test_out = _content_words(data.load_split(task, dout.name, "test", root=builtin_data), task)
 
     def jaccard(a, b):
         return len(a & b) / len(a | b)
@@ -121,10 +114,10 @@ def test_domain_shift(task, root):
     assert across < 0.15 and across < within / 4, (within, across)
 
 
-def test_sizes_short(root):
+def test_sizes_short(builtin_data):
     for name in BUILTIN:
         info = data.BUILTIN_DATASETS[name]
-        for it in data.load_split(info.task, name, "test", root=root):
+        for it in data.load_split(info.task, name, "test", root=builtin_data):
             for f in TASKS[info.task].inputs:
                 n = len(it[f].split())
                 limit = 75 if f == "document" else 35
@@ -133,8 +126,8 @@ def test_sizes_short(root):
                     assert n >= 35, (name, n)
 
 
-def test_summary_target_is_composed_from_document(root):
-    for it in data.load_split("summary", "builtin_sports", "train_100", root=root):
+def test_summary_target_is_composed_from_document(builtin_data):
+    for it in data.load_split("summary", "builtin_sports", "train_100", root=builtin_data):
         m = re.fullmatch(r"(.+) beat (.+) (\d)-(\d) in (\w+) on (\w+)\.", it["summary"])
         assert m, it["summary"]
         for part in (m.group(1), m.group(2), m.group(5), m.group(6)):

@@ -21,19 +21,10 @@ ray = pytest.importorskip("ray")
 submitit = pytest.importorskip("submitit")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from genft.builtin import generate
-
-    root = tmp_path_factory.mktemp("cluster-data")
-    generate(root, log=lambda *_: None)
-    return root
-
-
-def make_suite(tmp: Path, data_root: Path, **executor) -> Path:
+def make_suite(tmp: Path, builtin_data: Path, **executor) -> Path:
     doc = {
         "name": "c", "threads": 1,
-        "data": {"source": "builtin", "data_dir": str(data_root)},
+        "data": {"source": "builtin", "data_dir": str(builtin_data)},
         "models": {"tiny": {"model": "tiny"}},
         "finetune": [{"name": "ft", "task": "sentiment", "train_size": 100, "train_limit": 8,
                       "trainer": {"use_peft": True, "learning_rate": 1.0e-3, "max_steps": 1, "max_length": 128,
@@ -56,19 +47,19 @@ def cells(path: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def local_cells(tmp_path_factory, data_root):
-    path = make_suite(tmp_path_factory.mktemp("local"), data_root)
+def local_cells(tmp_path_factory, builtin_data):
+    path = make_suite(tmp_path_factory.mktemp("local"), builtin_data)
     assert run_suite(path, log=lambda *_: None) == 0
     return cells(path)
 
 
-def test_units_order_fine_tunes_before_their_evaluations(tmp_path, data_root):
-    p = gsuite.read_plan(gsuite.load_suite(make_suite(tmp_path, data_root)))
+def test_units_order_fine_tunes_before_their_evaluations(tmp_path, builtin_data):
+    p = gsuite.read_plan(gsuite.load_suite(make_suite(tmp_path, builtin_data)))
     assert units_of(p) == [Unit("finetune", "ft"), Unit("evaluate", "tiny"), Unit("evaluate", "ft", after="ft")]
 
 
-def test_ray_local_cluster_gives_the_local_executors_cells(tmp_path, data_root, local_cells):
-    path = make_suite(tmp_path, data_root, kind="ray")
+def test_ray_local_cluster_gives_the_local_executors_cells(tmp_path, builtin_data, local_cells):
+    path = make_suite(tmp_path, builtin_data, kind="ray")
     lines: list[str] = []
     rc = run_suite(path, log=lines.append, executor=cluster.RayExecutor(gsuite.load_suite(path).executor,
                                                                                num_cpus=2))
@@ -78,8 +69,8 @@ def test_ray_local_cluster_gives_the_local_executors_cells(tmp_path, data_root, 
     assert any("ray: evaluate:ft: 3 cells evaluated" in x for x in lines)
 
 
-def test_submitit_local_executor_gives_the_local_executors_cells(tmp_path, data_root, local_cells):
-    path = make_suite(tmp_path, data_root, kind="slurm", cluster="local", poll_s=0.5)
+def test_submitit_local_executor_gives_the_local_executors_cells(tmp_path, builtin_data, local_cells):
+    path = make_suite(tmp_path, builtin_data, kind="slurm", cluster="local", poll_s=0.5)
     lines: list[str] = []
     assert run_suite(path, log=lines.append) == 0, "\n".join(lines[-20:])
     assert cells(path) == local_cells
@@ -111,9 +102,9 @@ def killed_once(suite_path: str, unit: Unit, *deps) -> str:
     return run_unit(suite_path, unit, *deps)
 
 
-def test_a_worker_killed_mid_unit_is_retried_and_leaves_no_partial_cell(tmp_path, data_root, local_cells):
+def test_a_worker_killed_mid_unit_is_retried_and_leaves_no_partial_cell(tmp_path, builtin_data, local_cells):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    path = make_suite(tmp_path, data_root, kind="ray")
+    path = make_suite(tmp_path, builtin_data, kind="ray")
     lines: list[str] = []
     ex = cluster.RayExecutor(gsuite.load_suite(path).executor, unit_fn=killed_once, num_cpus=2)
     assert run_suite(path, log=lines.append, executor=ex) == 0, "\n".join(lines[-20:])
@@ -130,11 +121,11 @@ def flaky(suite_path: str, unit: Unit, *deps) -> str:
     return run_unit(suite_path, unit, *deps)
 
 
-def test_submitit_resubmits_a_failed_job(tmp_path, data_root, local_cells):
+def test_submitit_resubmits_a_failed_job(tmp_path, builtin_data, local_cells):
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    path = make_suite(tmp_path, data_root, kind="slurm", cluster="local", poll_s=0.5)
+    path = make_suite(tmp_path, builtin_data, kind="slurm", cluster="local", poll_s=0.5)
     lines: list[str] = []
     ex = cluster.SlurmExecutor(gsuite.load_suite(path).executor, unit_fn=flaky)
     assert run_suite(path, log=lines.append, executor=ex) == 0, "\n".join(lines[-20:])
@@ -142,10 +133,10 @@ def test_submitit_resubmits_a_failed_job(tmp_path, data_root, local_cells):
     assert cells(path) == local_cells
 
 
-def test_a_missing_engine_says_what_to_install(tmp_path, data_root, monkeypatch):
+def test_a_missing_engine_says_what_to_install(tmp_path, builtin_data, monkeypatch):
     real = cluster.importlib.import_module
     monkeypatch.setattr(cluster.importlib, "import_module",
                         lambda name: (_ for _ in ()).throw(ImportError(name)) if name == "ray" else real(name))
-    path = make_suite(tmp_path, data_root)
+    path = make_suite(tmp_path, builtin_data)
     with pytest.raises(gsuite.SuiteError, match=r"pip install 'genft\[ray\]'"):
         run_suite(path, log=lambda *_: None, executor="ray")

@@ -109,7 +109,7 @@ def test_builds_all_18_sets_with_nested_sizes_and_disjoint_splits(built):
         test = data.load_split(info.task, info.name, "test", root)
         demos = data.load_split(info.task, info.name, "demos", root)
         assert len(test) == TEST_SIZE, info.name
-        assert len(demos) == hub.HUB_SOURCES[info.name].demo_pool
+        assert len(demos) == data.study_demo_pool(info.name)
         key = lambda it: tuple(it[f] for f in spec.inputs)  # noqa: E731
         test_keys = {key(it) for it in test}
         assert len(test_keys) == TEST_SIZE, f"{info.name}: duplicate inputs in test"
@@ -228,3 +228,23 @@ def test_cli_build_hub_xsum_sizes(built, tmp_path, monkeypatch):
     assert data.train_sizes("summary", "xsum", tmp_path) == [10, 20, 30]
     rc = cli.main(["data", "build-hub", "summary/nope", "--data-dir", str(tmp_path)])
     assert rc == 2
+
+
+def test_the_study_sizes_have_one_definition_that_matches_the_release():
+    """The release's training files (the shipped sums) hold exactly the sizes the data package says; the hub
+    build and its command line default to them."""
+    import inspect
+
+    from genft.cli import build_parser
+
+    sums = data.release_sums()
+    for info in data.STUDY_DATASETS.values():
+        if not info.trains:
+            continue
+        sizes = lambda files: sorted(int(m.group(1)) for f in files  # noqa: E731
+                                     if (m := re.search(rf"/{info.study_file}_train_(\d+)\.json$", f)))
+        assert tuple(sizes(sums["sha256"])) == data.study_train_sizes(info.name)
+        assert tuple(sizes([*sums["sha256"], *sums["git_blob_sha1"]])) == data.STUDY_TRAIN_SIZES
+    assert inspect.signature(hub.build_hub).parameters["sizes"].default == data.STUDY_TRAIN_SIZES
+    args = build_parser().parse_args(["data", "build-hub", "all"])
+    assert tuple(args.sizes) == data.STUDY_TRAIN_SIZES

@@ -218,3 +218,11 @@ def test_bf16_comparison_allows_bf16_rounding_and_counts_parted_texts(es):
     texts = [[["a cat\n\nmore"]], [["the dog"]], [["x"]]]
     other = [[["a cat"]], [["the dig"]], [["y"]]]  # the first is the same once cut at its blank line
     assert es._parted(texts, other, 1e-4, es.BF16_LL_REL)[0] == 2 and not es._same(texts, other, 1e-4)[0]
+
+
+def test_the_table_shows_each_tasks_primary_metric(es):
+    """The score column is the task's own primary metric (genft's rule), never the first metric found."""
+    res = {"acc,none": 0.5, "acc_first,none": 0.75, "rougeL,none": 0.125}
+    assert es._metric("genft_question_sciq_p2", res) == "rougeL 0.125"
+    assert es._metric("genft_nli_mnli_m", {"acc,none": 0.5, "rougeL,none": 0.1}) == ""  # acc_first missing
+    assert es._metric("genft_sentiment_amazon", res) == "acc_first 0.750"

@@ -133,3 +133,25 @@ def test_classification_tasks_need_a_tokenizer(all_data):
     with pytest.raises(ValueError, match="pass pretrained="):
         utils.load(genft_task="sentiment", genft_dataset="amazon", genft_data_dir=str(all_data))
     assert set(TASKS) == {"summary", "question", "sentiment", "paraphrase", "nli"}
+
+
+def test_every_task_file_name_parses_back_and_declares_its_primary_metric():
+    """parse_task_name inverts task_name on every generated task file, and the metric genft takes as a task's
+    score (primary_metric_of, what benchmarks and device checks read) is one its YAMLs declare."""
+    import re
+
+    from genft.prompts import parse_task_name, primary_metric_of, task_name
+
+    files = sorted((REPO / "harness_tasks").glob("*/genft_*.yaml"))
+    assert len(files) == 2 * len(data.all_datasets())
+    for f in files:
+        task, dataset, prompt = parse_task_name(f.stem)
+        assert task_name(task, dataset, prompt) == f.stem and f.parent.name == task and dataset in data.all_datasets()
+        family = "classification" if get_task(task).is_classification else "generation"
+        texts = [(REPO / "harness_tasks" / p).read_text() for p in (f"{task}/_{task}.yaml", f"_genft_{family}.yaml")]
+        declared = {m for text in texts for m in re.findall(r"^\s*- metric: (\w+)$", text, re.M)}
+        assert primary_metric_of(f.stem) in declared
+    assert primary_metric_of("genft_question_sciq_p2") == "rougeL"  # a generation task without "summary" in it
+    for bad in ("genft_nope_x", "genft_nli_mnli_m_p1", "genft_sentiment_", "sentiment_amazon", "genft_nli_x_p02"):
+        with pytest.raises(ValueError, match="not a genft lm-eval task name"):
+            parse_task_name(bad)

@@ -22,7 +22,7 @@ from genft.report.write import load as report_load
 from genft.suite import store
 from genft.training import ConfigError, load_yaml_config
 
-from test_suite import FakeTrainer, data_root, edit, make_suite, run  # noqa: F401  (data_root: a fixture)
+from test_suite import FakeTrainer, edit, make_suite, run
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_CAP = 2 << 30  # a bounded parser needs far less; an unbounded one fails here instead of eating the machine
@@ -61,7 +61,7 @@ def test_a_suite_alias_bomb_is_refused_quickly_with_file_and_line(tmp_path):
     assert wall < 60
 
 
-def test_a_recipe_alias_bomb_is_refused_by_sft_and_by_a_suite(tmp_path, data_root):  # noqa: F811
+def test_a_recipe_alias_bomb_is_refused_by_sft_and_by_a_suite(tmp_path, builtin_data):  # noqa: F811
     bomb = tmp_path / "bomb-recipe.yaml"
     bomb.write_text("task: sentiment\n" + alias_bomb([]).replace("a0: ", "lora_target_modules: ", 1))
     out = tmp_path / "ft"
@@ -69,7 +69,7 @@ def test_a_recipe_alias_bomb_is_refused_by_sft_and_by_a_suite(tmp_path, data_roo
     assert p.returncode == 2, p.stderr[-2000:]
     assert f"--config {bomb}:" in p.stderr and "expand to more than" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
-    suite = make_suite(tmp_path, data_root)
+    suite = make_suite(tmp_path, builtin_data)
     edit(suite, lambda d: d["finetune"][0].update(recipe=str(bomb)))
     with pytest.raises(gsuite.SuiteError, match=r"finetune\[0\]\.recipe: --config .*bomb-recipe.yaml:\d+: the aliases"):
         gsuite.load_suite(suite)
@@ -89,8 +89,8 @@ def test_recursive_aliases_deep_nesting_and_size_are_refused(tmp_path):
     assert settings_yaml.loads(text, "ok.yaml")[0] == yaml.safe_load(text)
 
 
-def test_duplicate_keys_are_refused_with_file_and_line(tmp_path, data_root, capsys):  # noqa: F811
-    suite = make_suite(tmp_path, data_root)
+def test_duplicate_keys_are_refused_with_file_and_line(tmp_path, builtin_data, capsys):  # noqa: F811
+    suite = make_suite(tmp_path, builtin_data)
     text = suite.read_text().replace("models:\n  tiny:\n    model: tiny\n",
                                      "models:\n  tiny:\n    model: tiny\n  tiny:\n    model: smollm2-135m\n")
     assert text != suite.read_text()
@@ -108,17 +108,17 @@ def test_duplicate_keys_are_refused_with_file_and_line(tmp_path, data_root, caps
 # ---------------------------------------------------------------- recipes are type-checked before any write
 
 
-def test_a_float_in_a_recipe_is_an_error_before_anything_is_written(tmp_path, data_root, capsys):  # noqa: F811
+def test_a_float_in_a_recipe_is_an_error_before_anything_is_written(tmp_path, builtin_data, capsys):  # noqa: F811
     recipe = tmp_path / "float.yaml"
     recipe.write_text("task: sentiment\nuse_peft: true\nmax_steps: 2.7\n")
-    suite = make_suite(tmp_path, data_root)
+    suite = make_suite(tmp_path, builtin_data)
     edit(suite, lambda d: d["finetune"][0].update(recipe=str(recipe)) or d["finetune"][0]["trainer"].pop("max_steps"))
     assert cli_main(["suite", "validate", str(suite)]) == 2
     err = capsys.readouterr().err
     assert f"--config {recipe}: max_steps: input should be a valid integer" in err and "2.7" in err
     out = tmp_path / "ft"
     p = subprocess.run([sys.executable, str(REPO / "finetune" / "sft.py"), "--config", str(recipe), "--output_dir",
-                        str(out), "--data_dir", str(data_root), "--model_name_or_path", "tiny"],
+                        str(out), "--data_dir", str(builtin_data), "--model_name_or_path", "tiny"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "max_steps" in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert not out.exists()
@@ -136,8 +136,8 @@ def test_a_float_in_a_recipe_is_an_error_before_anything_is_written(tmp_path, da
 # ---------------------------------------------------------------- never delete what genft did not write
 
 
-def test_a_foreign_file_in_a_checkpoint_folder_is_never_deleted(tmp_path, data_root, capsys):  # noqa: F811
-    suite = make_suite(tmp_path, data_root)
+def test_a_foreign_file_in_a_checkpoint_folder_is_never_deleted(tmp_path, builtin_data, capsys):  # noqa: F811
+    suite = make_suite(tmp_path, builtin_data)
     folder = tmp_path / "out" / "checkpoints" / "ft-products"
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("my notes")
@@ -158,10 +158,10 @@ def test_a_foreign_file_in_a_checkpoint_folder_is_never_deleted(tmp_path, data_r
     assert run(suite, trainer=trainer) == 0 and trainer.calls == ["ft-products"]
 
 
-def test_the_trainer_refuses_a_folder_that_gained_a_foreign_file_after_planning(tmp_path, data_root):  # noqa: F811
+def test_the_trainer_refuses_a_folder_that_gained_a_foreign_file_after_planning(tmp_path, builtin_data):  # noqa: F811
     from genft.suite.execute import finetune
 
-    suite = make_suite(tmp_path, data_root)
+    suite = make_suite(tmp_path, builtin_data)
     folder = tmp_path / "out" / "checkpoints" / "ft-products"
     folder.mkdir(parents=True)
     (folder / "genft_run.json").write_text(json.dumps({"config_hash": "another", "config": {}}))
@@ -193,13 +193,13 @@ def test_clean_temp_removes_only_genfts_own_temporary_files(tmp_path):
 # ---------------------------------------------------------------- two suites, one output folder
 
 
-def test_two_suites_sharing_an_output_folder_never_report_each_others_cells(tmp_path, data_root, capsys):  # noqa: F811
+def test_two_suites_sharing_an_output_folder_never_report_each_others_cells(tmp_path, builtin_data, capsys):  # noqa: F811
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    s1 = make_suite(tmp_path / "a", data_root, out=tmp_path / "shared", finetune=False,
+    s1 = make_suite(tmp_path / "a", builtin_data, out=tmp_path / "shared", finetune=False,
                     test_sets=["builtin_products"], shots={"classification": [0]})
     edit(s1, lambda d: d.update(name="s1"))
-    s2 = make_suite(tmp_path / "b", data_root, out=tmp_path / "shared", finetune=False,
+    s2 = make_suite(tmp_path / "b", builtin_data, out=tmp_path / "shared", finetune=False,
                     test_sets=["builtin_sports"], shots={"classification": [0]})
     edit(s2, lambda d: d.update(name="s2"))
     assert run(s1) == 0
@@ -273,14 +273,14 @@ def _hub_cache(tmp_path: Path, tiny_model: str, repo: str) -> tuple[Path, str]:
     return cache, rev
 
 
-def test_a_hub_id_base_model_offline_from_the_hub_cache_or_a_clear_error(tiny_model, tmp_path, data_root,  # noqa: F811
+def test_a_hub_id_base_model_offline_from_the_hub_cache_or_a_clear_error(tiny_model, tmp_path, builtin_data,  # noqa: F811
                                                                          monkeypatch, capsys):
     from huggingface_hub import constants
 
     cache, rev = _hub_cache(tmp_path, tiny_model, "genft-tests/tiny-llama")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # (read from the environment at import)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    suite = make_suite(tmp_path, data_root, finetune=False, test_sets=["builtin_products"],
+    suite = make_suite(tmp_path, builtin_data, finetune=False, test_sets=["builtin_products"],
                        shots={"classification": [0]})
     edit(suite, lambda d: d.update(models={"hub": {"model": "genft-tests/tiny-llama"}}))
     assert run(suite) == 0

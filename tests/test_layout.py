@@ -1,5 +1,5 @@
 """The package's shape: dependencies point one way (no import cycle anywhere in src/genft, counting imports
-inside functions too, so that none can be dodged), and the suite engine never imports the report."""
+inside functions too, so that none can be dodged), and the suite package never imports the report."""
 from __future__ import annotations
 
 import ast
@@ -145,7 +145,7 @@ def test_imports_of_what_is_already_running_are_not_edges(tmp_path):
     assert _cycle(graph) is None and _imports(src, "top.p").returncode == 0
 
 
-def test_the_suite_engine_never_imports_the_report_and_stays_small():
+def test_the_suite_package_never_imports_the_report_and_stays_small():
     graph = import_graph()
     for mod, deps in graph.items():
         if mod.startswith("genft.suite"):

@@ -111,3 +111,28 @@ def test_the_generation_tasks_do_not_cut_before_the_metric_strips():
     assert cfg["generation_kwargs"]["until"] == [] and cfg["generation_kwargs"]["max_gen_toks"] == 60
     doc = {task_utils.TARGET: "What did he do?"}
     assert task_utils.process_generation(doc, ["\n\nWhat did he do?\n\nmore"])["rougeL"] == 1.0
+
+
+def test_label_metric_names_are_the_ones_the_task_yamls_declare():
+    """The one helper that names per-label metrics builds exactly what harness_tasks/ asks lm-eval to aggregate,
+    and what classification_scores returns per item; metric_label reads each name back."""
+    import yaml
+
+    from genft.metrics import GOLD, LABEL_RULES, PREDFIRST, classification_metric_names, label_metric, metric_label
+    from genft.prompts import TASKS
+
+    root = REPO / "harness_tasks"
+    for spec in TASKS.values():
+        if not spec.is_classification:
+            continue
+        declared = [m["metric"] for m in yaml.safe_load((root / spec.name / f"_{spec.name}.yaml").read_text())
+                    ["metric_list"]]
+        built = {label_metric(rule, lab) for rule in LABEL_RULES for lab in spec.labels}
+        assert built <= set(declared) and declared == classification_metric_names(spec)
+        assert set(metrics.classification_scores(spec, 0, [0.0] * (2 * len(spec.labels)))) == set(declared)
+        for lab in spec.labels:
+            assert metric_label(GOLD, label_metric(GOLD, lab)) == lab
+            assert metric_label(GOLD, label_metric(PREDFIRST, lab)) is None
+    with pytest.raises(ValueError, match="unknown label rule"):
+        label_metric("predfirst_", "yes")
+    assert metric_label(GOLD, "gold_") is None and metric_label(GOLD, "acc") is None

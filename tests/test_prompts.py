@@ -8,7 +8,7 @@ from conftest import STUDY_DATA
 from genft.data import release_sums
 from genft.prompts import TASKS, render_context, render_demo, render_prompt, render_target
 
-# STUDY.md section 2, character for character, with the study's own field names.
+# docs/study.md §2, character for character, with the study's own field names.
 STUDY_PROMPTS = {
     "summary": ("### Input:\n{input}\n### Summary:", "Please read the following text:{input}\nProvide a summary:"),
     "question": (

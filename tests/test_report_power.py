@@ -16,20 +16,11 @@ from genft.report.power import DEFAULT_UNIT_VARIANCE, TARGET_HALF_WIDTH, pilot_v
 from genft.suite import load_suite
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from genft.builtin import generate
-
-    root = tmp_path_factory.mktemp("power-data")
-    generate(root, log=lambda *_: None)
-    return root
-
-
-def suite_file(tmp: Path, data_root: Path, limit: int = 24) -> Path:
+def suite_file(tmp: Path, builtin_data: Path, limit: int = 24) -> Path:
     """Sentiment fine-tuned at two sizes (a series) on the tiny model; sentiment in- and out-of-domain, one
     summary set for the cross-task cells."""
     trainer = {"use_peft": True, "learning_rate": 2.0e-4, "max_steps": 1, "max_length": 128}
-    doc = {"name": "p", "data": {"source": "builtin", "data_dir": str(data_root)},
+    doc = {"name": "p", "data": {"source": "builtin", "data_dir": str(builtin_data)},
            "models": {"tiny": {"model": "tiny"}},
            "finetune": [{"name": f"ft-{n}", "base": "tiny", "task": "sentiment", "train_size": n, "trainer": trainer}
                         for n in (100, 200)],
@@ -42,8 +33,8 @@ def suite_file(tmp: Path, data_root: Path, limit: int = 24) -> Path:
     return path
 
 
-def test_parts_and_their_precision_from_the_defaults(tmp_path, data_root):
-    rows, note = power(load_suite(suite_file(tmp_path, data_root)))
+def test_parts_and_their_precision_from_the_defaults(tmp_path, builtin_data):
+    rows, note = power(load_suite(suite_file(tmp_path, builtin_data)))
     by = {r.key: r for r in rows}
     assert "defaults" in note
     # 3b: 2 fine-tunes x 1 out-of-domain set x 2 shot counts, 24 items each
@@ -59,7 +50,7 @@ def test_parts_and_their_precision_from_the_defaults(tmp_path, data_root):
     assert by["5a"].comparisons == 0 and not by["5a"].decidable  # no FTICL run planned
 
 
-def test_a_pilot_sets_the_variances_and_more_items_make_a_part_decidable(tmp_path, data_root):
+def test_a_pilot_sets_the_variances_and_more_items_make_a_part_decidable(tmp_path, builtin_data):
     gold = ["positive" if i % 2 else "negative" for i in range(40)]
     f = ft("sentiment", "builtin_products")
 
@@ -74,16 +65,17 @@ def test_a_pilot_sets_the_variances_and_more_items_make_a_part_decidable(tmp_pat
     pilot = tmp_path / "rep" / "synth" / "cells.jsonl.gz"
     u = pilot_variances(pilot)[("3b", "classification")]
     assert u > 0
-    small = {r.key: r for r in power(load_suite(suite_file(tmp_path, data_root)), pilot)[0]}["3b"]
+    small = {r.key: r for r in power(load_suite(suite_file(tmp_path, builtin_data)), pilot)[0]}["3b"]
     assert small.source == "pilot"
     assert small.half_width == pytest.approx(1.959964 * math.sqrt(4 * u / 24) / 4, rel=1e-4)
     (tmp_path / "big").mkdir()
-    big = {r.key: r for r in power(load_suite(suite_file(tmp_path / "big", data_root, limit=10_000)), pilot)[0]}["3b"]
+    big_suite = load_suite(suite_file(tmp_path / "big", builtin_data, limit=10_000))
+    big = {r.key: r for r in power(big_suite, pilot)[0]}["3b"]
     assert big.items > small.items and big.half_width < small.half_width
     assert big.half_width == pytest.approx(small.half_width * math.sqrt(small.items / big.items), rel=1e-4)
 
 
-def test_the_command_prints_the_table_and_the_parts_it_cannot_decide(tmp_path, data_root, capsys):
-    assert main(["suite", "power", str(suite_file(tmp_path, data_root))]) == 0
+def test_the_command_prints_the_table_and_the_parts_it_cannot_decide(tmp_path, builtin_data, capsys):
+    assert main(["suite", "power", str(suite_file(tmp_path, builtin_data))]) == 0
     out = capsys.readouterr().out
     assert "| 3b " in out and "Cannot be decided at this size:" in out and "3b" in out.split("Cannot be decided")[1]

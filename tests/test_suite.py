@@ -29,15 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from genft.builtin import generate
-
-    root = tmp_path_factory.mktemp("suite-data")
-    generate(root, log=lambda *_: None)
-    return root
-
-
 class FakeTrainer(Trainer):
     """A 'fine-tune' in no time: the tiny model's weights moved by a seeded perturbation (`noise` per call:
     the same noise gives the same weights, as a deterministic trainer does), saved like sft.py saves them,
@@ -73,10 +64,10 @@ class NoTrainer(Trainer):
         raise AssertionError(f"the trainer was called for {job.run}")
 
 
-def make_suite(tmp: Path, data_root: Path, out: Path | None = None, finetune=True, **eval_overrides) -> Path:
+def make_suite(tmp: Path, builtin_data: Path, out: Path | None = None, finetune=True, **eval_overrides) -> Path:
     doc = {
         "name": "t",
-        "data": {"source": "builtin", "data_dir": str(data_root)},
+        "data": {"source": "builtin", "data_dir": str(builtin_data)},
         "models": {"tiny": {"model": "tiny"}},
         "finetune": [{"name": "ft-products", "base": "tiny", "task": "sentiment", "train_size": 100,
                       "train_limit": 16, "trainer": {"use_peft": True, "learning_rate": 2.0e-4, "max_steps": 1,
@@ -156,8 +147,8 @@ def test_shipped_suites_validate_without_models(name, monkeypatch):
                                                                            "base": [1, 2]}
 
 
-def _bad(tmp_path, data_root, fn) -> str:
-    path = make_suite(tmp_path, data_root)
+def _bad(tmp_path, builtin_data, fn) -> str:
+    path = make_suite(tmp_path, builtin_data)
     edit(path, fn)
     with pytest.raises(gsuite.SuiteError) as e:
         gsuite.load_suite(path)
@@ -166,64 +157,64 @@ def _bad(tmp_path, data_root, fn) -> str:
     return msg
 
 
-def test_unknown_key_names_path_line_and_allowed_keys(tmp_path, data_root):
-    msg = _bad(tmp_path, data_root, lambda d: d["eval"].update(shotz=[0]))
+def test_unknown_key_names_path_line_and_allowed_keys(tmp_path, builtin_data):
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"].update(shotz=[0]))
     assert "eval.shotz" in msg and "unknown key 'shotz'" in msg and "test_sets, shots, prompts" in msg
     assert f"{tmp_path / 'suite.yaml'}:" in msg and msg.split(":")[1].strip().isdigit()  # a line number
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0]["trainer"].update(learning_rat=1e-4))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0]["trainer"].update(learning_rat=1e-4))
     assert "finetune[0].trainer.learning_rat" in msg and "learning_rate" in msg
     # genft's keys and the trainer's are apart: a trainer setting at the run level says where it goes
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(learning_rate=1e-4))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0].update(learning_rate=1e-4))
     assert "finetune[0].learning_rate" in msg and "put it under finetune[0].trainer" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0]["trainer"].update(seed=3))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0]["trainer"].update(seed=3))
     assert "finetune[0].trainer.seed" in msg and "seeds: [s, ...]" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(method="lora"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0].update(method="lora"))
     assert "finetune[0].method" in msg and "use_peft" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["eval"]["shots"].update(generaton=[0]))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"]["shots"].update(generaton=[0]))
     assert "eval.shots.generaton" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d.update(modles={}))
+    msg = _bad(tmp_path, builtin_data, lambda d: d.update(modles={}))
     assert "modles" in msg and "allowed keys" in msg
 
 
-def test_validation_errors_are_clear(tmp_path, data_root):
-    msg = _bad(tmp_path, data_root, lambda d: d["eval"].update(test_sets=["builtin_products", "nosuchset"]))
+def test_validation_errors_are_clear(tmp_path, builtin_data):
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"].update(test_sets=["builtin_products", "nosuchset"]))
     assert "eval.test_sets[1]" in msg and "nosuchset" in msg and "builtin_restaurants" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["eval"].update(test_sets=["sst2"]))  # a study set in a builtin suite
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"].update(test_sets=["sst2"]))  # a study set in a builtin suite
     assert "unknown builtin data set 'sst2'" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(base="gpt5"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0].update(base="gpt5"))
     assert "finetune[0].base" in msg and "unknown model 'gpt5'" in msg and "tiny" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["models"]["tiny"].update(model="./no/such/folder"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["models"]["tiny"].update(model="./no/such/folder"))
     assert "models.tiny.model" in msg and "unknown model" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["models"]["tiny"].update(model="smolm2-135m"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["models"]["tiny"].update(model="smolm2-135m"))
     assert "genft model name" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(recipe="finetune/recipes/nope.yaml"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0].update(recipe="finetune/recipes/nope.yaml"))
     assert "finetune[0].recipe" in msg and "not found" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["eval"]["shots"].update(classification=[0, 9]))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"]["shots"].update(classification=[0, 9]))
     assert "9 shots" in msg and "demo pool holds 8" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(train_size=150))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0].update(train_size=150))
     assert "train_size" in msg and "100, 200, 400" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(task="translation"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0].update(task="translation"))
     assert "finetune[0].task" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(dataset="builtin_restaurants"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0].update(dataset="builtin_restaurants"))
     assert "finetune[0].dataset" in msg and "builtin_products" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0]["trainer"].update(learning_rate=-1.0))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0]["trainer"].update(learning_rate=-1.0))
     assert "learning_rate" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0]["trainer"].update(lora_r="many"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0]["trainer"].update(lora_r="many"))
     assert "finetune[0].trainer.lora_r" in msg and "LoRA rank" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d["eval"].update(backend="vllmm"))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"].update(backend="vllmm"))
     assert "eval.backend" in msg
     # the CLI: exit 2 and the message on stderr, nothing done
-    path = make_suite(tmp_path, data_root)
+    path = make_suite(tmp_path, builtin_data)
     edit(path, lambda d: d["eval"].update(shotz=[0]))
     assert cli_main(["suite", "run", str(path)]) == 2
     assert not (tmp_path / "out").exists()
 
 
-def test_recipe_is_merged_under_the_run(tmp_path, data_root):
+def test_recipe_is_merged_under_the_run(tmp_path, builtin_data):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("task: sentiment\ntrain_size: 2000\nuse_peft: true\nlearning_rate: 5.0e-4\nlora_r: 4\n"
                       "model_name_or_path: smollm2-135m\nseed: 7\n")
-    path = make_suite(tmp_path, data_root)
+    path = make_suite(tmp_path, builtin_data)
     edit(path, lambda d: d["finetune"][0].update(recipe=str(recipe), train_size=100))
     edit(path, lambda d: d["finetune"][0].update(trainer={"lora_r": 8, "learning_rate": 2.0e-4}))
     r = gsuite.load_suite(path).runs[0]
@@ -239,8 +230,8 @@ def plan(path: Path, **kw) -> gsuite.Plan:
     return gsuite.read_plan(gsuite.load_suite(path), **kw)
 
 
-def test_plan_cells_and_cross_task_prompts(tmp_path, data_root):
-    p = plan(make_suite(tmp_path, data_root), provision=True)
+def test_plan_cells_and_cross_task_prompts(tmp_path, builtin_data):
+    p = plan(make_suite(tmp_path, builtin_data), provision=True)
     assert [j.run for j in p.jobs] == ["ft-products"] and p.jobs[0].status == "todo"
     base = [c for c in p.cells if c.checkpoint.kind == "base"]
     ft = [c for c in p.cells if c.checkpoint.kind == "finetuned"]
@@ -258,8 +249,8 @@ def test_plan_cells_and_cross_task_prompts(tmp_path, data_root):
     assert [c.n for c in base] == [4, 4, 2] and not (tmp_path / "out").exists()  # planning writes nothing
 
 
-def test_a_runs_own_test_sets_restrict_only_its_cells(tmp_path, data_root):
-    path = make_suite(tmp_path, data_root)
+def test_a_runs_own_test_sets_restrict_only_its_cells(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data)
     p0 = plan(path)
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-products-32", "train_limit": 32,
                                                "test_sets": ["builtin_products"]}))
@@ -271,12 +262,12 @@ def test_a_runs_own_test_sets_restrict_only_its_cells(tmp_path, data_root):
     # a run's test_sets is not part of its fine-tuning config: the same checkpoint either way
     edit(path, lambda d: d["finetune"][1].update(test_sets=["sentiment"]))
     assert plan(path).jobs[1].recipe_hash == p.jobs[1].recipe_hash
-    msg = _bad(tmp_path, data_root, lambda d: d["finetune"][0].update(test_sets=["builtin_restaurants"]))
+    msg = _bad(tmp_path, builtin_data, lambda d: d["finetune"][0].update(test_sets=["builtin_restaurants"]))
     assert "finetune[0].test_sets[0]" in msg and "not in eval.test_sets" in msg and "builtin_sports" in msg
 
 
-def test_recipe_hash_covers_what_changes_weights_and_replicates_share_a_seedless_hash(tmp_path, data_root):
-    path = make_suite(tmp_path, data_root)
+def test_recipe_hash_covers_what_changes_weights_and_replicates_share_a_seedless_hash(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data)
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-lr", "trainer": {
         **d["finetune"][0]["trainer"], "learning_rate": 1.0e-4}}))
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-seeds", "seeds": [1, 2]}))
@@ -296,9 +287,9 @@ def test_recipe_hash_covers_what_changes_weights_and_replicates_share_a_seedless
     assert jobs["ft-logging"].recipe_hash == jobs["ft-products"].recipe_hash
 
 
-def test_dry_run_does_no_work(tmp_path, data_root, monkeypatch, capsys):
+def test_dry_run_does_no_work(tmp_path, builtin_data, monkeypatch, capsys):
     Counter(monkeypatch, forbid=True)
-    path = make_suite(tmp_path, data_root)
+    path = make_suite(tmp_path, builtin_data)
     edit(path, lambda d: d["data"].update(data_dir=str(tmp_path / "no-data-yet")))
     assert cli_main(["suite", "run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -307,8 +298,8 @@ def test_dry_run_does_no_work(tmp_path, data_root, monkeypatch, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "no-data-yet").exists()
 
 
-def test_run_rerun_and_changed_settings(tmp_path, data_root, monkeypatch):
-    path = make_suite(tmp_path, data_root)
+def test_run_rerun_and_changed_settings(tmp_path, builtin_data, monkeypatch):
+    path = make_suite(tmp_path, builtin_data)
     out = tmp_path / "out"
     trainer = FakeTrainer()
     c = Counter(monkeypatch)
@@ -386,10 +377,10 @@ def test_run_rerun_and_changed_settings(tmp_path, data_root, monkeypatch):
     assert all(before[f"{k}.json"] == snapshot(out)[f"{k}.json"] for k in base_keys)
 
 
-def test_retrained_weights_are_evaluated_again(tmp_path, data_root, monkeypatch):
+def test_retrained_weights_are_evaluated_again(tmp_path, builtin_data, monkeypatch):
     """The same recipe trained again to other weights (a GPU's nondeterminism, a changed library) is another
     checkpoint: its cells are never reused.  The same weights again: nothing runs."""
-    path = make_suite(tmp_path, data_root, test_sets=["builtin_products"], shots={"classification": [0]})
+    path = make_suite(tmp_path, builtin_data, test_sets=["builtin_products"], shots={"classification": [0]})
     ck = tmp_path / "out" / "checkpoints" / "ft-products"
     assert run(path, FakeTrainer(noise=0)) == 0
     first = {r.model: r for r in load_cells(path)}
@@ -409,8 +400,8 @@ def test_retrained_weights_are_evaluated_again(tmp_path, data_root, monkeypatch)
     assert again["ft-products"].finetune.weights_sha256 != first["ft-products"].finetune.weights_sha256
 
 
-def test_device_dtype_and_backend_are_in_the_key(tmp_path, data_root, monkeypatch):
-    path = make_suite(tmp_path, data_root, finetune=False, test_sets=["builtin_products"],
+def test_device_dtype_and_backend_are_in_the_key(tmp_path, builtin_data, monkeypatch):
+    path = make_suite(tmp_path, builtin_data, finetune=False, test_sets=["builtin_products"],
                       shots={"classification": [0]})
     assert run(path) == 0
     (first,) = load_cells(path)
@@ -432,7 +423,7 @@ def test_device_dtype_and_backend_are_in_the_key(tmp_path, data_root, monkeypatc
     assert rec.provenance.dtype == dtype and rec.provenance.backend == "genft-hf"
 
 
-def test_bf16_refused_on_a_cpu_without_it(tmp_path, data_root, monkeypatch, capsys):
+def test_bf16_refused_on_a_cpu_without_it(tmp_path, builtin_data, monkeypatch, capsys):
     """A suite asking for bf16 evaluation or bf16 training on a CPU without native bf16 stops before it writes
     anything, naming the key; float32 suites run there as before."""
     import platform
@@ -442,7 +433,7 @@ def test_bf16_refused_on_a_cpu_without_it(tmp_path, data_root, monkeypatch, caps
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    path = make_suite(tmp_path, data_root)
+    path = make_suite(tmp_path, builtin_data)
     gsuite.load_suite(path)  # valid: the refusal is about this machine, not the file
     edit(path, lambda d: d["models"]["tiny"].update(dtype="bfloat16"))
     for argv in (["suite", "run", str(path), "--dry-run"], ["suite", "run", str(path)]):
@@ -457,8 +448,8 @@ def test_bf16_refused_on_a_cpu_without_it(tmp_path, data_root, monkeypatch, caps
     assert run(path, trainer=FakeTrainer()) == 0
 
 
-def test_a_truncated_or_foreign_cell_file_is_named_and_run_again(tmp_path, data_root, monkeypatch, capsys):
-    path = make_suite(tmp_path, data_root, finetune=False, test_sets=["builtin_products"],
+def test_a_truncated_or_foreign_cell_file_is_named_and_run_again(tmp_path, builtin_data, monkeypatch, capsys):
+    path = make_suite(tmp_path, builtin_data, finetune=False, test_sets=["builtin_products"],
                       shots={"classification": [0, 1]})
     assert run(path) == 0
     recs = {r.shots: r for r in load_cells(path)}
@@ -511,8 +502,8 @@ sys.exit(run_suite(sys.argv[1]))
 """
 
 
-def test_resume_after_kill_mid_cell(tmp_path, data_root, monkeypatch):
-    path = make_suite(tmp_path, data_root, finetune=False)
+def test_resume_after_kill_mid_cell(tmp_path, builtin_data, monkeypatch):
+    path = make_suite(tmp_path, builtin_data, finetune=False)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(path)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
@@ -530,15 +521,15 @@ def test_resume_after_kill_mid_cell(tmp_path, data_root, monkeypatch):
         json.loads(p.read_text())
     # the same numbers as an uninterrupted run
     (tmp_path / "ref").mkdir()
-    ref = make_suite(tmp_path / "ref", data_root, out=tmp_path / "ref-out", finetune=False)
+    ref = make_suite(tmp_path / "ref", builtin_data, out=tmp_path / "ref-out", finetune=False)
     assert run(ref) == 0
     resumed = {r.key: (r.metrics, r.items, r.outputs) for r in load_cells(path)}
     clean = {r.key: (r.metrics, r.items, r.outputs) for r in load_cells(ref)}
     assert resumed == clean and len(clean) == 3
 
 
-def test_random_demo_cells(tmp_path, data_root):
-    path = make_suite(tmp_path, data_root, finetune=False, demos="both", demo_seeds=[1, 2],
+def test_random_demo_cells(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data, finetune=False, demos="both", demo_seeds=[1, 2],
                       test_sets=["builtin_products"], shots={"classification": [0, 2]})
     p = plan(path)
     assert sorted(((c.shots, c.demo_seed) for c in p.cells), key=str) == [(0, None), (2, 1), (2, 2), (2, None)]
@@ -549,7 +540,7 @@ def test_random_demo_cells(tmp_path, data_root):
                      (tmp_path / "out" / "cells" / f"{r.key}.samples.jsonl").read_text().splitlines()]
     assert ctx(cells[(2, 1)]) != ctx(cells[(2, None)])  # seeded random demos differ from the first k
     # the record says which demonstrations every item got: the first k's targets, none, or unknown (random)
-    demos = [d["label"] for d in gdata_load("sentiment", "builtin_products", data_root)[:2]]
+    demos = [d["label"] for d in gdata_load("sentiment", "builtin_products", builtin_data)[:2]]
     assert cells[(2, None)].demo_targets == demos and cells[(0, None)].demo_targets == []
     assert cells[(2, 1)].demo_targets is None
 
@@ -560,11 +551,11 @@ def gdata_load(task, dataset, root):
     return load_split(task, dataset, "demos", root)
 
 
-def test_group_shots_one_call_per_shot_count(tmp_path, data_root, monkeypatch):
+def test_group_shots_one_call_per_shot_count(tmp_path, builtin_data, monkeypatch):
     calls = []
     real = harness.evaluate
     monkeypatch.setattr(harness, "evaluate", lambda lm, tasks, **k: calls.append(list(tasks)) or real(lm, tasks, **k))
-    path = make_suite(tmp_path, data_root, finetune=False, group="shots",
+    path = make_suite(tmp_path, builtin_data, finetune=False, group="shots",
                       test_sets=["builtin_products", "builtin_restaurants"], shots={"classification": [0, 1]})
     assert run(path) == 0
     assert sorted(map(sorted, calls)) == [["genft_sentiment_builtin_products", "genft_sentiment_builtin_restaurants"]] * 2
@@ -573,9 +564,9 @@ def test_group_shots_one_call_per_shot_count(tmp_path, data_root, monkeypatch):
 
 
 @pytest.mark.skipif(not (REPO / "finetune" / "sft.py").is_file(), reason="finetune/sft.py not there")
-def test_real_trainer_agrees_on_the_config_hash(tmp_path, data_root):
+def test_real_trainer_agrees_on_the_config_hash(tmp_path, builtin_data):
     """The real finetune/sft.py subprocess (tiny model, one step): its manifest's hash is the suite's."""
-    path = make_suite(tmp_path, data_root, test_sets=["builtin_products"], shots={"classification": [0]})
+    path = make_suite(tmp_path, builtin_data, test_sets=["builtin_products"], shots={"classification": [0]})
     edit(path, lambda d: d.update(threads=1))
     lines: list[str] = []
     assert run_suite(path, log=lines.append) == 0, "\n".join(lines[-30:])
@@ -594,12 +585,12 @@ def test_real_trainer_agrees_on_the_config_hash(tmp_path, data_root):
     assert ft.finetune.weight_deviation == man.weight_deviation.mean_abs_diff
 
 
-def test_runs_differing_in_a_hyper_parameter_are_two_models_in_the_report(tmp_path, data_root):
+def test_runs_differing_in_a_hyper_parameter_are_two_models_in_the_report(tmp_path, builtin_data):
     """Replicates are exactly the checkpoints of one recipe (the seedless recipe hash): two runs that differ
     only in learning rate are two models; two seeds of one recipe are one model with two replicates."""
     from genft.report import SuiteData, write_report
 
-    path = make_suite(tmp_path, data_root, test_sets=["builtin_products"], shots={"classification": [0]})
+    path = make_suite(tmp_path, builtin_data, test_sets=["builtin_products"], shots={"classification": [0]})
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-lr", "trainer": {
         **d["finetune"][0]["trainer"], "learning_rate": 1.0e-4}}))
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-rep", "seeds": [1, 2]}))
@@ -613,12 +604,13 @@ def test_runs_differing_in_a_hyper_parameter_are_two_models_in_the_report(tmp_pa
     assert "×3 seeds" in md
 
 
-def test_data_protocol_and_report_settings_are_checked(tmp_path, data_root):
-    msg = _bad(tmp_path, data_root, lambda d: d.update(report={"one_label_share": 2}))
+def test_data_protocol_and_report_settings_are_checked(tmp_path, builtin_data):
+    msg = _bad(tmp_path, builtin_data, lambda d: d.update(report={"one_label_share": 2}))
     assert "report.one_label_share" in msg and "less than or equal to 1" in msg
-    msg = _bad(tmp_path, data_root, lambda d: d.update(report={"margins": {"rougeL": {"kind": "ratio", "value": 1}}}))
+    msg = _bad(tmp_path, builtin_data,
+               lambda d: d.update(report={"margins": {"rougeL": {"kind": "ratio", "value": 1}}}))
     assert "report.margins.rougeL.kind" in msg
-    path = make_suite(tmp_path, data_root, finetune=False)
+    path = make_suite(tmp_path, builtin_data, finetune=False)
     s = gsuite.load_suite(path)
     assert s.protocol == "clean" and s.report.margins["rougeL"].kind == "relative"
     assert plan(path).cells[0].material["protocol"] == "clean"
@@ -631,9 +623,9 @@ def test_data_protocol_and_report_settings_are_checked(tmp_path, data_root):
 # ---------------------------------------------------------------- what a recipe hash and a cell key follow
 
 
-def _copy_data(data_root: Path, tmp_path: Path) -> Path:
+def _copy_data(builtin_data: Path, tmp_path: Path) -> Path:
     root = tmp_path / "data"
-    shutil.copytree(data_root, root)
+    shutil.copytree(builtin_data, root)
     return root
 
 
@@ -647,10 +639,10 @@ def _edit_first_item(path: Path, field: str) -> bytes:
     return old
 
 
-def test_the_recipe_hash_follows_the_training_data(tmp_path, data_root):
+def test_the_recipe_hash_follows_the_training_data(tmp_path, builtin_data):
     """One item of the training file changed: another recipe (and replicate) hash; the file restored: the same
     hash again.  An FTICL run's hash follows its demonstration pool too."""
-    root = _copy_data(data_root, tmp_path)
+    root = _copy_data(builtin_data, tmp_path)
     path = make_suite(tmp_path, root)
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-icl", "icl_shots": 1}))
 
@@ -672,10 +664,10 @@ def test_the_recipe_hash_follows_the_training_data(tmp_path, data_root):
     assert hashes() == first
 
 
-def test_the_cell_key_follows_the_test_and_demo_files_and_the_harness(tmp_path, data_root, monkeypatch):
+def test_the_cell_key_follows_the_test_and_demo_files_and_the_harness(tmp_path, builtin_data, monkeypatch):
     """A changed test file: its cells run again; a changed demonstration pool: only its k-shot cells; a changed
     task file of the harness: that task's cells only; restored: the stored cells count again."""
-    root = _copy_data(data_root, tmp_path)
+    root = _copy_data(builtin_data, tmp_path)
     path = make_suite(tmp_path, root, finetune=False, test_sets=["builtin_products", "builtin_restaurants"])
     assert run(path) == 0
     cells = {(r.dataset, r.shots): r.key for r in load_cells(path)}
@@ -752,11 +744,11 @@ def test_suite_keys_lists_every_key_the_shipped_suites_use_with_its_help():
     assert used > 50
 
 
-def test_time_estimate_per_dtype(tmp_path, data_root):
+def test_time_estimate_per_dtype(tmp_path, builtin_data):
     """bf16 cells and bf16 fine-tunes are estimated with the bf16 constants; float32 ones as before."""
     from genft.suite import estimate
 
-    path = make_suite(tmp_path, data_root)
+    path = make_suite(tmp_path, builtin_data)
     before = plan(path, provision=True)
     edit(path, lambda d: (d["models"]["tiny"].update(dtype="bfloat16"), d["finetune"][0]["trainer"].update(bf16=True)))
     after = plan(path, provision=True)

@@ -15,7 +15,7 @@ from genft.suite import cluster, observe, planning, snapshot, units
 from genft.suite.run import run_suite
 from genft.suite.schema import ExecutorSection
 
-from test_suite import NoTrainer, data_root, make_suite  # noqa: F401  (data_root: a fixture)
+from test_suite import NoTrainer, make_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -56,12 +56,12 @@ def test_report_from_cells_loads_neither_torch_nor_lm_eval_and_rebuilds_the_comm
 # ---------------------------------------------------------------- the planner
 
 
-def test_planning_reads_nothing_and_gives_the_same_plan_twice(tmp_path, data_root, monkeypatch):
-    suite = gsuite.load_suite(make_suite(tmp_path, data_root))
+def test_planning_reads_nothing_and_gives_the_same_plan_twice(tmp_path, builtin_data, monkeypatch):
+    suite = gsuite.load_suite(make_suite(tmp_path, builtin_data))
     inputs, snap = observe.observe(suite, provision=True), snapshot.read(suite.output)
     first = planning.plan(suite, inputs, snap)
     data = tmp_path / "data-gone"  # the data and the harness files out of reach: the planner must not need them
-    shutil.copytree(data_root, data)
+    shutil.copytree(builtin_data, data)
     suite = gsuite.load_suite(make_suite(tmp_path, data))
     inputs2 = observe.observe(suite, provision=True)
     shutil.rmtree(data)
@@ -72,8 +72,8 @@ def test_planning_reads_nothing_and_gives_the_same_plan_twice(tmp_path, data_roo
     assert any(c.key for c in first.cells) and not any(c.done for c in first.cells)
 
 
-def test_the_plan_marks_done_exactly_the_cells_the_snapshot_holds(tmp_path, data_root):
-    path = make_suite(tmp_path, data_root, finetune=False, test_sets=["builtin_products"],
+def test_the_plan_marks_done_exactly_the_cells_the_snapshot_holds(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data, finetune=False, test_sets=["builtin_products"],
                       shots={"classification": [0, 1]})
     suite = gsuite.load_suite(path)
     inputs = observe.observe(suite, provision=True)
@@ -89,8 +89,8 @@ def test_the_plan_marks_done_exactly_the_cells_the_snapshot_holds(tmp_path, data
     assert planning.plan(suite, inputs, snapshot.EMPTY).cells[0].cell == p.cells[0].cell  # plan data: same cells
 
 
-def test_a_snapshot_record_under_another_key_is_a_problem_not_a_done_cell(tmp_path, data_root):
-    path = make_suite(tmp_path, data_root, finetune=False, test_sets=["builtin_products"],
+def test_a_snapshot_record_under_another_key_is_a_problem_not_a_done_cell(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data, finetune=False, test_sets=["builtin_products"],
                       shots={"classification": [0, 1]})
     assert run_suite(path, trainer=NoTrainer(), log=lambda *_: None) == 0
     suite = gsuite.load_suite(path)
@@ -121,8 +121,8 @@ class Recording(units.Executor):
         return units.LocalExecutor(NoTrainer()).run(suite, p, todo, log)
 
 
-def test_run_suite_drives_any_executor_through_the_one_interface(tmp_path, data_root):
-    path = make_suite(tmp_path, data_root, finetune=False)
+def test_run_suite_drives_any_executor_through_the_one_interface(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data, finetune=False)
     ex = Recording()
     assert run_suite(path, executor=ex, log=lambda *_: None) == 0
     assert ex.rounds == [["evaluate:tiny"]]
@@ -135,17 +135,17 @@ class Failing(units.Executor):
         return [u.id for u in todo]
 
 
-def test_failed_units_are_reported_and_not_retried_in_the_same_run(tmp_path, data_root):
-    path = make_suite(tmp_path, data_root, finetune=False, stages={"step": 2})
+def test_failed_units_are_reported_and_not_retried_in_the_same_run(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data, finetune=False, stages={"step": 2})
     lines: list[str] = []
     assert run_suite(path, executor=Failing(), log=lines.append) == 1
     assert any("FAILED: evaluate:tiny" in x for x in lines)
 
 
-def test_an_executor_kind_by_name_replaces_the_suites(tmp_path, data_root, monkeypatch):
+def test_an_executor_kind_by_name_replaces_the_suites(tmp_path, builtin_data, monkeypatch):
     seen = []
     monkeypatch.setattr(cluster.RayExecutor, "run_units", lambda self, *a: seen.append(a[1]) or [])
-    path = make_suite(tmp_path, data_root, finetune=False)
+    path = make_suite(tmp_path, builtin_data, finetune=False)
     lines: list[str] = []
     assert run_suite(path, executor="ray", log=lines.append) == 1  # nothing ran: the cells are left
     assert [[u.id for u in x] for x in seen] == [["evaluate:tiny"]]

@@ -26,21 +26,12 @@ ORDER = item_order(0, 100)  # the builtin test sets hold 100 items
 STEP = 40
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from genft.builtin import generate
-
-    root = tmp_path_factory.mktemp("stages-data")
-    generate(root, log=lambda *_: None)
-    return root
-
-
-def make_suite(tmp: Path, data_root: Path, stages: dict | None, name: str = "suite", **eval_overrides) -> Path:
+def make_suite(tmp: Path, builtin_data: Path, stages: dict | None, name: str = "suite", **eval_overrides) -> Path:
     ev = {"test_sets": ["builtin_products", "builtin_sports"], "shots": {"classification": [0, 1], "generation": [0]},
           "limit": {"generation": 2}, "backend": "hf", "batch_size": 8, "group": "shots", **eval_overrides}
     if stages is not None:
         ev["stages"] = stages
-    doc = {"name": "st", "data": {"source": "builtin", "data_dir": str(data_root)},
+    doc = {"name": "st", "data": {"source": "builtin", "data_dir": str(builtin_data)},
            "models": {"tiny": {"model": "tiny"}}, "eval": ev, "output": str(tmp / f"{name}-out")}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -91,8 +82,8 @@ def content(rec: store.CellRecord) -> tuple:
     return (rec.key, rec.n, rec.doc_ids, rec.items, rec.outputs, rec.metrics, rec.stages)
 
 
-def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp_path, data_root, monkeypatch):
-    path = make_suite(tmp_path, data_root, {"step": STEP, "seed": 0})
+def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp_path, builtin_data, monkeypatch):
+    path = make_suite(tmp_path, builtin_data, {"step": STEP, "seed": 0})
     seen: list[dict] = []
 
     def decide(records):
@@ -121,7 +112,7 @@ def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp
     assert [s["doc_id"] for s in lines] == list(ORDER)
 
     # the same items as an unstaged run scores them, item by item (another key: the order is in it)
-    ref = make_suite(tmp_path, data_root, None, name="ref")
+    ref = make_suite(tmp_path, builtin_data, None, name="ref")
     assert run_suite(ref, log=lambda *_: None) == 0
     plain = by_cell(ref)
     # a limit takes the first `limit` items of the order, not of the file
@@ -160,8 +151,8 @@ def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp
     assert content(again[("sentiment", 0)]) == content(zero)
 
 
-def test_without_a_decision_staged_cells_run_to_the_end(tmp_path, data_root):
-    path = make_suite(tmp_path, data_root, {"step": 60, "seed": 3}, test_sets=["builtin_products"],
+def test_without_a_decision_staged_cells_run_to_the_end(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data, {"step": 60, "seed": 3}, test_sets=["builtin_products"],
                       shots={"classification": [0]})
     logged: list[str] = []
     assert run_suite(path, log=logged.append) == 0
@@ -171,8 +162,8 @@ def test_without_a_decision_staged_cells_run_to_the_end(tmp_path, data_root):
     assert any("given no stop decision" in line for line in logged)
 
 
-def test_a_round_that_stores_nothing_ends_the_run_unfinished(tmp_path, data_root, monkeypatch):
-    path = make_suite(tmp_path, data_root, {"step": 60}, test_sets=["builtin_products"],
+def test_a_round_that_stores_nothing_ends_the_run_unfinished(tmp_path, builtin_data, monkeypatch):
+    path = make_suite(tmp_path, builtin_data, {"step": 60}, test_sets=["builtin_products"],
                       shots={"classification": [0]})
     spy = Spy(monkeypatch)
     monkeypatch.setattr(store, "write_cell", lambda *a, **k: None)  # a store that keeps nothing
@@ -206,9 +197,9 @@ sys.exit(run_suite(sys.argv[1], decide=stop_resume, log=lambda *_: None))
 """
 
 
-def test_a_killed_staged_run_resumes_to_the_records_of_an_uninterrupted_one(tmp_path, data_root):
+def test_a_killed_staged_run_resumes_to_the_records_of_an_uninterrupted_one(tmp_path, builtin_data):
     kw = dict(test_sets=["builtin_products"], shots={"classification": [0, 1, 2]}, group="cell")
-    path = make_suite(tmp_path, data_root, {"step": STEP, "seed": 0}, **kw)
+    path = make_suite(tmp_path, builtin_data, {"step": STEP, "seed": 0}, **kw)
     # record writes: stage 1 of the 0/1/2-shot cells (1-3), the 2-shot cell stopped (4), stage 2 of the
     # 0-shot (5) and 1-shot (6) cells: die in the 6th, with the 0-shot cell a stage ahead of the 1-shot one
     proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(path), str(TESTS), "6"], capture_output=True,
@@ -223,7 +214,7 @@ def test_a_killed_staged_run_resumes_to_the_records_of_an_uninterrupted_one(tmp_
 
     assert run_suite(path, decide=stop_resume, log=lambda *_: None) == 0
     resumed = by_cell(path)
-    ref = make_suite(tmp_path, data_root, {"step": STEP, "seed": 0}, name="ref", **kw)
+    ref = make_suite(tmp_path, builtin_data, {"step": STEP, "seed": 0}, name="ref", **kw)
     assert run_suite(ref, decide=stop_resume, log=lambda *_: None) == 0
     clean = by_cell(ref)
     assert {k: content(r) for k, r in resumed.items()} == {k: content(r) for k, r in clean.items()}
@@ -242,10 +233,10 @@ class InProcess(cluster.ClusterExecutor):
         return []
 
 
-def test_a_cluster_engine_runs_the_same_stages(tmp_path, data_root):
+def test_a_cluster_engine_runs_the_same_stages(tmp_path, builtin_data):
     kw = dict(test_sets=["builtin_products"], shots={"classification": [0, 1]})
-    local = make_suite(tmp_path, data_root, {"step": 50, "seed": 1}, name="local", **kw)
-    elsewhere = make_suite(tmp_path, data_root, {"step": 50, "seed": 1}, name="elsewhere", **kw)
+    local = make_suite(tmp_path, builtin_data, {"step": 50, "seed": 1}, name="local", **kw)
+    elsewhere = make_suite(tmp_path, builtin_data, {"step": 50, "seed": 1}, name="elsewhere", **kw)
     assert run_suite(local, decide=stop_one_shot, log=lambda *_: None) == 0
     engine = InProcess(gsuite.load_suite(elsewhere).executor, unit_fn=run_unit)
     assert run_suite(elsewhere, executor=engine, decide=stop_one_shot, log=lambda *_: None) == 0
@@ -255,14 +246,14 @@ def test_a_cluster_engine_runs_the_same_stages(tmp_path, data_root):
                                                                   ("sentiment", 1): (50, "decided")}
 
 
-def test_stages_keys_are_documented_and_checked(tmp_path, data_root, capsys):
+def test_stages_keys_are_documented_and_checked(tmp_path, builtin_data, capsys):
     assert cli_main(["suite", "keys"]) == 0
     out = capsys.readouterr().out
     assert "  stages: opt-in" in out and "    step: items per stage" in out and "    stop: decided" in out
-    path = make_suite(tmp_path, data_root, {"step": 0})
+    path = make_suite(tmp_path, builtin_data, {"step": 0})
     with pytest.raises(gsuite.SuiteError, match=r"suite\.yaml:\d+: eval\.stages\.step: .*greater than or equal to 1"):
         gsuite.load_suite(path)
-    path = make_suite(tmp_path, data_root, {"step": 10, "stop": "never"})
+    path = make_suite(tmp_path, builtin_data, {"step": 10, "stop": "never"})
     with pytest.raises(gsuite.SuiteError, match=r"eval\.stages\.stop: .*'decided' or 'exhausted'"):
         gsuite.load_suite(path)
 

@@ -112,34 +112,25 @@ def _suite_file(tmp: Path, data_root: Path, trainer: dict | None = None, report:
     return path
 
 
-@pytest.fixture(scope="module")
-def builtin_root(tmp_path_factory) -> Path:
-    from genft.builtin import generate
-
-    root = tmp_path_factory.mktemp("wf-builtin")
-    generate(root, log=lambda *_: None)
-    return root
-
-
-def test_a_suites_trainer_takes_report_to_outside_the_recipe_hash(tmp_path, builtin_root):
+def test_a_suites_trainer_takes_report_to_outside_the_recipe_hash(tmp_path, builtin_data):
     from genft.suite import SuiteError, load_suite, read_plan
 
-    plain = read_plan(load_suite(_suite_file(tmp_path, builtin_root))).jobs[0]
-    tracked = read_plan(load_suite(_suite_file(tmp_path, builtin_root, {"report_to": "tensorboard"}))).jobs[0]
+    plain = read_plan(load_suite(_suite_file(tmp_path, builtin_data))).jobs[0]
+    tracked = read_plan(load_suite(_suite_file(tmp_path, builtin_data, {"report_to": "tensorboard"}))).jobs[0]
     assert tracked.config["report_to"] == ["tensorboard"] and tracked.config["run_name"] == "wf/ft-products"
     assert plain.config["report_to"] == [] and plain.config["run_name"] is None
     assert tracked.recipe_hash == plain.recipe_hash and tracked.replicate_hash == plain.replicate_hash
-    named = read_plan(load_suite(_suite_file(tmp_path, builtin_root, {"report_to": ["tensorboard"], "run_name": "x"})))
+    named = read_plan(load_suite(_suite_file(tmp_path, builtin_data, {"report_to": ["tensorboard"], "run_name": "x"})))
     assert named.jobs[0].config["run_name"] == "x" and named.jobs[0].recipe_hash == plain.recipe_hash
     with pytest.raises(SuiteError, match=r"suite\.yaml:\d+: finetune\[0\]: report_to: unknown integration 'tb'"):
-        load_suite(_suite_file(tmp_path, builtin_root, {"report_to": "tb"}))
+        load_suite(_suite_file(tmp_path, builtin_data, {"report_to": "tb"}))
 
 
 # ---------------------------------------------------------------- a real tiny suite with a local tracker
 
 
 @pytest.fixture(scope="module")
-def tracked_suite(tmp_path_factory, builtin_root, tiny_model):
+def tracked_suite(tmp_path_factory, builtin_data, tiny_model):
     """A suite run from the command line: the real finetune/sft.py with report_to tensorboard, its one run
     also evaluated after steps 1, 2 and 3 of 4, the suite's report.log_to tensorboard; the report written into
     the test's own folder."""
@@ -148,7 +139,7 @@ def tracked_suite(tmp_path_factory, builtin_root, tiny_model):
     from genft.cli import main
 
     tmp = tmp_path_factory.mktemp("tracked")
-    path = _suite_file(tmp, builtin_root, {"report_to": "tensorboard", "max_steps": 4},
+    path = _suite_file(tmp, builtin_data, {"report_to": "tensorboard", "max_steps": 4},
                        report={"log_to": "tensorboard"}, evaluate_checkpoints=[1, 2, 3])
     cwd = os.getcwd()
     os.chdir(tmp)
@@ -446,11 +437,11 @@ def test_curves_show_each_steps_change_vs_base_with_its_interval(tmp_path):
     assert sorted(rows["step"].dropna().tolist()) == [1, 1]
 
 
-def test_a_cluster_evaluates_intermediate_models_after_their_fine_tune(tmp_path, builtin_root):
+def test_a_cluster_evaluates_intermediate_models_after_their_fine_tune(tmp_path, builtin_data):
     from genft.suite import SuiteError, load_suite, read_plan
     from genft.suite.units import units_of
 
-    p = read_plan(load_suite(_suite_file(tmp_path, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[2, 1])))
+    p = read_plan(load_suite(_suite_file(tmp_path, builtin_data, {"max_steps": 4}, evaluate_checkpoints=[2, 1])))
     assert p.jobs[0].config["step_models"] == [1, 2] and p.jobs[0].status == "todo"
     units = {u.id: u for u in units_of(p)}
     assert set(units) == {"finetune:ft-products", "evaluate:tiny", "evaluate:ft-products",
@@ -458,9 +449,9 @@ def test_a_cluster_evaluates_intermediate_models_after_their_fine_tune(tmp_path,
     assert units["evaluate:ft-products@step1"].waits_for == "finetune:ft-products"
     assert units["evaluate:tiny"].waits_for is None
     with pytest.raises(SuiteError, match=r"finetune\[0\]: step_models: step 5 is beyond max_steps 4"):
-        load_suite(_suite_file(tmp_path, builtin_root, {"max_steps": 4}, evaluate_checkpoints=[5]))
+        load_suite(_suite_file(tmp_path, builtin_data, {"max_steps": 4}, evaluate_checkpoints=[5]))
     with pytest.raises(SuiteError, match="step_models is set by the run's `evaluate_checkpoints"):
-        load_suite(_suite_file(tmp_path, builtin_root, {"step_models": [1]}))
+        load_suite(_suite_file(tmp_path, builtin_data, {"step_models": [1]}))
 
 
 def test_asking_for_another_step_retrains_and_fewer_steps_do_not(tracked_suite, tmp_path):

@@ -215,6 +215,8 @@ def cmd_suite_validate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.registry import STUDY_TRAIN_SIZES
+
     parser = argparse.ArgumentParser(prog="genft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -232,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("build-hub", help="build the study's data sets from the public hub data sets they come from")
     p.add_argument("sets", nargs="+", metavar="TASK/DATASET", help="e.g. summary/xsum; a task name (all its sets) "
                    "or 'all'")
-    p.add_argument("--sizes", nargs="+", type=int, default=[2000, 4000, 6000],
-                   help="nested training sizes of training sets (default: 2000 4000 6000)")
+    p.add_argument("--sizes", nargs="+", type=int, default=list(STUDY_TRAIN_SIZES),
+                   help="nested training sizes of training sets (default: the study's, "
+                        f"{' '.join(map(str, STUDY_TRAIN_SIZES))})")
     p.add_argument("--test-size", type=int, default=500, help="test items (default 500)")
     p.add_argument("--seed", type=int, default=42, help="the sampling seed, recorded in meta.json (default 42)")
     p.add_argument("--hub-dir", help="read local stand-ins DIR/<hub id with / as __>[/<config>]/<split>.jsonl "
@@ -252,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_prepare)
 
     p = sub.add_parser("eval", help="evaluate one model on genft tasks and print the table")
-    p.add_argument("--model", default="smollm2-135m", help="a genft model name, a local folder or a hub id")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="a genft model name, a local model folder or a hub id (owner/name)")
     p.add_argument("--peft", help="a LoRA adapter folder on top of --model")
     p.add_argument("--tasks", nargs="+", default=["genft_builtin"], help="task names, tags or globs")
     p.add_argument("--shots", nargs="+", type=int, default=[0])

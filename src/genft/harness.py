@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from .data import DataError, data_dir, data_protocols
 from .harness_names import BACKENDS, task_name, task_spec, tasks_dir  # noqa: F401 (re-exported)
-from .metrics import clean_generation
+from .metrics import PREDFIRST, clean_generation, label_metric
 from .precision import check_eval_dtype
 from .prompts import TaskSpec
 from .protocol_lm import with_protocol
@@ -69,7 +69,7 @@ def per_item(spec: TaskSpec, samples: Sequence[dict], by_doc_id: bool = True) ->
         samples = sorted(samples, key=lambda s: s["doc_id"])
     names = list(dict.fromkeys(m for s in samples for m in s.get("metrics") or []))
     if spec.is_classification:
-        outputs = [next((lab for lab in spec.labels if s.get(f"predfirst_{lab}")), "") for s in samples]
+        outputs = [next((lab for lab in spec.labels if s.get(label_metric(PREDFIRST, lab))), "") for s in samples]
     else:
         outputs = [clean_generation((s.get("filtered_resps") or [""])[0]) for s in samples]
     return {"doc_ids": [int(s["doc_id"]) for s in samples], "items": {m: [s.get(m) for s in samples] for m in names},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .prompts import TASKS, TaskSpec
+from .prompts import TASKS, TaskSpec, task_name  # noqa: F401 (re-exported: the one rule lives in prompts)
 
 BACKENDS = ("genft-hf", "hf", "vllm")  # lm-eval model types genft runs; genft-hf is the suites' default
 
@@ -17,10 +17,6 @@ def tasks_dir() -> Path:
     if not (path / "_genft_classification.yaml").is_file():
         raise FileNotFoundError(f"{path}: genft's harness_tasks folder not found; set GENFT_TASKS_DIR to it")
     return path
-
-
-def task_name(task: str, dataset: str, prompt: int = 1) -> str:
-    return f"genft_{task}_{dataset}" + ("" if prompt == 1 else f"_p{prompt}")
 
 
 def task_spec(name: str) -> TaskSpec:

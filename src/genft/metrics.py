@@ -58,6 +58,26 @@ def _argmax(values: Sequence[float]) -> int:
     return best
 
 
+# Per-item label metrics of a classification cell: 1.0 where a rule gives the label, else 0.0.  Their names are
+# "<rule>_<label>" (the lm-eval task YAMLs list them, harness_tasks/_generate_configs.py): label_metric is the one
+# place that builds them and metric_label the one that reads them back.
+PRED, PREDFIRST, GOLD = "pred", "predfirst", "gold"  # the full-label prediction, the first-token one, the gold label
+LABEL_RULES = (PRED, PREDFIRST, GOLD)
+
+
+def label_metric(rule: str, label: str) -> str:
+    """The name of the per-item metric that is 1.0 where `rule` (PRED, PREDFIRST or GOLD) gives `label`."""
+    if rule not in LABEL_RULES:
+        raise ValueError(f"unknown label rule {rule!r}: one of {', '.join(LABEL_RULES)}")
+    return f"{rule}_{label}"
+
+
+def metric_label(rule: str, metric: str) -> str | None:
+    """The label of a `label_metric(rule, label)` name, or None when `metric` is not one of `rule`'s."""
+    prefix = label_metric(rule, "")
+    return metric[len(prefix):] if metric.startswith(prefix) and len(metric) > len(prefix) else None
+
+
 def classification_scores(spec: TaskSpec, gold: int, lls: Sequence[float]) -> dict[str, float]:
     """Per-item scores from the log-likelihoods of the choices: label words, then their first tokens."""
     n = len(spec.labels)
@@ -70,16 +90,16 @@ def classification_scores(spec: TaskSpec, gold: int, lls: Sequence[float]) -> di
     out = {"acc": float(pred == gold), "acc_norm": float(pred_norm == gold), "acc_first": float(pred_first == gold)}
     for i, lab in enumerate(spec.labels):
         # The predicted-label distribution shows a model that answers one label for everything.
-        out[f"pred_{lab}"] = float(pred == i)
-        out[f"predfirst_{lab}"] = float(pred_first == i)
-        out[f"gold_{lab}"] = float(gold == i)
+        out[label_metric(PRED, lab)] = float(pred == i)
+        out[label_metric(PREDFIRST, lab)] = float(pred_first == i)
+        out[label_metric(GOLD, lab)] = float(gold == i)
     return out
 
 
 def classification_metric_names(spec: TaskSpec) -> list[str]:
     names = ["acc", "acc_norm", "acc_first"]
-    for prefix in ("pred_", "predfirst_", "gold_"):
-        names += [prefix + lab for lab in spec.labels]
+    for rule in LABEL_RULES:
+        names += [label_metric(rule, lab) for lab in spec.labels]
     return names
 
 

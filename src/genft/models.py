@@ -10,7 +10,7 @@
                 tokens) : 1 full, a tied 262144-token vocabulary) with SmolLM2's tokenizer: for speed
                 measurements only (benchmarks/eval_speed.py --model swa-262k); its scores mean nothing.
                 1.07 GB of fp32 weights, built in the cache on first use, never in the fast tests.
-Any other reference (a local folder or a hub id) is passed through unchanged.
+Any other reference is a local model folder or a hub id owner/name (`parse_ref`: the one rule).
 """
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .files import sha256_file
@@ -244,18 +246,52 @@ def prepare(name: str) -> Path:
     return _atomic_build(name, NAMED[name])
 
 
-def resolve(ref: str) -> str:
-    """A genft model name -> its prepared folder; a local folder -> absolute path; anything else (a hub id) as is."""
+# ---------------------------------------------------------------- what a model reference may be
+
+# A hub id: owner/name, each part starting with a letter or digit (the hub's own repository names).  Bare
+# names without an owner ("gpt2") are not accepted: the hub keeps them only as redirects to owner/name ids
+# (openai-community/gpt2), and a bare word is far more often a mistyped genft name or folder.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A checked model reference: kind "name" (a genft model name, `ref` the name), "folder" (an existing model
+    folder, `ref` its absolute path) or "hub" (a hub id owner/name, `ref` the id)."""
+
+    kind: str
+    ref: str
+
+
+def parse_ref(ref: str) -> ModelRef:
+    """The one rule for what a model reference may be (the suite's `models:`, `genft eval --model`, the
+    fine-tuning script's model_name_or_path): a genft model name (NAMED), an existing model folder (holding a
+    config.json or an adapter_config.json), or a hub id owner/name.  Loads and downloads nothing."""
     if ref in NAMED:
-        return str(prepare(ref))
+        return ModelRef("name", ref)
+    if not ref.strip():  # Path("") is the current folder
+        raise ModelError(f"unknown model {ref!r}: empty; give a genft model name ({', '.join(NAMED)}), a model "
+                         "folder or a hub id (owner/name)")
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelError(f"{path}: not a model folder (no config.json or adapter_config.json)")
-        return str(path.resolve())
-    if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
-        raise ModelError(f"{ref}: no such model folder; run `genft model prepare NAME` or give a hub id")
-    return ref  # a hub id: loading it needs the hub, which the caller reports if it fails
+        return ModelRef("folder", str(path.resolve()))
+    if HUB_ID.fullmatch(ref):
+        return ModelRef("hub", ref)
+    names = ", ".join(NAMED)
+    if ref.startswith((".", "/", "~")) or "/" in ref or os.sep in ref:
+        raise ModelError(f"unknown model {ref!r}: no such model folder, and not a hub id (owner/name); run "
+                         f"`genft model prepare NAME` (a genft model name: {names}) or fix the path")
+    raise ModelError(f"unknown model {ref!r}: not a genft model name ({names}), not an existing folder, and not "
+                     "a hub id (owner/name: give the owner too, openai-community/gpt2 rather than gpt2)")
+
+
+def resolve(ref: str) -> str:
+    """A genft model name -> its prepared folder; a local folder -> absolute path; a hub id as is (loading it
+    needs the hub or its cache, which the caller reports if it fails).  Raises ModelError (parse_ref's rule)."""
+    r = parse_ref(ref)
+    return str(prepare(r.ref)) if r.kind == "name" else r.ref
 
 
 # ---------------------------------------------------------------- hub ids
@@ -271,7 +307,7 @@ def hub_cache() -> Path:
 
 def hub_snapshot(ref: str) -> Path | None:
     """A hub id's cached snapshot folder (its main revision) when it holds a config.json, else None."""
-    if Path(ref).is_absolute() or ref.count("/") != 1:
+    if not HUB_ID.fullmatch(ref):
         return None
     repo = hub_cache() / ("models--" + ref.replace("/", "--"))
     refs = repo / "refs" / "main"
@@ -320,13 +356,3 @@ def weights_fingerprint(folder: str | os.PathLike) -> str:
         h.update(sha256_file(p).encode())
     return h.hexdigest()
 
-
-def fingerprint(folder: str | os.PathLike) -> str:
-    """A content hash of a model folder's weights and config (for cache keys of checkpoints not trained here)."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix in {".safetensors", ".json", ".bin", ".model"} and p.name != MARKER:
-            h.update(p.name.encode())
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()

@@ -2,16 +2,17 @@
 
 Training (finetune/sft.py) and evaluation (harness_tasks/) both render text through this module, so the
 strings a model is trained on are, character for character, the strings it is tested on.  The templates
-are the study's (STUDY.md section 2); only the field names are genft's canonical ones (see data.py).
+are the study's (docs/study.md §2); only the field names are genft's canonical ones (see data.py).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 # The study puts the target right after the prompt's colon with no separator, and separates
 # demonstrations by a blank line.  The target delimiter is a visible, reported setting because small
-# models are very sensitive to it (STUDY.md section 6).
+# models are very sensitive to it (docs/study.md §6).
 TARGET_DELIMITER = ""
 FEWSHOT_DELIMITER = "\n\n"
 PROMPT_IDS = (1, 2)
@@ -170,3 +171,28 @@ def render_context(
 ) -> str:
     """k demonstrations, then the query prompt: exactly the context lm-eval builds for the item."""
     return "".join(render_demo(task, d, prompt, target_delimiter) for d in demos) + render_prompt(task, item, prompt)
+
+
+# ---------------------------------------------------------------- lm-eval task names
+
+HARNESS_PREFIX = "genft_"
+
+
+def task_name(task: str, dataset: str, prompt: int = 1) -> str:
+    """The lm-eval task of (task, data set, prompt): genft_<task>_<dataset>[_p<prompt>] (harness_tasks/)."""
+    return f"{HARNESS_PREFIX}{task}_{dataset}" + ("" if prompt == 1 else f"_p{prompt}")
+
+
+def parse_task_name(name: str) -> tuple[str, str, int]:
+    """(task, data set, prompt) of an lm-eval task name that `task_name` built; ValueError for any other name."""
+    m = re.fullmatch(rf"{HARNESS_PREFIX}([a-z]+)_(\w+?)(?:_p(\d+))?", name)
+    parsed = (m.group(1), m.group(2), int(m.group(3) or 1)) if m else None
+    if parsed is None or parsed[0] not in TASKS or task_name(*parsed) != name:
+        raise ValueError(f"{name!r} is not a genft lm-eval task name (genft_<task>_<dataset>[_p<prompt>], task one "
+                         f"of {', '.join(TASKS)})")
+    return parsed
+
+
+def primary_metric_of(name: str) -> str:
+    """The primary metric (`TaskSpec.primary_metric`) of a genft lm-eval task name."""
+    return get_task(parse_task_name(name)[0]).primary_metric

@@ -37,12 +37,15 @@ from .registry import (
     BUILTIN_TEST_SIZE,
     BUILTIN_TRAIN_SIZES,
     STUDY_DATASETS,
+    STUDY_TRAIN_SIZES,
     DataError,
     DatasetInfo,
     all_datasets,
     data_command,
     datasets_for,
     get_dataset,
+    study_demo_pool,
+    study_train_sizes,
     train_dataset,
 )
 from .study import STUDY_ARCHIVE_URL, STUDY_COMMIT, STUDY_REPOSITORY, import_study, release_sums, verify_release
@@ -50,9 +53,9 @@ from .study import STUDY_ARCHIVE_URL, STUDY_COMMIT, STUDY_REPOSITORY, import_stu
 __all__ = [
     "BUILTIN_DATASETS", "BUILTIN_DEMO_POOL", "BUILTIN_TEST_SIZE", "BUILTIN_TRAIN_SIZES", "CLEAN", "DataError",
     "DatasetInfo", "PROTOCOLS", "STUDY", "STUDY_ARCHIVE_URL", "STUDY_COMMIT", "STUDY_DATASETS",
-    "STUDY_QUIRKS", "STUDY_REPOSITORY", "STUDY_SCORED_ITEMS", "StudyQuirks", "UNLABELED", "all_datasets",
-    "check_protocol", "data_command", "data_dir", "data_protocols", "dataset_dir", "datasets_for", "file_sha256",
-    "get_dataset", "import_study", "is_defective", "load_split", "quirks_for", "read_jsonl", "read_meta",
-    "read_protocol", "release_sums", "study_prompt_text", "train_dataset", "train_sizes", "validate_item",
-    "verify_release", "write_dataset",
+    "STUDY_QUIRKS", "STUDY_REPOSITORY", "STUDY_SCORED_ITEMS", "STUDY_TRAIN_SIZES", "StudyQuirks", "UNLABELED",
+    "all_datasets", "check_protocol", "data_command", "data_dir", "data_protocols", "dataset_dir", "datasets_for",
+    "file_sha256", "get_dataset", "import_study", "is_defective", "load_split", "quirks_for", "read_jsonl",
+    "read_meta", "read_protocol", "release_sums", "study_demo_pool", "study_prompt_text", "study_train_sizes",
+    "train_dataset", "train_sizes", "validate_item", "verify_release", "write_dataset",
 ]

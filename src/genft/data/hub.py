@@ -8,11 +8,11 @@ canonical fields (label mapping, thresholds, fields; recorded in meta.json).  Sa
 
 - test: `test_size` (500) items drawn from the test split by a seeded permutation, in that order;
 - training sets: one seeded permutation of the training split, skipping every item whose input equals a test
-  item's (a stable key: the canonical input fields), and train_<N> = its first N items for every N of `sizes`,
-  so the sizes are nested prefixes (2000 ⊂ 4000 ⊂ 6000);
-- demonstrations: the next items of the same permutation (never in test or train), 8 items (4 for XSum, XLSum,
-  PeerRead, CNN/DM and TweetQA, as in the study), ordered so that every label occurs among the first
-  len(labels) demos;
+  item's (a stable key: the canonical input fields), and train_<N> = its first N items for every N of `sizes`
+  (default: the study's, `registry.STUDY_TRAIN_SIZES`), so the sizes are nested prefixes (2000 ⊂ 4000 ⊂ 6000);
+- demonstrations: the next items of the same permutation (never in test or train), as many as the study's
+  release holds (`registry.study_demo_pool`: 8, 4 for XSum, XLSum, PeerRead, CNN/DM and TweetQA), ordered so
+  that every label occurs among the first len(labels) demos;
 - a set whose test items and demos come from one split (the hub set has no other labelled split) partitions one
   permutation: test first, then demos.
 Rows that the conversion rejects (no gold label, an empty text, a duplicate input) are skipped and counted.
@@ -35,10 +35,9 @@ from typing import Callable, Iterator, Mapping
 
 from ..prompts import get_task
 from .layout import CLEAN, check_protocol, dataset_dir, file_sha256, read_meta, write_dataset
-from .registry import STUDY_DATASETS, DataError, DatasetInfo
+from .registry import STUDY_DATASETS, STUDY_TRAIN_SIZES, DataError, DatasetInfo, study_demo_pool
 
 BUILDER_VERSION = 1
-DEFAULT_SIZES = (2000, 4000, 6000)
 DEFAULT_TEST_SIZE = 500
 DEFAULT_SEED = 42
 HUB_DIR_ENV = "GENFT_HUB_DIR"
@@ -56,13 +55,12 @@ class HubSource:
     pool_split: str  # the hub split training items and demos come from (== test_split: one partitioned split)
     convert: Convert
     conversion: str  # what `convert` does, recorded in meta.json
-    demo_pool: int = 8
     revision: str | None = None  # default hub revision (None: the hub's main)
     labels: tuple[str, ...] | None = None  # the labels the conversion yields (default: the task's)
     note: str = ""  # what is uncertain about this source
 
 
-# ---------------------------------------------------------------- conversions (the study's, per STUDY.md section 1)
+# ---------------------------------------------------------------- conversions (the study's, per docs/study.md §1)
 
 SENTIMENT_01 = {0: "negative", 1: "positive"}
 YES_NO_01 = {1: "yes", 0: "no"}
@@ -125,28 +123,26 @@ HUB_SOURCES: dict[str, HubSource] = {
     s.dataset: s
     for s in [
         HubSource("xsum", "EdinburghNLP/xsum", None, ("document", "summary"), "test", "train",
-                  _fields(document="document", summary="summary"), "document -> document, summary -> summary",
-                  demo_pool=4),
+                  _fields(document="document", summary="summary"), "document -> document, summary -> summary"),
         HubSource("xlsum", "csebuetnlp/xlsum", "english", ("text", "summary"), "test", "train",
-                  _fields(document="text", summary="summary"), "text -> document, summary -> summary", demo_pool=4,
+                  _fields(document="text", summary="summary"), "text -> document, summary -> summary",
                   note="the hub set is script-based; datasets 5 may need its parquet conversion (--revision "
                        "refs/convert/parquet)"),
         HubSource("peerread", "chreh/peer_read_neurips", None, ("abstract", "title"), "train", "train",
                   _fields(document="abstract", summary="title"), "abstract -> document, title -> summary "
-                  "(the study: PeerRead abstract -> title)", demo_pool=4,
+                  "(the study: PeerRead abstract -> title)",
                   note="PeerRead's own hub set (allenai/peer_read) is script-based and nests abstracts in parsed "
                        "PDFs; this parquet copy has PeerRead's title/abstract columns but is a third-party upload, "
                        "one split (test and demos partition it)"),
         HubSource("cnndm", "abisee/cnn_dailymail", "3.0.0", ("article", "highlights"), "test", "train",
-                  _fields(document="article", summary="highlights"), "article -> document, highlights -> summary",
-                  demo_pool=4),
+                  _fields(document="article", summary="highlights"), "article -> document, highlights -> summary"),
         HubSource("socialiqa", "allenai/social_i_qa", None, ("context", "question", "answerA", "answerB",
                   "answerC", "label"), "validation", "train", _social_iqa,
                   "context -> context, answer{A,B,C}[label '1'/'2'/'3'] -> answer, question -> question "
                   "(validation as test: the hub's test split has no labels)"),
         HubSource("tweetqa", "ucsbnlp/tweet_qa", None, ("Tweet", "Answer", "Question"), "validation", "train",
                   _tweet_qa, "Tweet -> context, Answer[0] -> answer, Question -> question (validation as test: "
-                  "the hub's test split has no answers)", demo_pool=4),
+                  "the hub's test split has no answers)"),
         HubSource("sciq", "allenai/sciq", None, ("support", "correct_answer", "question"), "test", "train",
                   _fields(context="support", answer="correct_answer", question="question"),
                   "support -> context, correct_answer -> answer, question -> question (rows with an empty support "
@@ -331,7 +327,7 @@ def build_splits(source: HubSource, info: DatasetInfo, load: Callable[[str], tup
         for n in sorted(sizes):
             splits[f"train_{n}"] = train[:n]  # nested: every size is a prefix of the largest
     labels = spec.labels if source.labels is None else source.labels
-    splits["demos"] = _demo_pool(pool_stream, source.demo_pool, labels, what)
+    splits["demos"] = _demo_pool(pool_stream, study_demo_pool(source.dataset), labels, what)
     return splits, {"provenance": provenance, "skipped": {k: dict(v) for k, v in skipped.items() if v}}
 
 
@@ -358,7 +354,7 @@ def select_sets(names) -> list[DatasetInfo]:
     return chosen
 
 
-def build_hub(names, root=None, sizes=DEFAULT_SIZES, test_size: int = DEFAULT_TEST_SIZE, seed: int = DEFAULT_SEED,
+def build_hub(names, root=None, sizes=STUDY_TRAIN_SIZES, test_size: int = DEFAULT_TEST_SIZE, seed: int = DEFAULT_SEED,
               hub_dir=None, revision: str | None = None, replace: bool = False, log=print) -> dict:
     """Build study-format data sets from the hub (or local stand-ins).  Returns {task/dataset: meta}.
     Every set is built and checked before any is written."""

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..metrics import clean_generation
+from ..metrics import PRED, PREDFIRST, clean_generation, label_metric
 from ..prompts import get_task
 from ..suite.store import CellRecord
 
@@ -37,10 +37,10 @@ def _values(rec: CellRecord, name: str) -> list[float]:
     return [v for v in rec.items.get(name, []) if v is not None]
 
 
-def label_distribution(rec: CellRecord, prefix: str) -> dict[str, float]:
-    """Share of the items given each label under one rule (`predfirst_`: first token, `pred_`: full label)."""
-    return {lab: float(np.mean(_values(rec, prefix + lab))) for lab in get_task(rec.task).labels
-            if _values(rec, prefix + lab)}
+def label_distribution(rec: CellRecord, rule: str) -> dict[str, float]:
+    """Share of the items given each label under one rule (PREDFIRST: first token, PRED: full label)."""
+    return {lab: float(np.mean(_values(rec, label_metric(rule, lab)))) for lab in get_task(rec.task).labels
+            if _values(rec, label_metric(rule, lab))}
 
 
 def top_label(recs: Sequence[CellRecord]) -> tuple[str, float] | None:
@@ -111,8 +111,8 @@ def never_first(recs: Sequence[CellRecord]) -> list[str]:
         return []
     out = []
     for lab in get_task(recs[0].task).labels:
-        first = sum(sum(_values(r, f"predfirst_{lab}")) for r in recs)
-        full = sum(sum(_values(r, f"pred_{lab}")) for r in recs)
+        first = sum(sum(_values(r, label_metric(PREDFIRST, lab))) for r in recs)
+        full = sum(sum(_values(r, label_metric(PRED, lab))) for r in recs)
         if first == 0 and full > 0:
             out.append(lab)
     return out

@@ -18,6 +18,7 @@ from typing import Iterable
 import pandas as pd
 
 from ..files import atomic_write
+from ..metrics import GOLD, metric_label
 from ..suite.report_settings import ReportSettings
 from ..suite.store import CellRecord
 from .model import Cond, Group, SuiteData
@@ -176,7 +177,7 @@ def cell_rows(s: SuiteData, stepped: Iterable[CellRecord] = ()) -> list[dict]:
 
 
 def _gold(rec: CellRecord, i: int) -> str | None:
-    return next((m[len("gold_"):] for m, v in rec.items.items() if m.startswith("gold_") and v[i]), None)
+    return next((lab for m, v in rec.items.items() if (lab := metric_label(GOLD, m)) is not None and v[i]), None)
 
 
 def item_rows(records: Iterable[CellRecord]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The study's findings (STUDY.md §5), each built from the cells by the study's own comparison and judged by
+"""The study's findings (docs/study.md §5), each built from the cells by the study's own comparison and judged by
 the rules of `judging` (a part on its pooled effect over its informative comparisons, with the individual
 comparisons' consistency beside it)."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ FINDINGS: list[Callable[[SuiteData], Finding]] = []
 
 
 def finding(fn: Callable[[SuiteData], Finding]) -> Callable[[SuiteData], Finding]:
-    """Register a finding (in the order of STUDY.md §5)."""
+    """Register a finding (in the order of docs/study.md §5)."""
     FINDINGS.append(fn)
     return fn
 

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.stats import norm
 
 from ..files import sha256_json
+from ..metrics import GOLD, PRED, PREDFIRST, label_metric
 from ..prompts import get_task
 from ..suite import planning
 from ..suite.observe import read_plan, test_count
@@ -114,8 +115,8 @@ def placeholder_records(plan: planning.Plan) -> list[CellRecord]:
             items = {"acc_first": [float(p == g) for p, g in zip(preds, gold)]}
             items["acc"] = items["acc_norm"] = list(items["acc_first"])
             for lab in labels:
-                items[f"pred_{lab}"] = items[f"predfirst_{lab}"] = [float(p == lab) for p in preds]
-                items[f"gold_{lab}"] = [float(g == lab) for g in gold]
+                items[label_metric(PRED, lab)] = items[label_metric(PREDFIRST, lab)] = [float(p == lab) for p in preds]
+                items[label_metric(GOLD, lab)] = [float(g == lab) for g in gold]
             outputs, majority = preds, max(gold.count(lab) for lab in labels) / n
         else:
             rouge = [float(x) for x in rng.uniform(0, 0.5, n)]

@@ -2,6 +2,7 @@
 diagnostics, the appendix."""
 from __future__ import annotations
 
+from ..metrics import PRED, PREDFIRST
 from ..prompts import TARGET_DELIMITER
 from . import diagnostics
 from .findings import run_table
@@ -109,7 +110,7 @@ def section_header(s: SuiteData) -> list[str]:
 
 def section_findings(s: SuiteData, fs: list[Finding]) -> list[str]:
     lines = ["## Findings of the study vs this suite", "",
-             "Each finding of STUDY.md §5 is checked by a registered function over the cells "
+             "Each finding of docs/study.md §5 is checked by a registered function over the cells "
              "(genft.report.findings), with the study's own comparison.", ""]
     lines += [f"- {rule}" for rule in RULES] + [""]
     summary = [[str(f.num), f.title, f.verdict, "; ".join(f"{p.name}: {p.verdict} ({p.counts})" for p in f.parts)]
@@ -133,7 +134,7 @@ def section_findings(s: SuiteData, fs: list[Finding]) -> list[str]:
 def section_weights(s: SuiteData) -> list[str]:
     lines = ["## Fine-tuned checkpoints: weight deviation and training", "",
              "Weight deviation: the mean absolute parameter difference from the base model over all parameters "
-             "(STUDY.md §5). Training time, speed and truncation counts come from the training manifest.", ""]
+             "(docs/study.md §4). Training time, speed and truncation counts come from the training manifest.", ""]
     rows = []
     for r in run_table(s):
         ft = r["ft"]
@@ -168,8 +169,8 @@ def section_labels(s: SuiteData) -> list[str]:
         flagged += bool(flag)
         g = s.group_of(c)
         seed = f" (seed {c.finetune.seed})" if c.finetune and len(g.seeds) > 1 else ""
-        first = diagnostics.label_distribution(c, "predfirst_")
-        full = diagnostics.label_distribution(c, "pred_")
+        first = diagnostics.label_distribution(c, PREDFIRST)
+        full = diagnostics.label_distribution(c, PRED)
         rows.append([g.label + seed, f"{c.task}/{c.dataset}", f"P{c.prompt}", str(c.shots),
                      "—" if c.demo_seed is None else str(c.demo_seed), str(c.n), fmt(c.metrics.get("acc_first")),
                      fmt(c.metrics.get("acc")), fmt(c.majority_rate),

@@ -1,6 +1,6 @@
 """The stop decision of staged evaluation: which running cells need no more items.
 
-`make_decide(settings)` gives the callback `genft suite run` passes to the suite engine
+`make_decide(settings)` gives the callback `genft suite run` passes to the suite runner
 (`decide(records) -> {cell key: reason}`).  It judges every finding part on the records so far, exactly as the
 report does, and reads each part's anytime-valid verdict (`anytime`: confidence sequences, valid under this
 stopping).  A running staged cell may stop once every part that reads it is decided (holds or does not hold);

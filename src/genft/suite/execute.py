@@ -25,6 +25,7 @@ import yaml
 from .. import data as gdata
 from .. import harness
 from ..files import atomic_write, fmt_duration, now_utc
+from ..metrics import GOLD, label_metric
 from ..prompts import TARGET_DELIMITER, get_task, render_target
 from ..training import FIELDS, MANIFEST, ManifestError, foreign_files, read_manifest
 from . import stages, store
@@ -243,7 +244,7 @@ def _record_fields(cell: CellState, suite: Suite, result: Mapping, samples: list
     items, outputs = per_item["items"], per_item["outputs"]
     majority = None
     if spec.is_classification:
-        golds = [next((lab for lab in spec.labels if s.get(f"gold_{lab}")), None) for s in samples]
+        golds = [next((lab for lab in spec.labels if s.get(label_metric(GOLD, lab))), None) for s in samples]
         majority = max(golds.count(lab) for lab in spec.labels) / len(samples) if samples else None
     material = cell.material or {}
     demos = None if cell.demo_seed is not None and cell.shots else [
@@ -299,7 +300,7 @@ def grow_record(cell: CellState, suite: Suite, result: Mapping, samples: list[di
     new["metrics"] = {m: _mean(new["items"][m]) for m in new["metrics"]}
     spec = get_task(cell.task)
     if spec.is_classification and new["n"]:
-        new["majority_rate"] = max(sum(new["items"].get(f"gold_{lab}", [])) for lab in spec.labels) / new["n"]
+        new["majority_rate"] = max(sum(new["items"].get(label_metric(GOLD, lab), [])) for lab in spec.labels) / new["n"]
     new["stages"] = store.StageInfo(seed=seed, step=step, stage=stages.stage_of(new["n"], step), of=cell.count,
                                     stopped=stages.stop_reason(new["n"], cell.count, cell.n))
     return store.CellRecord(**new), samples

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..files import read_json_or_none, sha256_json
-from ..models import (MARKER, NAMED, download_hub_model, genft_home, hub_cache, hub_snapshot, prepare,
+from ..models import (MARKER, download_hub_model, genft_home, hub_cache, hub_snapshot, parse_ref, prepare,
                       weights_fingerprint)
 from ..precision import PrecisionError, check_cpu_bf16, check_eval_dtype
 from .schema import SuiteError
@@ -75,14 +75,15 @@ def _fingerprint(folder: Path, cache: dict) -> str:
 def base_identity(ref: str, cache: dict, provision: bool) -> tuple[str, dict | None]:
     """(what the backend loads, identity) of a model the suite did not train.  A genft name is provisioned
     only with provision=True; a hub id is identified by its id and cached revision (never downloaded here)."""
-    if ref in NAMED:
+    kind = parse_ref(ref).kind  # the suite's references passed this rule when it was loaded
+    if kind == "name":
         folder = genft_home() / "models" / ref
         if not (folder / MARKER).is_file():
             if not provision:
                 return str(folder), None
             folder = prepare(ref)
         return str(folder), {"weights": _fingerprint(folder, cache)}
-    if Path(ref).is_dir():
+    if kind == "folder":
         return ref, {"weights": _fingerprint(Path(ref), cache)}
     ident: dict = {"hub": ref}
     if provision and hub_snapshot(ref) is None:

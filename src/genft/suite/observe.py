@@ -92,7 +92,7 @@ def harness_hash(task: str, dataset: str, prompt: int) -> str:
     """The hash of the files that determine a cell's prompts and scores: its task YAML, the templates it
     includes, the loader/scorer (harness_tasks/utils.py) and the genft modules they render and score with."""
     root = tasks_dir()
-    kind = "generation" if get_task(task).family == "generation" else "classification"
+    kind = get_task(task).kind
     here = Path(__file__).resolve().parents[1]
     files = [root / f"_genft_{kind}.yaml", root / task / f"_{task}.yaml",
              root / task / f"{task_name(task, dataset, prompt)}.yaml", root / "utils.py",

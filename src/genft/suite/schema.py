@@ -112,12 +112,6 @@ class RunSection(_RunData):
                                      "learning_rate, lora_r, ...); they override the recipe's")
 
 
-class PromptsSection(_Section):
-    same_task: Any = Field(None, description="prompt ids for a fine-tuned model on its own task's test sets")
-    cross_task: Any = Field(None, description="prompt ids for a fine-tuned model on other tasks' test sets")
-    base: Any = Field(None, description="prompt ids for the base model")
-
-
 class StagesSection(_Section):
     """Staged evaluation: each cell's test items in a seeded fixed order, evaluated a stage at a time."""
 

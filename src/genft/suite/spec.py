@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import data as gdata
-from ..models import NAMED
+from ..models import ModelError, parse_ref
 from ..prompts import FAMILIES, PROMPT_IDS, TASKS
 from ..training import ConfigError, config_from_mapping, load_yaml_config, validate
 from .report_settings import ReportSettings
@@ -19,11 +19,6 @@ from .schema import (NAME_PATTERN, SUITE_MANAGED, EvalSection, ExecutorSection, 
 
 REPO = Path(__file__).resolve().parents[3]
 
-# What the study's release holds (STUDY.md, ../shared/paper-data/README.md), for validation without data.
-STUDY_TRAIN_SIZES = {"xsum": (2000,)}
-STUDY_DEFAULT_TRAIN_SIZES = (2000, 4000, 6000)
-STUDY_SMALL_POOLS = {"xsum": 4, "xlsum": 4, "peerread": 4, "cnndm": 4, "tweetqa": 4}
-STUDY_POOL = 8
 PROMPT_KINDS = ("same_task", "cross_task", "base")
 
 TestSet = tuple[str, str]  # (task, dataset)
@@ -146,17 +141,12 @@ def resolve_file(ref: str, suite_dir: Path) -> Path | None:
 
 
 def _model_ref(w: Where, ref: str, path: tuple) -> str:
-    if ref in NAMED:
-        return ref
-    p = Path(ref).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-            raise w.error(path, f"{p} is not a model folder (no config.json)")
-        return str(p.resolve())
-    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise w.error(path, f"unknown model {ref!r}: not a genft model name ({', '.join(NAMED)}), not an existing "
-                            f"folder, and not a hub id (owner/name); run `genft model prepare NAME` or fix the path")
-    return ref  # a hub id: never loaded during validation
+    """A genft model name as is, a folder as its absolute path, a hub id as is (models.parse_ref's rule; a hub
+    id is never loaded during validation)."""
+    try:
+        return parse_ref(ref).ref
+    except ModelError as e:
+        raise w.error(path, str(e)) from None
 
 
 def known_train_sizes(info: gdata.DatasetInfo, root: Path) -> tuple[int, ...] | None:
@@ -167,7 +157,7 @@ def known_train_sizes(info: gdata.DatasetInfo, root: Path) -> tuple[int, ...] | 
     if info.source == "builtin":
         return tuple(gdata.BUILTIN_TRAIN_SIZES)
     if info.source == "study":
-        return STUDY_TRAIN_SIZES.get(info.name, STUDY_DEFAULT_TRAIN_SIZES)
+        return gdata.study_train_sizes(info.name)
     return None
 
 
@@ -180,7 +170,7 @@ def demo_pool_size(info: gdata.DatasetInfo, root: Path) -> int:
             pass
     if info.source == "builtin":
         return gdata.BUILTIN_DEMO_POOL
-    return STUDY_SMALL_POOLS.get(info.name, STUDY_POOL)
+    return gdata.study_demo_pool(info.name)
 
 
 def _test_sets(w: Where, ts: Any, path: tuple, pool: list, what: str) -> tuple[TestSet, ...]:

@@ -16,7 +16,7 @@ Batches are padding-free by default (TRL's padding_free: the rows of a batch fla
 where a batch of the training examples gives the same loss padded and flattened on this model (batching.py);
 the manifest's training.batching says which and why.
 
-Truncation (STUDY.md section 6: the original protocol lost ~360-870 XSum targets): before TRL sees the data,
+Truncation (docs/study.md §6: the original protocol lost ~360-870 XSum targets): before TRL sees the data,
 each example whose tokens (prompt + completion + EOS) exceed `max_length` is shortened on the prompt side:
   1. demonstrations are dropped from the END of the demo list, one at a time (the first j demos are kept, so
      a cut fixed-demo example is still exactly lm-eval's j-shot context);

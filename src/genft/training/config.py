@@ -54,7 +54,7 @@ class DataArguments:
 
 @dataclass
 class FinetuneConfig(DataArguments):
-    """Every setting of a fine-tuning run.  Defaults are the study's recipe (STUDY.md section 4)."""
+    """Every setting of a fine-tuning run.  Defaults are the study's recipe (docs/study.md §4)."""
 
     data_dir: str | None = field(default=None, metadata={"help": "genft data folder (default: $GENFT_DATA_DIR, else ./data)"})
     # --- model (TRL ModelConfig names)

@@ -215,7 +215,7 @@ def batching_for(cfg: FinetuneConfig, model, tokenizer, examples: list[dict], de
 
 
 def weight_deviation(base: Mapping[str, Any], model) -> dict:
-    """Mean absolute parameter difference from the base over all parameters (STUDY.md section 5)."""
+    """Mean absolute parameter difference from the base over all parameters (docs/study.md §4)."""
     import torch
 
     total, count, n_changed = 0.0, 0, 0
