@@ -60,7 +60,8 @@ CELL_COLUMNS: dict[str, tuple[str, str]] = {
     "n": ("Int64", "test items scored"),
     "score": ("float64", "the primary metric over the items"),
     "base_score": ("float64", "fine-tuned: the base model's score on the same items, prompt, shots, demos"),
-    "change_vs_base": ("float64", "fine-tuned: score - base_score, paired over the common items"),
+    "change_vs_base": ("float64", "fine-tuned: its group's mean score (over its seeds) - base_score, paired over the "
+                                   "items both cells hold (score - base_score for one seed and the same items)"),
     "change_lo": ("float64", "lower end of the change's 95% bootstrap interval (items resampled)"),
     "change_hi": ("float64", "upper end of that interval"),
     "degenerate": ("string", "why the change carries no information (every arm at the floor, or the same "
