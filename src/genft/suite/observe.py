@@ -79,10 +79,9 @@ def _run_facts(suite: Suite, spec, run: str, seed: int, missing: list[str]) -> R
     started = man.config_hash if man else (run_file.get("config_hash") or "unknown") \
         if isinstance(run_file, dict) else None
     occupied = out_dir.is_dir() and any(out_dir.iterdir())
-    weights = man.weights_sha256 if chash and man and man.config_hash == chash else None  # this recipe's weights
     return RunFacts(config=cfg, recipe_hash=chash, replicate_hash=rhash, manifest=man, started=started,
                     occupied=occupied, foreign=tuple(p.name for p in foreign_files(out_dir)),
-                    tokens_est=estimate.training_tokens(cfg, suite.data_dir), weights=weights)
+                    tokens_est=estimate.training_tokens(cfg, suite.data_dir))
 
 
 # ---------------------------------------------------------------- data and harness files

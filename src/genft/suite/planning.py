@@ -59,7 +59,6 @@ class RunFacts:
     occupied: bool  # the folder exists and holds files
     foreign: tuple[str, ...]  # files in it genft did not write
     tokens_est: int
-    weights: str | None  # the trained weights' fingerprint (a finished run of this recipe only)
 
 
 @dataclass(frozen=True)
@@ -354,7 +353,7 @@ def _checkpoints(suite: Suite, inputs: PlanInputs, jobs: list[FinetuneJob]) -> l
         bident = inputs.bases[base_id].identity
         ident = None
         if job.manifest is not None and bident is not None:
-            ident = {"base": bident, "recipe_hash": job.recipe_hash, "weights": inputs.runs[job.run].weights}
+            ident = {"base": bident, "recipe_hash": job.recipe_hash, "weights": job.manifest.weights_sha256}
         out.append(Checkpoint(id=job.run, kind="finetuned", base=base_id, path=str(job.out_dir),
                               dtype=inputs.dtypes.get(str(job.out_dir)), identity=ident, job=job))
         for step in job.config.get("step_models") or []:  # intermediate models: checkpoints of their own
