@@ -45,6 +45,17 @@ def test_a_cell_stops_once_every_part_reading_it_is_decided(tmp_path):
     # the same cell near the ~0 level: 200 items cannot decide, it runs on
     tuned, base = roundtrip(tmp_path, cells(np.random.default_rng(0), 0.1))  # mean 0.05: the level itself
     assert (tuned if tuned.finetune else base).key not in make_decide()([tuned, base])
+    # a cell stopped by a decision is named again while its part stays decided, and not once it is undecided
+    rng = np.random.default_rng(0)
+    tuned, base = cells(rng, 0.01)
+    stopped = staged(record("summary", "builtin_sports", "in", tuned.finetune, rouge=tuned.items["rougeL"]), 2,
+                     stopped="decided", why="4a holds")
+    stopped, base = roundtrip(tmp_path, [stopped, base])
+    assert make_decide()([stopped, base])[stopped.key].startswith("4a holds")
+    undone = staged(record("summary", "builtin_sports", "in", tuned.finetune, rouge=rng.uniform(0, 0.1, 200)), 2,
+                    stopped="decided", why="4a holds")
+    undone, base = roundtrip(tmp_path, [undone, base])
+    assert undone.key not in make_decide()([undone, base])
 
 
 def test_a_part_whose_cells_stopped_on_a_decision_is_judged_on_its_confidence_sequence(tmp_path):

@@ -266,6 +266,24 @@ def test_a_runs_own_test_sets_restrict_only_its_cells(tmp_path, builtin_data):
     assert "finetune[0].test_sets[0]" in msg and "not in eval.test_sets" in msg and "builtin_sports" in msg
 
 
+def test_a_test_sets_own_limit_overrides_its_tasks_and_changes_only_its_cells(tmp_path, builtin_data):
+    path = make_suite(tmp_path, builtin_data, test_sets=["builtin_products", "builtin_restaurants", "builtin_sports"])
+    p0 = plan(path)
+    edit(path, lambda d: d["eval"]["limit"].update(builtin_restaurants=6))
+    p = plan(path)
+    n = {(c.checkpoint.kind, c.dataset): c.n for c in p.cells}
+    assert n[("base", "builtin_restaurants")] == 6 and n[("base", "builtin_products")] == 4  # same task, own limit
+    assert n[("base", "builtin_sports")] == 2
+    before = {(c.checkpoint.id, c.dataset, c.prompt, c.shots): c.key for c in p0.cells}
+    changed = {k[1] for c in p.cells if (k := (c.checkpoint.id, c.dataset, c.prompt, c.shots)) and c.key
+               and before[k] != c.key}
+    assert changed == {"builtin_restaurants"}  # only that test set's cells are new cells
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"]["limit"].update(builtin_weather=5))
+    assert "eval.limit.builtin_weather" in msg and "not one of the suite's test sets" in msg
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"]["limit"].update(builtin_sports=0))
+    assert "eval.limit.builtin_sports" in msg and "positive number" in msg
+
+
 def test_recipe_hash_covers_what_changes_weights_and_replicates_share_a_seedless_hash(tmp_path, builtin_data):
     path = make_suite(tmp_path, builtin_data)
     edit(path, lambda d: d["finetune"].append({**d["finetune"][0], "name": "ft-lr", "trainer": {

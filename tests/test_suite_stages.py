@@ -100,9 +100,12 @@ def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp
     assert (gen.n, gen.stages.stage, gen.stages.stopped, gen.limit) == (2, 1, "limit", 2)
     assert zero.doc_ids == list(ORDER) and one.doc_ids == list(ORDER[:40]) and gen.doc_ids == list(ORDER[:2])
     assert zero.material["stages"] == {"seed": 0, "step": STEP}
-    # stage 1 of every cell, a decision, stage 2 of the cells still running, a decision, stage 3
+    # stage 1 of every cell, a decision, stage 2 of the cells still running, a decision, stage 3, and a last
+    # decision on the finished records (a cell it stopped earlier would run on, were it no longer named)
     assert seen == [{("sentiment", 0): (40, None), ("sentiment", 1): (40, None), ("summary", 0): (2, "limit")},
-                    {("sentiment", 0): (80, None), ("sentiment", 1): (40, "decided"), ("summary", 0): (2, "limit")}]
+                    {("sentiment", 0): (80, None), ("sentiment", 1): (40, "decided"), ("summary", 0): (2, "limit")},
+                    {("sentiment", 0): (100, "exhausted"), ("sentiment", 1): (40, "decided"),
+                     ("summary", 0): (2, "limit")}]
     # only each stage's new items were evaluated
     name = "genft_sentiment_builtin_products"
     assert spy.asked(name, 0) == [tuple(sorted(ORDER[:40])), tuple(sorted(ORDER[40:80])), tuple(sorted(ORDER[80:]))]
@@ -149,6 +152,34 @@ def test_a_staged_suite_stops_the_named_cells_and_runs_the_others_to_the_end(tmp
     assert (again[("sentiment", 1)].n, again[("sentiment", 1)].stages.stopped) == (100, "exhausted")
     assert again[("sentiment", 1)].key == one.key and again[("sentiment", 1)].items["acc"][:40] == one.items["acc"]
     assert content(again[("sentiment", 0)]) == content(zero)
+
+
+def test_a_cell_stopped_by_a_decision_runs_on_when_a_later_decision_no_longer_names_it(tmp_path, builtin_data,
+                                                                                        monkeypatch):
+    """Evidence that arrives later (another fine-tune, a model found not to take effect) can undo the verdict a
+    cell stopped for: the next decision does not name it, and it continues from the items it holds."""
+    path = make_suite(tmp_path, builtin_data, {"step": STEP, "seed": 0})
+    calls: list[dict] = []
+
+    def decide(records):  # the 1-shot cell is decided after stage 1 only
+        calls.append({(r.task, r.shots): (r.n, r.stages.stopped) for r in records})
+        return stop_one_shot(records) if len(calls) == 1 else {}
+
+    spy = Spy(monkeypatch)
+    logged: list[str] = []
+    assert run_suite(path, decide=decide, log=logged.append) == 0
+    one = by_cell(path)[("sentiment", 1)]
+    assert (one.n, one.stages.stage, one.stages.stopped, one.stages.why) == (100, 3, "exhausted", None)
+    assert one.doc_ids == list(ORDER)
+    name = "genft_sentiment_builtin_products"
+    # stage 1, stopped; the next decision reopens it: stages 2 and 3, each item evaluated once
+    assert spy.asked(name, 1) == [tuple(sorted(ORDER[:40])), tuple(sorted(ORDER[40:80])), tuple(sorted(ORDER[80:]))]
+    assert calls[1][("sentiment", 1)] == (40, "decided") and calls[2][("sentiment", 1)] == (80, None)
+    assert any(x.startswith("runs on after 40 of 100 items") and "sentiment" in x for x in logged)
+    # the same records as a run that never stopped it
+    ref = make_suite(tmp_path, builtin_data, {"step": STEP, "seed": 0}, name="ref")
+    assert run_suite(ref, decide=lambda records: {}, log=lambda *_: None) == 0
+    assert content(by_cell(ref)[("sentiment", 1)])[1:] == content(one)[1:]
 
 
 def test_without_a_decision_staged_cells_run_to_the_end(tmp_path, builtin_data):

@@ -4,7 +4,8 @@
 (`decide(records) -> {cell key: reason}`).  It judges every finding part on the records so far, exactly as the
 report does, and reads each part's anytime-valid verdict (`anytime`: confidence sequences, valid under this
 stopping).  A running staged cell may stop once every part that reads it is decided (holds or does not hold);
-a cell that no part reads stops after its first stage (it only fills the tables).  A part with a comparison
+a cell that no part reads stops after its first stage (it only fills the tables).  Cells stopped by an earlier
+decision are named again while their parts stay decided; the runner reopens those it no longer names.  A part with a comparison
 that selects over conditions (best over shots) is never decided early, so its cells run to the end.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ def make_decide(settings: ReportSettings | None = None) -> Callable[[list[CellRe
         decided, readers = decisions(records, settings)
         out = {}
         for r in records:
-            if r.stages is None or r.stages.stopped is not None:
+            if r.stages is None or r.stages.stopped not in (None, "decided"):
                 continue
             parts = readers.get(r.key, [])
             if all(decided.get(k) for k in parts):

@@ -377,7 +377,7 @@ def _cells(suite: Suite, inputs: PlanInputs, ck: Checkpoint) -> list[Cell]:
             continue
         facts = inputs.test_sets[(task, ds)]
         which = "base" if ck.kind == "base" else ("same_task" if task == ck.task else "cross_task")
-        limit = ev.limit[task]
+        limit = ev.limit_of(task, ds)
         n = None if facts.count is None else min(facts.count, limit) if limit else facts.count
         for prompt in ev.prompts[which][task]:
             for shots in ev.shots[task]:

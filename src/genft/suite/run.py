@@ -143,11 +143,14 @@ def _stop_rule(suite: Suite, decide: Decide | None, log: Log) -> Decide | None:
 
 def _decide(suite: Suite, p: planning.Plan, inputs: planning.PlanInputs, decide: Decide | None, failed: list[str],
             log: Log) -> planning.Plan:
-    """When the running staged cells all hold the same stage (and no unstaged cell is left), stop the ones
-    the decision names: their records say stopped: decided and its reason.  Returns the plan, joined with the
-    store again when it changed."""
+    """When the running staged cells all hold the same stage (or none is running) and no unstaged cell is
+    left, take the stop decision: stop the running cells it names (their records say stopped: decided and its
+    reason), and reopen the cells stopped by an earlier decision that it no longer names (evidence that came
+    later, a new fine-tune or a model found not to take effect, undid the verdict they stopped for; confidence
+    sequences stay valid however often a cell stops and runs on).  Returns the plan, joined with the store
+    again when it changed."""
     todo = live_cells(p, failed)
-    if decide is None or not in_step(todo):
+    if decide is None or (todo and not in_step(todo)):
         return p
     records = [store.read_cell(store.cell_path(suite.output, c.key)) for c in p.cells
                if c.key and c.held and not skipped(c, failed)]
@@ -158,11 +161,16 @@ def _decide(suite: Suite, p: planning.Plan, inputs: planning.PlanInputs, decide:
         raise SuiteError(f"{suite.path}: the stop decision named cell {str(unknown[0])[:12]}, which is not in the plan")
     running = {c.key: c for c in todo}
     stop = [k for k in verdict if k in running]
+    reopen = [c for c in p.cells if c.key and c.stopped == "decided" and c.key not in verdict
+              and not skipped(c, failed)]
     for k in stop:
         store.stop_cell(suite.output, k, verdict[k])
         c = running[k]
         log(f"stopped after stage {c.stage} ({c.held} of {c.n} items): {c.label(stage=False)}: {verdict[k]}")
-    if not stop:
+    for c in reopen:
+        store.reopen_cell(suite.output, c.key)
+        log(f"runs on after {c.held} of {c.n} items: {c.label(stage=False)}: what it stopped for is no longer decided")
+    if not stop and not reopen:
         return p
     p = planning.plan(suite, inputs, snapshot.read(suite.output))
     store.write_index(suite.output, planning.plan_index(p, now_utc()))

@@ -129,8 +129,9 @@ class EvalSection(_Section):
     shots: Any = Field("study", description="study | list | {generation|classification|nli|<task>: [k, ...]}")
     prompts: Any = Field([1], description="list of prompt ids for every cell, or {same_task, cross_task, base}, "
                          "each a list or a mapping over task kinds / names (by the TEST set's task)")
-    limit: Any = Field(None, description="first N test items: int | null | {kind or task: N} (a classification "
-                       "limit also covers nli unless nli is given)")
+    limit: Any = Field(None, description="first N test items: int | null | {kind, task or test set: N} (a "
+                       "classification limit also covers nli unless nli is given; a test set's overrides its "
+                       "task's)")
     demos: Literal["fixed", "random", "both"] = Field("fixed", description="fixed: the study's first k; "
                                                       "random: seeded per item; both")
     demo_seeds: list[int] = Field([0], min_length=1, description="seeds for random demonstrations")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,6 +67,11 @@ class EvalSpec:
     device: str
     group: str
     stages: StagesSection | None = None  # staged evaluation (stages.py); None: every item at once
+    set_limit: dict[str, int | None] = field(default_factory=dict)  # test set -> limit, over its task's
+
+    def limit_of(self, task: str, dataset: str) -> int | None:
+        """The first N items of this test set that its cells hold (None: all)."""
+        return self.set_limit[dataset] if dataset in self.set_limit else self.limit[task]
 
 
 @dataclass(frozen=True)
@@ -306,8 +311,18 @@ def _eval(w: Where, e: EvalSection, source: str, root: Path) -> EvalSpec:
             raise w.error(path, f"expected a positive number of items or null, got {v!r}")
         return v
 
-    limit = _per_task(w, e.limit, ("eval", "limit"), parse_limit, lambda t: None, nli_follows_classification=True)
-    return EvalSpec(test_sets=test_sets, shots=shots, prompts=prompts, limit=limit, demos=e.demos,
+    # a test set's own limit overrides its task's (where the planner asks for more items of some sets only)
+    lim, set_limit = e.limit, {}
+    if isinstance(lim, dict):
+        named = {name for _, name in test_sets}
+        for k in [k for k in lim if k not in FAMILIES and k not in TASKS and k in gdata.all_datasets()]:
+            if k not in named:
+                raise w.error(("eval", "limit", k), f"{k!r} is not one of the suite's test sets "
+                                                    f"({', '.join(sorted(named))})")
+            set_limit[k] = parse_limit(lim[k], ("eval", "limit", k))
+        lim = {k: v for k, v in lim.items() if k not in set_limit}
+    limit = _per_task(w, lim, ("eval", "limit"), parse_limit, lambda t: None, nli_follows_classification=True)
+    return EvalSpec(test_sets=test_sets, shots=shots, prompts=prompts, limit=limit, set_limit=set_limit, demos=e.demos,
                     demo_seeds=tuple(_int_list(w, e.demo_seeds, ("eval", "demo_seeds"))), backend=e.backend,
                     batch_size=e.batch_size, device=e.device, group=e.group, stages=e.stages)
 

@@ -10,8 +10,9 @@ and is evaluated stage by stage, so that it can stop once a verdict needs no mor
   is left), so a killed and resumed run takes the same decisions as an uninterrupted one.
 
 The stop decision is a callback the caller passes in: `decide(records) -> {cell key: reason}` over the
-records of every planned cell evaluated so far; it names the keys that may stop (the suite itself never
-judges a verdict).
+records of every planned cell evaluated so far; it names the keys that may stop, running or stopped by an
+earlier decision (a cell stopped by a decision that it no longer names runs on).  The suite itself never
+judges a verdict.
 """
 from __future__ import annotations
 

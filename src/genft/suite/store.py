@@ -310,6 +310,20 @@ def stop_cell(output: Path, key: str, why: str) -> CellRecord:
     return new
 
 
+def reopen_cell(output: Path, key: str) -> CellRecord:
+    """Let a cell stopped by a decision run on (its parts are no longer decided): the record loses its stop
+    reason and keeps its items, and its next stage continues the order where it left off."""
+    path = cell_path(output, key)
+    rec = read_cell(path)
+    if rec.stages is None or rec.stages.stopped != "decided":
+        raise StoreError(f"{path}: not a staged cell stopped by a decision; only those can be reopened")
+    raw = rec.model_dump(mode="json", exclude={"checksum"})
+    raw["stages"].update(stopped=None, why=None)
+    new = CellRecord.model_validate(raw).sealed()
+    write_json(path, new.model_dump(mode="json"))
+    return new
+
+
 def read_cells(output: Path, keys: Iterable[str]) -> list[CellRecord]:
     """The records of these cells; any file that is missing or does not validate is an error naming it."""
     out = []
