@@ -94,22 +94,37 @@ def test_bad_input_is_named(args, match):
         sq.interval(*args)
 
 
-def test_drawn_differences_pair_two_staged_cells_in_their_order():
-    from report_records import record
+def test_a_comparisons_item_values_pair_two_staged_cells_in_their_drawn_order(tmp_path):
+    """What `interval` is given for a staged comparison (anytime.item_values): the items both cells hold, in
+    the seeded order they were drawn in (sorted by doc id they are no longer a random order)."""
+    from report_records import ft, record, roundtrip
 
-    from genft.suite.store import CellRecord, key_of
+    from genft.report import SuiteData, anytime
     from genft.suite.stages import item_order
+    from genft.suite.store import CellRecord, key_of
 
-    def staged(correct, seed=0, of=100):
-        raw = record("sentiment", "builtin_products", "in", correct=correct).model_dump(mode="json")
-        raw["material"]["stages"] = {"seed": seed, "step": 4}
-        raw.update(key=key_of(raw["material"]), doc_ids=list(item_order(seed, of)[:len(correct)]))
-        raw["stages"] = {"seed": seed, "step": 4, "stage": len(correct) // 4, "of": of, "stopped": None}
+    def staged(rec, of=100):
+        raw = rec.model_dump(mode="json")
+        raw["material"]["stages"] = {"seed": 0, "step": 4}
+        raw.update(key=key_of(raw["material"]), doc_ids=list(item_order(0, of)[:rec.n]))
+        raw["stages"] = {"seed": 0, "step": 4, "stage": rec.n // 4, "of": of, "stopped": None}
+        raw.pop("checksum", None)
         return CellRecord.model_validate(raw)
 
-    a, b = staged([1, 1, 0, 1, 0, 0, 1, 1]), staged([0, 1, 0, 0])
-    assert sq.drawn_differences(a, b, "acc_first").tolist() == [1, 0, 0, 1]  # the 4 items both hold, in order
-    with pytest.raises(ValueError, match="do not follow one order"):
-        sq.drawn_differences(a, staged([0, 1, 0, 0], seed=1), "acc_first")
-    with pytest.raises(ValueError, match="not staged"):
-        sq.drawn_differences(a, record("sentiment", "builtin_products", "in", correct=[1, 0]), "acc_first")
+    f = ft("sentiment", "builtin_products")
+    tuned = staged(record("sentiment", "builtin_products", "in", f, correct=[1, 1, 0, 1, 0, 0, 1, 1]))
+    base = staged(record("sentiment", "builtin_products", "in", None, correct=[0, 1, 0, 0]))
+    s = SuiteData("s", roundtrip(tmp_path, [tuned, base]))
+    g = next(g for g in s.groups.values() if not g.is_base)
+    comp = s.compare(s.cond(g, ("sentiment", "builtin_products"), 1, 0),
+                     s.cond(s.base_group(g.base), ("sentiment", "builtin_products"), 1, 0))
+    assert anytime.item_values(comp).tolist() == [1, 0, 0, 1]  # the 4 items both hold, in the drawn order
+    assert anytime.population(comp) == 100
+    # an unstaged arm: no confidence sequence (the report keeps its bootstrap)
+    plain = record("sentiment", "builtin_products", "in", None, correct=[0, 1, 0, 0],
+                   doc_ids=sorted(item_order(0, 100)[:4]))
+    s = SuiteData("s", roundtrip(tmp_path, [tuned, plain]))
+    g = next(g for g in s.groups.values() if not g.is_base)
+    comp = s.compare(s.cond(g, ("sentiment", "builtin_products"), 1, 0),
+                     s.cond(s.base_group(g.base), ("sentiment", "builtin_products"), 1, 0))
+    assert anytime.population(comp) is None and anytime.bounds(comp, 0.0, 0.05, 0.05) is None

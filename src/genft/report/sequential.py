@@ -29,8 +29,6 @@ from typing import Sequence
 
 import numpy as np
 
-from ..suite.store import CellRecord
-
 THETA = 0.5  # the weight of the upward bet (and 1 - THETA of the downward one)
 TRUNCATION = 0.5  # bets are at most TRUNCATION / mu (up) and TRUNCATION / (1 - mu) (down)
 ROUNDING = 1e-9  # bounds are widened by this share of the range, so that rounding never excludes the mean
@@ -135,27 +133,3 @@ def first_exclusion(values: Sequence[float], lower: float, upper: float, populat
         if lo[t - 1] > value or hi[t - 1] < value:
             return int(t)
     return None
-
-
-def drawn_differences(a: CellRecord, b: CellRecord, metric: str) -> np.ndarray:
-    """The per-item differences a - b of two staged cells of one test set, in the order their items were
-    drawn (what `interval` needs: sorted by doc id they are no longer a random order).  Both cells follow
-    the same seeded order, so the items both hold are the first min(n_a, n_b) of it.  An unstaged cell, two
-    orders, or a missing value is an error.  Their population (`interval`'s population_size) is the
-    cells' cap: the test set's items (stages.of), or the limit when smaller (the first `limit` of the order)."""
-    for r in (a, b):
-        if r.stages is None:
-            raise ValueError(f"cell {r.key[:12]} ({r.dataset}, {r.model}) is not staged: its items are in file "
-                             "order, not a random one")
-        if metric not in r.items:
-            raise ValueError(f"cell {r.key[:12]} has no metric {metric!r}")
-    if (a.dataset, a.stages.seed, a.stages.of) != (b.dataset, b.stages.seed, b.stages.of):
-        raise ValueError(f"cells {a.key[:12]} and {b.key[:12]} do not follow one order (data set, seed, test items: "
-                         f"{a.dataset}/{a.stages.seed}/{a.stages.of} vs {b.dataset}/{b.stages.seed}/{b.stages.of})")
-    n = min(a.n, b.n)
-    if a.doc_ids[:n] != b.doc_ids[:n]:
-        raise ValueError(f"cells {a.key[:12]} and {b.key[:12]} hold different items")
-    va, vb = a.items[metric][:n], b.items[metric][:n]
-    if any(v is None for v in va + vb):
-        raise ValueError(f"a {metric} value is missing in cell {a.key[:12]} or {b.key[:12]}")
-    return np.asarray(va, dtype=float) - np.asarray(vb, dtype=float)
