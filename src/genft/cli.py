@@ -214,11 +214,9 @@ def cmd_suite_validate(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_data_parsers(sub) -> None:
+    """`genft data`: import-study, build-hub, builtin."""
     from .data.registry import STUDY_TRAIN_SIZES
-
-    parser = argparse.ArgumentParser(prog="genft", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="create data sets in the canonical layout").add_subparsers(dest="what", required=True)
     p = data.add_parser("import-study", help="import the study's released splits (downloads the pinned release "
@@ -249,11 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.set_defaults(func=cmd_data_builtin)
 
+
+def _add_model_parsers(sub) -> None:
+    """`genft model prepare`."""
     model = sub.add_parser("model", help="provision models").add_subparsers(dest="what", required=True)
     p = model.add_parser("prepare", help="provision a named model and print its folder")
     p.add_argument("name", help="smollm2-135m, tiny, tiny-swa or swa-262k (random weights, for speed measurements)")
     p.set_defaults(func=cmd_model_prepare)
 
+
+def _add_eval_parser(sub) -> None:
+    """`genft eval`."""
     p = sub.add_parser("eval", help="evaluate one model on genft tasks and print the table")
     p.add_argument("--model", default="smollm2-135m",
                    help="a genft model name, a local model folder or a hub id (owner/name)")
@@ -272,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_suite_parsers(sub) -> None:
+    """`genft suite`: run, power, validate, keys."""
     suite = sub.add_parser("suite", help="run a whole transfer matrix from a suite file (resumable)").add_subparsers(
         dest="what", required=True)
     p = suite.add_parser("run", help="plan, fine-tune and evaluate what is missing, then write the report")
@@ -294,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_suite_validate)
     p = suite.add_parser("keys", help="every key of a suite file with its help (from the schema)")
     p.set_defaults(func=cmd_suite_keys)
+
+
+def _add_report_parser(sub) -> None:
+    """`genft report`."""
     p = sub.add_parser("report", help="write a suite's report: reports/<suite>.md and its figures")
     p.add_argument("suite", nargs="?", help="the suite: its file or its output folder")
     p.add_argument("--cells", help="rebuild from a report's evidence file (reports/<suite>/cells.jsonl.gz)")
@@ -310,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "metrics and the findings to this tracker (default: the suite's report.log_to, else none)")
     p.add_argument("--log-dir", help="the tracker's folder (tensorboard: default <suite output>/tensorboard)")
     p.set_defaults(func=cmd_report)
+
+
+def _add_export_parser(sub) -> None:
+    """`genft export`."""
     p = sub.add_parser("export", help="a suite's results as a table: one row per cell (or per item with --items)")
     p.add_argument("suite", nargs="?", help="the suite: its file or its output folder")
     p.add_argument("--cells", help="export from a report's evidence file (reports/<suite>/cells.jsonl.gz)")
@@ -317,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", action="store_true", help="one row per test item of every cell")
     p.add_argument("--output", "-o", help="the file to write (default <suite>-cells.<format>, or -items)")
     p.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `genft` command line: one builder per subcommand (or group of them), in the order --help lists them."""
+    parser = argparse.ArgumentParser(prog="genft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_data_parsers, _add_model_parsers, _add_eval_parser, _add_suite_parsers, _add_report_parser,
+                _add_export_parser):
+        add(sub)
     return parser
 
 

@@ -141,6 +141,48 @@ def _attend(query, key, value, visible, scale, softcap, causal: bool = False) ->
     return torch.matmul(probs, value).view(bsz, heads, q_len, dim)
 
 
+def _with_prefix(prefix, key, value):
+    """key/value [1, kv_heads, n, d] after the shared prefix's [1, kv_heads, p, d], when there is one."""
+    if prefix is None:
+        return key, value
+    return torch.cat([prefix[0], key], dim=2), torch.cat([prefix[1], value], dim=2)
+
+
+def _attend_rows(query, key, value, prefix, visible, scale, softcap) -> torch.Tensor:
+    """Batched rows (B > 1) that all see one shared prefix, which is never copied per row: the scores against
+    the prefix and against each row's own keys are separate GEMMs, softmaxed together.  query [B, heads, q, d],
+    key/value [B, kv_heads, n, d], visible [B|1, q, p + n] bool; returns [B, heads, q, d]."""
+    bsz, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    # Heads h = kv * groups + g share kv head `kv` (transformers' repeat_kv layout).
+    q = query.reshape(bsz, kv_heads, groups * q_len, dim)
+    parts = []
+    pre = None
+    if prefix is not None:
+        pk, pv = prefix
+        p = pk.shape[2]
+        # One GEMM per kv head for the whole batch: [kv, B*g*q, d] @ [kv, d, p].
+        qp = q.transpose(0, 1).reshape(kv_heads, bsz * groups * q_len, dim)
+        pre = torch.bmm(qp, pk[0].transpose(1, 2)).view(kv_heads, bsz, groups * q_len, p).transpose(0, 1)
+        parts.append(pre)
+    own = torch.matmul(q, key.transpose(2, 3))  # [B, kv, g*q, n]
+    parts.append(own)
+    scores = torch.cat(parts, dim=-1) if len(parts) > 1 else own
+    scores = scores.float() * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    n = key.shape[2]
+    scores = scores.view(bsz, kv_heads, groups, q_len, -1)
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(bsz, kv_heads, groups * q_len, -1)
+    out = torch.matmul(probs[..., -n:], value)
+    if pre is not None:
+        pp = probs[..., :p].transpose(0, 1).reshape(kv_heads, bsz * groups * q_len, p)
+        out = out + torch.bmm(pp, pv[0]).view(kv_heads, bsz, groups * q_len, dim).transpose(0, 1)
+    return out.view(bsz, heads, q_len, dim)
+
+
 def rows_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -166,69 +208,31 @@ def rows_attention_forward(
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"genft_rows attention: attention sinks ({name}) are not supported")
     state.calls += 1
-    bsz, heads, q_len, dim = query.shape
+    bsz, dim = query.shape[0], query.shape[3]
     scale = dim**-0.5 if scaling is None else scaling
     prefix = state.prefix[module.layer_idx] if state.prefix else None
     if state.mode == "prefill":  # batch 1, one packed segment after another: attention per segment
+        causal = prefix is None and sliding_window is None
         outs = []
         for a, b in state.spans:
-            k, v = key[:, :, a:b], value[:, :, a:b]
-            if prefix is not None:
-                k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
-            causal = prefix is None and sliding_window is None
+            k, v = _with_prefix(prefix, key[:, :, a:b], value[:, :, a:b])
             vis = None if causal else state.segment_mask(a, b, sliding_window)
             outs.append(_attend(query[:, :, a:b], k, v, vis, scale, softcap, causal))
-        out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-        return out.transpose(1, 2).contiguous(), None
-
-    if bsz == 1 and state.spans:  # packed rows that never see each other: attention per row
+    elif bsz == 1 and state.spans:  # packed rows that never see each other: attention per row
         outs = []
         for a, b in state.spans:
-            k, v = key[:, :, a:b], value[:, :, a:b]
-            if prefix is not None:
-                k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+            k, v = _with_prefix(prefix, key[:, :, a:b], value[:, :, a:b])
             vis = state.span_visible(key.shape[2], sliding_window, a, b)  # [1, 1, b - a, p + b - a]
             outs.append(_attend(query[:, :, a:b], k, v, vis, scale, softcap))
-        out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-        return out.transpose(1, 2).contiguous(), None
-
-    if bsz == 1:  # one (packed) row: the prefix is joined to its keys, no copy per row to save
-        k, v = key, value
-        if prefix is not None:
-            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+    elif bsz == 1:  # one (packed) row: the prefix is joined to its keys, no copy per row to save
+        k, v = _with_prefix(prefix, key, value)
         vis = state.visible(key.shape[2], sliding_window)[:, None]  # [1, 1, q, p + n]
-        return _attend(query, k, v, vis, scale, softcap).transpose(1, 2).contiguous(), None
-
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    # Heads h = kv * groups + g share kv head `kv` (transformers' repeat_kv layout).
-    q = query.reshape(bsz, kv_heads, groups * q_len, dim)
-    parts = []
-    pre = None
-    if prefix is not None:
-        pk, pv = prefix
-        p = pk.shape[2]
-        # One GEMM per kv head for the whole batch: [kv, B*g*q, d] @ [kv, d, p].
-        qp = q.transpose(0, 1).reshape(kv_heads, bsz * groups * q_len, dim)
-        pre = torch.bmm(qp, pk[0].transpose(1, 2)).view(kv_heads, bsz, groups * q_len, p).transpose(0, 1)
-        parts.append(pre)
-    own = torch.matmul(q, key.transpose(2, 3))  # [B, kv, g*q, n]
-    parts.append(own)
-    scores = torch.cat(parts, dim=-1) if len(parts) > 1 else own
-    scores = scores.float() * scale
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    n = key.shape[2]
-    visible = state.visible(n, sliding_window)  # [B|1, q, p + n]
-    scores = scores.view(bsz, kv_heads, groups, q_len, -1)
-    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(bsz, kv_heads, groups * q_len, -1)
-    out = torch.matmul(probs[..., -n:], value)
-    if pre is not None:
-        pp = probs[..., :p].transpose(0, 1).reshape(kv_heads, bsz * groups * q_len, p)
-        out = out + torch.bmm(pp, pv[0]).view(kv_heads, bsz, groups * q_len, dim).transpose(0, 1)
-    out = out.view(bsz, heads, q_len, dim).transpose(1, 2).contiguous()
-    return out, None
+        outs = [_attend(query, k, v, vis, scale, softcap)]
+    else:  # rows of their own lengths (decode, masked): the prefix is kept once, not copied per row
+        vis = state.visible(key.shape[2], sliding_window)  # [B|1, q, p + n]
+        outs = [_attend_rows(query, key, value, prefix, vis, scale, softcap)]
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _register() -> None:

@@ -12,8 +12,13 @@ from .model import SuiteData, fmt, task_kind
 
 
 def section_header(s: SuiteData) -> list[str]:
+    """The title and how to read the tables, then provenance, settings, test sets and models."""
+    return _intro(s) + _provenance(s) + _settings(s) + _test_sets(s) + _models(s)
+
+
+def _intro(s: SuiteData) -> list[str]:
+    """The title and the paragraph on how to read the tables' cells and marks."""
     st = s.settings
-    prov = [c.provenance for c in s.cells]
     lines = [f"# genft report: {s.name}", ""]
     lines.append(
         f"{len(s.cells)} evaluation cells, {len(s.conds)} conditions, {len(s.groups) - len(s.bases)} fine-tuned "
@@ -28,6 +33,12 @@ def section_header(s: SuiteData) -> list[str]:
         f"white space) and ⚠ arms that all answer one label at or below the majority rate (both: no information); "
         f"⊘ marks a kept comparison in which one arm collapsed to one label.")
     lines.append("")
+    return lines
+
+
+def _provenance(s: SuiteData) -> list[str]:
+    """What produced the cells: data protocol, models, versions, device, seeds, wall times."""
+    prov = [c.provenance for c in s.cells]
     runs = run_table(s)
     walls = [float(r["wall"]) for r in runs if r["wall"] is not None]
     times = sorted(p.time for p in prov)
@@ -55,8 +66,13 @@ def section_header(s: SuiteData) -> list[str]:
                                    f"manifest)" if walls else "— (no training manifests)"],
         ["wall time: evaluation", f"{human_s(sum(c.wall_s for c in s.cells))} (sum over {len(s.cells)} cells)"],
     ]
-    lines += ["## Provenance", "", table(rows, ["", "value"]), ""]
+    return ["## Provenance", "", table(rows, ["", "value"]), ""]
 
+
+def _settings(s: SuiteData) -> list[str]:
+    """How the cells were evaluated and judged: delimiter, limit, prompts, shots, margins, floors."""
+    st = s.settings
+    prov = [c.provenance for c in s.cells]
     delims = uniq(p.target_delimiter for p in prov)
     margins = "; ".join(f"{m}: {mg.text()}" for m, mg in sorted(st.margins.items()))
     settings = [
@@ -72,8 +88,11 @@ def section_header(s: SuiteData) -> list[str]:
         ["α per finding part", f"{st.alpha} (pooled {1 - st.alpha:.0%} interval; Holm over the individual "
                                f"comparisons)"],
     ]
-    lines += ["## Settings", "", table(settings, ["", "value"]), ""]
+    return ["## Settings", "", table(settings, ["", "value"]), ""]
 
+
+def _test_sets(s: SuiteData) -> list[str]:
+    """One row per test set: domain, kind, items, majority rate, data hash."""
     data_rows = []
     for ts in s.test_sets:
         cs = [c for c in s.cells if c.task == ts.task and c.dataset == ts.dataset]
@@ -82,8 +101,12 @@ def section_header(s: SuiteData) -> list[str]:
         data_rows.append([ts.name, ts.domain, ts.kind, join(c.n for c in cs),
                           join(fmt(m) for m in majority) if majority else "—",
                           ", ".join(hashes) + (" ⚠ differs between cells" if len(hashes) > 1 else "")])
-    lines += ["### Test sets", "", table(data_rows, ["test set", "domain", "kind", "n items", "majority rate",
-                                                    "data sha256"]), ""]
+    return ["### Test sets", "", table(data_rows, ["test set", "domain", "kind", "n items", "majority rate",
+                                                  "data sha256"]), ""]
+
+
+def _models(s: SuiteData) -> list[str]:
+    """One row per model (recipe), with whether each fine-tuned one took effect in-domain."""
     model_rows, no_effect = [], []
     for g in s.ordered_groups:
         if g.is_base:
@@ -98,14 +121,13 @@ def section_header(s: SuiteData) -> list[str]:
     took = (f"{len(no_effect)} of {len(s.groups) - len(s.bases)} fine-tuned models did not take effect (or were "
             f"not checked) in-domain: {', '.join(no_effect)}; their comparisons cannot support an \"on par / does "
             f"not hurt\" claim." if no_effect else "Every fine-tuned model took effect in-domain.")
-    lines += ["### Models", "", "One row per recipe: runs with the same recipe hash but for the seed "
-              "(`replicate_hash`) are replicates; nothing else is averaged. *In-domain check*: the model against "
-              "its base on its own training set's test set (Prompt-1, first-k demonstrations, 0 shots or its FTICL "
-              "shot count); it took effect when the change exceeds the margin and its interval lies above zero.",
-              "", took, "",
-              table(model_rows, ["model", "base", "fine-tuned on", "train size", "method", "FTICL demos", "seeds",
-                                 "runs", "replicate hash", "in-domain check"]), ""]
-    return lines
+    return ["### Models", "", "One row per recipe: runs with the same recipe hash but for the seed "
+            "(`replicate_hash`) are replicates; nothing else is averaged. *In-domain check*: the model against "
+            "its base on its own training set's test set (Prompt-1, first-k demonstrations, 0 shots or its FTICL "
+            "shot count); it took effect when the change exceeds the margin and its interval lies above zero.",
+            "", took, "",
+            table(model_rows, ["model", "base", "fine-tuned on", "train size", "method", "FTICL demos", "seeds",
+                               "runs", "replicate hash", "in-domain check"]), ""]
 
 
 def section_findings(s: SuiteData, fs: list[Finding]) -> list[str]:
