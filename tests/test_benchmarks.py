@@ -72,6 +72,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
+    import finetune_bench
     import finetune_speed
 
     out = tmp_path / "benchmarks.md"
@@ -103,10 +104,10 @@ def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
     # which runs get a profile: a genft arm slower than the plain loop's arm with its batching, and that arm
     speeds = {"genft": 135, "genft-padded": 91, "trainer": 74, "trainer-padfree": 157}  # reports/benchmarks.md
     summary = {arm: {"tokens_per_s": v} for arm, v in speeds.items()}
-    assert finetune_speed.profile_pairs(summary, "auto") == [("genft", "trainer-padfree")]
-    assert finetune_speed.profile_pairs({a: summary[a] for a in res["summary"]}, "always") == [
+    assert finetune_bench.profile_pairs(summary, "auto") == [("genft", "trainer-padfree")]
+    assert finetune_bench.profile_pairs({a: summary[a] for a in res["summary"]}, "always") == [
         ("genft", "trainer"), ("genft-padded", "trainer")]  # the arms this run had
-    assert finetune_speed.profile_pairs(summary, "never") == []
+    assert finetune_bench.profile_pairs(summary, "never") == []
     assert 0 < t["rss_train_mib"] < 8192
     text = out.read_text()
     assert text.startswith(OTHER)  # the evaluation benchmark's part is untouched
@@ -145,8 +146,8 @@ def test_time_model_fits_the_records_it_is_given(tmp_path, capsys):
 def test_finetune_speed_bf16_measures_against_the_bf16_peak(tiny_model, data_root, tmp_path):
     """--dtype bfloat16: every arm trains in bf16 mixed precision, the shares are of the bf16 matmul peak
     (measured the same way as the fp32 one), and the run writes its own block next to the fp32 one."""
-    import eval_speed
     import finetune_speed
+    import roofline
 
     out = tmp_path / "benchmarks.md"
     out.write_text(report_section.upsert(OTHER, "finetune_speed", "the fp32 figures"))
@@ -168,5 +169,5 @@ def test_finetune_speed_bf16_measures_against_the_bf16_peak(tiny_model, data_roo
     assert "the fp32 figures" in text and "<!-- finetune_speed:bfloat16:start -->" in text
     assert "GFLOP/s bf16 matmul" in report_section.extract(text, "finetune_speed:bfloat16")
     # the bf16 peak is measured as the fp32 one is: the same 2048^3 matmul, in bf16
-    peak = eval_speed.machine_peaks(1, rounds=1, dtype="bfloat16")
+    peak = roofline.machine_peaks(1, rounds=1, dtype="bfloat16")
     assert peak["dtype"] == "bfloat16" and peak["flops"] > 0

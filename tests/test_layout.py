@@ -1,5 +1,6 @@
 """The package's shape: dependencies point one way (no import cycle anywhere in src/genft, counting imports
-inside functions too, so that none can be dodged), and the suite package never imports the report."""
+inside functions too, so that none can be dodged), and the suite package never imports the report.  The
+benchmark scripts' modules (benchmarks/) stay small and import one another one way too."""
 from __future__ import annotations
 
 import ast
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+BENCHMARKS = SRC.parent / "benchmarks"
 
 
 def _module_name(path: Path, src: Path) -> str:
@@ -152,3 +154,20 @@ def test_the_suite_package_never_imports_the_report_and_stays_small():
             assert not any(d.startswith("genft.report") or d == "genft.cli" for d in deps), (mod, deps)
     for path in (SRC / "genft" / "suite").glob("*.py"):
         assert len(path.read_text().splitlines()) <= 500, path
+
+
+def test_the_benchmark_modules_stay_small_and_import_one_way():
+    """benchmarks/: every module at most 500 lines, and no import cycle among them (their imports of one another
+    anywhere in a file: they import each other as top-level modules, from the folder on sys.path)."""
+    modules = {p.stem: p for p in BENCHMARKS.glob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, path in modules.items():
+        text = path.read_text()
+        assert len(text.splitlines()) <= 500, path
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.Import):
+                graph[mod] |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module in modules:
+                graph[mod].add(node.module)
+    assert {"roofline", "run_conditions"} <= graph["eval_speed"] | graph["eval_cells"] | graph["eval_report"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
