@@ -53,7 +53,8 @@ def _intro(opts: dict, command: str) -> list[str]:
         + (" + 6 x N_LoRA per input token" if opts["lora"] else "")
         + f" ({'LoRA: forward 2N + activation gradients 2N' if opts['lora'] else 'forward 2N + backward 4N'};",
         "attention's score/value products ignored) over the median train() time, as a share of the measured",
-        "fp32 matmul FLOP/s. 'positions run': the token positions the model ran, padding included.",
+        f"{'bf16' if opts.get('dtype') == 'bfloat16' else 'fp32'} matmul FLOP/s (the dtype the matmuls run in). "
+        "'positions run': the token positions the model ran, padding included.",
         "",
     ]
 
