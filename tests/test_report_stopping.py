@@ -104,3 +104,57 @@ def test_the_stop_rule_keeps_its_error_rate_under_a_true_null():
                 wrong += 1  # neither is true: the mean is at the level itself
                 break
     assert wrong / runs <= 0.05
+
+
+def test_staged_comparisons_that_disagree_in_sign_leave_the_part_mixed(tmp_path):
+    """Finding 4c on a summary fine-tune (it took effect: ROUGE-L 0.5 vs 0.1 in-domain) that is far better than
+    the base on one classification set and far worse on the other: the confidence sequences put one comparison
+    above zero and one below, so the part is mixed, whatever its pooled bounds, on the report's verdict and on
+    the stop decision alike (its cells run on)."""
+    f = ft("summary", "builtin_sports")
+    n, half = 2 * STEP, [1, 0] * STEP
+    recs = [staged(record("summary", "builtin_sports", "in", f, rouge=[0.5] * n), 2, "decided", "x"),
+            staged(record("summary", "builtin_sports", "in", None, rouge=[0.1] * n), 2, "decided", "x"),
+            staged(record("sentiment", "builtin_products", "in", f, correct=[1] * n), 2, "decided", "x"),
+            staged(record("sentiment", "builtin_products", "in", None, correct=half), 2, "decided", "x"),
+            staged(record("sentiment", "builtin_restaurants", "out", f, correct=[0] * n), 2, "decided", "x"),
+            staged(record("sentiment", "builtin_restaurants", "out", None, correct=half), 2, "decided", "x")]
+    recs = roundtrip(tmp_path, recs)
+    part = next(f for f in findings(SuiteData("s", recs)) if f.num == 4).parts[2]
+    assert part.name.startswith("c:")
+    assert part.verdict == "inconclusive (mixed: comparisons significantly disagree in sign) [anytime-valid: staged " \
+                           "evaluation]", part.verdict
+    assert "1 comparisons' bounds above and 1 below zero" in part.counts
+    decide = make_decide()(recs)
+    assert not any(r.key in decide for r in recs if r.task == "sentiment")  # 4c reads them: they run on
+
+
+def test_a_limit_does_not_shrink_the_population_the_sequences_bound(tmp_path):
+    """A cell that reached its limit (200 of a 500-item test set) still holds a sample of the test set: its
+    sequence is not the exact mean of the 200 items it holds (zero width), and it is as wide as that of an
+    unlimited cell at the same items."""
+    from genft.report import anytime
+
+    rng = np.random.default_rng(0)
+    f = ft("sentiment", "builtin_products")
+    tuned = record("sentiment", "builtin_products", "in", f, correct=list(rng.integers(0, 2, 200)))
+    base = record("sentiment", "builtin_products", "in", None, correct=list(rng.integers(0, 2, 200)))
+
+    def width(limit):
+        recs = []
+        for r in (tuned, base):
+            raw = staged(r, 2).model_dump(mode="json")
+            raw["limit"], raw["material"]["limit"] = limit, limit
+            raw["stages"]["stopped"] = "limit" if limit else None
+            raw["key"] = key_of(raw["material"])
+            raw.pop("checksum", None)
+            recs.append(CellRecord.model_validate(raw))
+        s = SuiteData("s", roundtrip(tmp_path, recs))
+        g = next(g for g in s.groups.values() if not g.is_base)
+        comp = s.compare(s.cond(g, ("sentiment", "builtin_products"), 1, 0),
+                         s.cond(s.base_group(g.base), ("sentiment", "builtin_products"), 1, 0))
+        assert anytime.population(comp) == OF
+        lo, hi = anytime.bounds(comp, 0.0, 1.0, 0.05)
+        return hi - lo
+
+    assert width(200) == width(None) > 0.2

@@ -27,10 +27,11 @@ KINDS = ("diff", "value")
 
 
 def population(comp: Comp) -> int | None:
-    """The items the staged records draw from (their test set's size, or the limit when smaller) when every
-    record of the comparison is staged, else None."""
-    sizes = {None if r.stages is None else min(r.stages.of, r.limit) if r.limit else r.stages.of
-             for c in comp.conds for r in c.cells}
+    """The test set's size when every record of the comparison is staged, else None.  A limit does not shrink
+    it: the first `limit` items of a random order are draws without replacement from the whole test set, so
+    the sequences bound the test set's mean (with the limit as the population they would bound the mean of
+    those first items only, and a cell that reached its limit would seem to know it exactly)."""
+    sizes = {None if r.stages is None else r.stages.of for c in comp.conds for r in c.cells}
     return sizes.pop() if len(sizes) == 1 and None not in sizes else None
 
 
@@ -66,15 +67,32 @@ def bounds(comp: Comp, offset: float, unit: float, alpha: float) -> tuple[float,
     return (lo - offset) / unit, (hi - offset) / unit
 
 
-def pooled_bounds(comps: Sequence[Comp], offsets: Sequence[float], units: Sequence[float],
-                  alpha: float) -> tuple[float, float] | None:
-    """Simultaneous bounds on the pooled effect (the mean of the comparisons' bounds at alpha / M each)."""
+def each_bounds(comps: Sequence[Comp], offsets: Sequence[float], units: Sequence[float],
+                alpha: float) -> list[tuple[float, float]] | None:
+    """Every comparison's bounds at alpha / M (M comparisons: all hold at once), or None unless every one has
+    them."""
     if not comps:
         return None
     each = [bounds(c, o, u, alpha / len(comps)) for c, o, u in zip(comps, offsets, units)]
-    if any(b is None for b in each):
-        return None
+    return None if any(b is None for b in each) else each
+
+
+def pooled_bounds(comps: Sequence[Comp], offsets: Sequence[float], units: Sequence[float],
+                  alpha: float) -> tuple[float, float] | None:
+    """Simultaneous bounds on the pooled effect (the mean of the comparisons' bounds at alpha / M each)."""
+    each = each_bounds(comps, offsets, units, alpha)
+    return None if each is None else mean_bounds(each)
+
+
+def mean_bounds(each: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The pooled effect's bounds from the comparisons' (valid whenever all of theirs are)."""
     return float(np.mean([b[0] for b in each])), float(np.mean([b[1] for b in each]))
+
+
+def disagree(each: Sequence[tuple[float, float]]) -> tuple[int, int]:
+    """(comparisons whose bounds lie entirely above zero, entirely below): both non-zero is a part whose
+    comparisons disagree in sign (mixed), by the same rule as the bootstrap's Holm-adjusted tests."""
+    return sum(lo > 0 for lo, _ in each), sum(hi < 0 for _, hi in each)
 
 
 def stopped_early(comps: Sequence[Comp]) -> bool:

@@ -232,12 +232,17 @@ def judge_part(part: Part, s: SuiteData) -> Part:
     else:
         part.verdict = _pooled_verdict(part.claim, est.lo, est.hi)
     comps = [e.comp for e in used]
-    b = anytime.pooled_bounds(comps, offsets, units, st.alpha)  # None unless every comparison is staged
-    if b is not None:
-        part.anytime = _pooled_verdict(part.claim, *b)
+    each = anytime.each_bounds(comps, offsets, units, st.alpha)  # None unless every comparison is staged
+    if each is not None:
+        b = anytime.mean_bounds(each)
+        up, down = anytime.disagree(each)
+        # the same two rules as above, on the sequences: comparisons that disagree in sign leave the part mixed
+        part.anytime = (f"{INCONCLUSIVE} (mixed: comparisons significantly disagree in sign)" if up and down
+                        else _pooled_verdict(part.claim, *b))
         if anytime.stopped_early(comps):  # cells stopped on a decision: the verdict rests on the sequences
             part.verdict = part.anytime + " [anytime-valid: staged evaluation]"
-            part.counts += f"; anytime-valid pooled bounds [{b[0]:+.2f}, {b[1]:+.2f}] {part.unit}"
+            part.counts += (f"; anytime-valid pooled bounds [{b[0]:+.2f}, {b[1]:+.2f}] {part.unit}, {up} "
+                            f"comparisons' bounds above and {down} below {'the ~0 level' if near else 'zero'}")
     return part
 
 
