@@ -258,7 +258,7 @@ def test_export_of_the_committed_study_cpu_evidence_loads_in_pandas_and_datasets
     _, records, _, _ = read_evidence(evidence)
     assert main(["export", "--cells", str(evidence), "-o", str(tmp_path / "cells.parquet")]) == 0
     df = pd.read_parquet(tmp_path / "cells.parquet")
-    assert list(df.columns) == list(CELL_COLUMNS) and len(df) == len(records) == 244
+    assert list(df.columns) == list(CELL_COLUMNS) and len(df) == len(records) == 268
     assert set(df["setting"]) == {"base", "in-domain", "out-of-domain", "cross-task"}
     ft = df[df["kind"] == "finetuned"]
     assert ft["change_vs_base"].notna().all() and (ft["change_lo"] <= ft["change_hi"]).all()
