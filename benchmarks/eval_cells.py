@@ -17,8 +17,8 @@ from run_conditions import rotated
 from genft.metrics import clean_generation
 from genft.prompts import primary_metric_of
 
-# bf16 log-likelihoods: genft-hf within max(BF16_LL_ABS, BF16_LL_REL x |ll|) of hf's (tests/test_backend.py: a
-# log-probability is a difference of bf16 logits, so even one near 0 carries their rounding)
+# bf16 log-likelihoods: genft-hf within max(BF16_LL_ABS, BF16_LL_REL x |ll|) of hf's (tests/test_backend_variants.py:
+# a log-probability is a difference of bf16 logits, so even one near 0 carries their rounding)
 BF16_LL_REL, BF16_LL_ABS = 2**-6, 0.05
 
 

@@ -173,7 +173,7 @@ def load_bench(args, pretrained: str, root: Path, peaks: dict) -> Bench:
         lms[b] = timed(lm, timers[b])
     any_lm = next(iter(lms.values()))
     bf16 = args.dtype == "bfloat16"
-    # bf16: hf's log-probabilities are bf16-rounded (tests/test_backend.py: within 2**-6 relative of genft-hf's),
+    # bf16: hf's log-probabilities are bf16-rounded (tests/test_backend_variants.py: within 2**-6 relative of genft-hf's),
     # and a greedy text may part from hf's at a bf16 near-tie: such items are counted, not failures
     return Bench(backends=args.backends, lms=lms, timers=timers, tm=tm, tokenizer=any_lm.tokenizer,
                  sizes=model_sizes(any_lm.model), peaks=peaks, reps=args.reps, tol=args.tol,

@@ -109,3 +109,56 @@ def tiny_suite(tmp_path_factory, tiny_model, builtin_data) -> Path:
     lines: list[str] = []
     assert run_suite(path, log=lines.append) == 0, "\n".join(lines[-40:])
     return path
+
+
+# ---------------------------------------------------------------- genft-hf's tests (tests/test_backend_*.py)
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_model, tmp_path_factory) -> str:
+    """The tiny Llama, livened (see backend_setup._livened)."""
+    from backend_setup import _livened
+
+    return _livened(tiny_model, tmp_path_factory.mktemp("lively"))
+
+
+@pytest.fixture(scope="module")
+def lively_swa(tmp_path_factory) -> str:
+    """genft's tiny sliding-window model (Gemma-2-style: 16-token windows, full layers, softcaps), livened."""
+    from backend_setup import _livened
+    from genft.models import prepare
+
+    return _livened(str(prepare("tiny-swa")), tmp_path_factory.mktemp("lively-swa"))
+
+
+@pytest.fixture(scope="module")
+def models(lively):
+    """lm-eval's `hf` and genft-hf on the lively model (backend_setup._pair)."""
+    from backend_setup import _pair
+
+    return _pair(lively)
+
+
+# ---------------------------------------------------------------- fine-tuning's tests (tests/test_finetune_*.py)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The fine-tuning tests' data set (finetune_setup.TRAIN, DEMOS) as sentiment/amazon.  (test_benchmarks.py
+    and test_workflow.py define their own data_root.)"""
+    from finetune_setup import DEMOS, TRAIN
+    from genft import data as gdata
+
+    root = tmp_path_factory.mktemp("ft-data")
+    # The test split is the first 4 training items: lm-eval then builds contexts for exactly the items the
+    # training prompts are built for, with demos from the same pool (the data set's demos split).
+    gdata.write_dataset("sentiment", "amazon", {"train_16": TRAIN, "demos": DEMOS, "test": TRAIN[:4]}, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    """The tiny model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)

@@ -22,7 +22,7 @@ from genft.report.write import load as report_load
 from genft.suite import store
 from genft.training import ConfigError, load_yaml_config
 
-from test_suite import FakeTrainer, edit, make_suite, run
+from suite_setup import FakeTrainer, edit, make_suite, run
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_CAP = 2 << 30  # a bounded parser needs far less; an unbounded one fails here instead of eating the machine
@@ -229,7 +229,7 @@ def test_resuming_a_run_killed_after_its_last_save_trains_no_extra_step(tiny_mod
     from genft import data as gdata
     from genft import training
 
-    from test_finetune import DEMOS, TRAIN
+    from finetune_setup import DEMOS, TRAIN
 
     root = tmp_path / "data"
     gdata.write_dataset("sentiment", "amazon", {"train_16": TRAIN, "demos": DEMOS, "test": TRAIN[:4]}, root)

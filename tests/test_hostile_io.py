@@ -215,7 +215,7 @@ def test_sft_refuses_an_output_folder_another_process_trains_into(tiny_model, tm
     from genft import training
     from genft.training import ConfigError
 
-    from test_finetune import DEMOS, TRAIN
+    from finetune_setup import DEMOS, TRAIN
 
     root = tmp_path / "data"
     gdata.write_dataset("sentiment", "amazon", {"train_16": TRAIN, "demos": DEMOS, "test": TRAIN[:4]}, root)

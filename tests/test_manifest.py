@@ -1,5 +1,5 @@
 """The fine-tuning manifest contract (genft.training.manifest) and TRL's argument classes built from a config
-(genft.training.trl_args): no training here (test_finetune.py round-trips a manifest the real trainer wrote)."""
+(genft.training.trl_args): no training here (test_finetune_runs.py round-trips a manifest the real trainer wrote)."""
 from __future__ import annotations
 
 import dataclasses

@@ -15,7 +15,7 @@ from genft.suite import cluster, observe, planning, snapshot, units
 from genft.suite.run import run_suite
 from genft.suite.schema import ExecutorSection
 
-from test_suite import NoTrainer, make_suite
+from suite_setup import NoTrainer, make_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
