@@ -170,6 +170,8 @@ def test_a_test_sets_own_limit_overrides_its_tasks_and_changes_only_its_cells(tm
     assert "eval.limit.builtin_weather" in msg and "not one of the suite's test sets" in msg
     msg = _bad(tmp_path, builtin_data, lambda d: d["eval"]["limit"].update(builtin_sports=0))
     assert "eval.limit.builtin_sports" in msg and "positive number" in msg
+    msg = _bad(tmp_path, builtin_data, lambda d: d["eval"]["limit"].update(sprots=5))
+    assert "eval.limit.sprots" in msg and "unknown key" in msg and "builtin_sports" in msg  # the set names too
 
 
 def test_recipe_hash_covers_what_changes_weights_and_replicates_share_a_seedless_hash(tmp_path, builtin_data):

@@ -114,9 +114,10 @@ def _int_list(w: Where, v: Any, path: tuple, minimum: int = 0) -> list[int]:
 
 
 def _per_task(w: Where, v: Any, path: tuple, parse_value: Callable, default: Callable[[str], Any],
-              nli_follows_classification: bool = False) -> dict[str, Any]:
+              nli_follows_classification: bool = False, also: tuple[str, ...] = ()) -> dict[str, Any]:
     """A value for every task: one value, or a mapping over families (generation/classification/nli) and task
-    names.  With nli_follows_classification, a `classification` value also covers NLI unless `nli` is given."""
+    names.  With nli_follows_classification, a `classification` value also covers NLI unless `nli` is given.
+    `also`: other keys the caller takes out of the mapping itself (named in the unknown-key error)."""
     out = {t: default(t) for t in TASKS}
     if not isinstance(v, dict):
         val = parse_value(v, path)
@@ -124,7 +125,7 @@ def _per_task(w: Where, v: Any, path: tuple, parse_value: Callable, default: Cal
     for k in v:
         if k not in FAMILIES and k not in TASKS:
             raise w.error(path + (k,), f"unknown key {k!r}; allowed keys under {w.fmt(path)}: "
-                                       f"{', '.join(FAMILIES + tuple(TASKS))}")
+                                       f"{', '.join(FAMILIES + tuple(TASKS) + also)}")
     for fam in FAMILIES:  # families first, task names override
         if fam in v:
             val = parse_value(v[fam], path + (fam,))
@@ -321,7 +322,8 @@ def _eval(w: Where, e: EvalSection, source: str, root: Path) -> EvalSpec:
                                                     f"({', '.join(sorted(named))})")
             set_limit[k] = parse_limit(lim[k], ("eval", "limit", k))
         lim = {k: v for k, v in lim.items() if k not in set_limit}
-    limit = _per_task(w, lim, ("eval", "limit"), parse_limit, lambda t: None, nli_follows_classification=True)
+    limit = _per_task(w, lim, ("eval", "limit"), parse_limit, lambda t: None, nli_follows_classification=True,
+                      also=tuple(name for _, name in test_sets))
     return EvalSpec(test_sets=test_sets, shots=shots, prompts=prompts, limit=limit, set_limit=set_limit, demos=e.demos,
                     demo_seeds=tuple(_int_list(w, e.demo_seeds, ("eval", "demo_seeds"))), backend=e.backend,
                     batch_size=e.batch_size, device=e.device, group=e.group, stages=e.stages)
