@@ -79,3 +79,35 @@ def test_the_command_prints_the_table_and_the_parts_it_cannot_decide(tmp_path, b
     assert main(["suite", "power", str(suite_file(tmp_path, builtin_data))]) == 0
     out = capsys.readouterr().out
     assert "| 3b " in out and "Cannot be decided at this size:" in out and "3b" in out.split("Cannot be decided")[1]
+
+
+def test_a_recipe_whose_pilot_did_not_take_effect_gets_no_on_par_comparisons(tmp_path, builtin_data):
+    """The pilot ran the suite's two recipes: ft-100 left the model unchanged in-domain, ft-200 took effect.
+    The report will leave ft-100's "on par" comparisons (3b) and the 100 -> 200 step (2a) out as vacuous, so
+    the planner does not count them either, and says so."""
+    from genft.report.power import pilot_effects, placeholder_records
+    from genft.suite.observe import read_plan
+
+    suite = load_suite(suite_file(tmp_path, builtin_data))
+    hashes = {r.finetune.name: r.finetune.replicate_hash for r in placeholder_records(read_plan(suite))
+              if r.finetune is not None}
+    gold = ["positive" if i % 2 else "negative" for i in range(40)]
+
+    def preds(k):
+        return [g if i < k else ("negative" if g == "positive" else "positive") for i, g in enumerate(gold)]
+
+    def tuned(name):
+        return ft("sentiment", "builtin_products", name=name).model_copy(update={"replicate_hash": hashes[name]})
+
+    recs = [record("sentiment", "builtin_products", "in", None, gold=gold, preds=preds(20)),
+            record("sentiment", "builtin_products", "in", tuned("ft-100"), gold=gold, preds=preds(20)),
+            record("sentiment", "builtin_products", "in", tuned("ft-200"), gold=gold, preds=preds(38))]
+    write_report(stored(tmp_path / "pilot-out", recs), out_dir=tmp_path / "rep")
+    pilot = tmp_path / "rep" / "synth" / "cells.jsonl.gz"
+    assert pilot_effects(pilot) == {hashes["ft-100"]: False, hashes["ft-200"]: True}
+    by = {r.key: r for r in power(suite, pilot)[0]}
+    assert by["3b"].comparisons == 2 and by["3b"].source.endswith("; 2 left out: vacuous in the pilot")
+    assert by["2a"].comparisons == 0 and "1 left out: vacuous in the pilot" in by["2a"].source
+    assert by["4a"].comparisons == 2  # "~0 ROUGE-L" is not an "on par" claim: both fine-tunes count
+    without = {r.key: r for r in power(suite)[0]}  # no pilot: every fine-tune is assumed to take effect
+    assert without["3b"].comparisons == 4 and without["2a"].comparisons == 1

@@ -4,8 +4,10 @@
    cell becomes a placeholder record (random answers on a few items; fine-tuned models as their runs will
    record them), so the report's own finding functions list the comparisons each part would make.  The
    placeholders assume what the plan cannot know: that no comparison will lack information (no arm at the
-   floor, no identical outputs) and that every fine-tune takes effect; the report later leaves out what does
-   not hold.
+   floor, no identical outputs) and that every fine-tune takes effect, except a recipe whose pilot run did not
+   (the same replicate hash in the pilot evidence): its "on par" comparisons and training-size steps are left
+   out as the report would leave them out (`pilot_effects`); the report later leaves out what else does not
+   hold.
 2. *Variance*: each comparison's per-item variance in units of its margin (`u`: the squared standard error
    times the items, over the squared margin) comes from a pilot evidence file (the median over the same part's
    informative comparisons of that metric, else of the metric's comparisons in any part) or from stated
@@ -42,7 +44,7 @@ from ..suite.report_settings import ReportSettings
 from ..training import OPERATIONAL
 from .evidence import read_evidence
 from .findings import FINDINGS
-from .judging import Part, judge_part
+from .judging import ON_PAR, Part, judge_part
 from .markdown import table
 from .model import SuiteData
 
@@ -95,6 +97,22 @@ def pilot_variances(path: str | Path, settings: ReportSettings | None = None) ->
                     by[(f"{f.num}{p.name[0]}", kind)].append(u)
                     by[(None, kind)].append(u)
     return {k: statistics.median(v) for k, v in by.items()}
+
+
+def pilot_effects(path: str | Path, settings: ReportSettings | None = None) -> dict[str, bool]:
+    """{replicate hash: took effect} of the pilot's fine-tuned models (the report's own in-domain check): a
+    planned run of the same recipe is expected to do as its pilot did."""
+    name, records, runs, stored = read_evidence(path)
+    s = SuiteData(name, records, runs, settings or stored)
+    return {g.ft.replicate_hash: s.effect(g).took for g in s.groups.values() if not g.is_base}
+
+
+def _vacuous_in_pilot(part: Part, e, effects: dict[str, bool]) -> bool:
+    """A comparison the report would leave out as vacuous: an "on par" claim (or a training-size step) on a
+    fine-tune whose pilot did not take effect."""
+    if part.claim not in ON_PAR + ("not_greater",):
+        return False
+    return any(not g.is_base and effects.get(g.ft.replicate_hash) is False for g in (e.groups or [e.group]))
 
 
 def placeholder_records(plan: planning.Plan) -> list[CellRecord]:
@@ -164,6 +182,7 @@ def power(suite: Suite, pilot: str | Path | None = None, default_items: int = 50
     plan = read_plan(suite)
     s = SuiteData(suite.name, placeholder_records(plan), settings=ReportSettings(n_resamples=100))
     variances = pilot_variances(pilot) if pilot else {}
+    effects = pilot_effects(pilot) if pilot else {}
     scored, held = _planned_items(plan, default_items)
     alpha = suite.report.alpha
     z = norm.ppf(1 - alpha / 2)
@@ -173,13 +192,16 @@ def power(suite: Suite, pilot: str | Path | None = None, default_items: int = 50
         for p in f.parts:
             key = f"{f.num}{p.name[0]}"
             ev = [e for e in p.evidence if e.comp is not None and e.fixed is None]
+            vacuous = [e for e in ev if _vacuous_in_pilot(p, e, effects)]
+            ev = [e for e in ev if e not in vacuous]
+            left = f"; {len(vacuous)} left out: vacuous in the pilot" if vacuous else ""
             if any(e.fixed is not None for e in p.evidence):
                 rows.append(PartPower(key, f"{f.title}: {p.name[3:]}", len(p.evidence), 0, 0.0, 0.0,
                                       "deterministic (no interval)", True, None, None))
                 continue
             if not ev:
                 rows.append(PartPower(key, f"{f.title}: {p.name[3:]}", 0, 0, float("nan"), float("nan"),
-                                      "no comparisons planned", False, None, None))
+                                      "no comparisons planned" + left, False, None, None))
                 continue
             us, ns, sources = [], [], set()
             for e in ev:
@@ -202,7 +224,7 @@ def power(suite: Suite, pilot: str | Path | None = None, default_items: int = 50
             most = [held[(e.ts.task, e.ts.dataset)] for e in ev]
             cap = None if any(m is None for m in most) else max(most)
             rows.append(PartPower(key, f"{f.title}: {p.name[3:]}", len(ev), median_n, hw, detect,
-                                  " + ".join(sorted(sources)), hw <= TARGET_HALF_WIDTH, need, cap))
+                                  " + ".join(sorted(sources)) + left, hw <= TARGET_HALF_WIDTH, need, cap))
     note = (f"variances from the pilot {pilot}" if pilot else
             "variances from genft's defaults (no pilot): " + ", ".join(
                 f"{k} {v:g}" for k, v in DEFAULT_UNIT_VARIANCE.items()))
