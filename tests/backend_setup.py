@@ -89,3 +89,21 @@ def _assert_same_ll(a, b, tol=TOL):
         assert math.isfinite(lb)
         assert abs(la - lb) < tol, (i, la, lb)
         assert ga == gbool, (i, ga, gbool)
+
+
+def save_random_lora(base: str, out, targets: list[str], scale: float, seed: int) -> str:
+    """A LoRA adapter (r 4, alpha 8, no dropout) on `targets` of the model in `base`, with a random nonzero B
+    (normal * scale, seeded) so that it changes the outputs, saved in `out`; returns its path."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0,
+                                      task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    model.save_pretrained(out)
+    return str(out)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend_setup import DEMOS_A, ITEMS_A, TOL, _gen_requests, _ll_requests
+from backend_setup import DEMOS_A, ITEMS_A, TOL, _gen_requests, _ll_requests, save_random_lora
 from conftest import REPO
 from genft.backend import GenftHFLM
 
@@ -142,19 +142,7 @@ def smollm2() -> str:
 
 @pytest.fixture(scope="module")
 def smollm2_lora(smollm2, tmp_path_factory) -> str:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("smol-lora")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    model.save_pretrained(out)
-    return str(out)
+    return save_random_lora(smollm2, tmp_path_factory.mktemp("smol-lora"), ["q_proj", "v_proj"], 0.02, 3)
 
 
 def _samples(results, task):

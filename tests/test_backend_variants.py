@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend_setup import DEMOS_A, DEMOS_B, ITEMS_A, ITEMS_B, _assert_same_ll, _gen_requests, _ll_requests, _pair
+from backend_setup import (DEMOS_A, DEMOS_B, ITEMS_A, ITEMS_B, _assert_same_ll, _gen_requests, _ll_requests, _pair,
+                           save_random_lora)
 from genft.precision import cpu_bf16_missing
 
 
@@ -70,20 +71,7 @@ def test_probe_turns_the_fast_path_off_when_attention_is_wrong(lively_swa, monke
 @pytest.fixture(scope="module")
 def lora_adapter(lively, tmp_path_factory) -> str:
     """A LoRA adapter on the lively model with a random, nonzero B (so that it changes the outputs)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("lora")
-    base = AutoModelForCausalLM.from_pretrained(lively)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    model.save_pretrained(out)
-    return str(out)
+    return save_random_lora(lively, tmp_path_factory.mktemp("lora"), ["q_proj", "v_proj", "down_proj"], 0.3, 2)
 
 
 def test_lora_adapter_matches_hf(lively, lora_adapter, models):
