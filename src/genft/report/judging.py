@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -61,6 +62,14 @@ CLAIMS = {
     "near_zero": (("below", "z"), ("above", "z"), None),
 }
 ON_PAR = ("not_less",)  # claims a fine-tune that did not take effect supports vacuously
+VACUOUS_WITHOUT_EFFECT = ON_PAR + ("not_greater",)  # and training-size steps ("no gain" between unchanged models)
+MIXED = f"{INCONCLUSIVE} (mixed: comparisons significantly disagree in sign)"
+
+
+def not_taken(e, took: Callable[[Group], bool]) -> list[Group]:
+    """The fine-tuned models behind a comparison that did not take effect (`took`: the in-domain check, or
+    what a pilot run of the same recipe showed)."""
+    return [g for g in (e.groups or [e.group]) if not g.is_base and not took(g)]
 
 
 @dataclass
@@ -179,7 +188,7 @@ def judge_part(part: Part, s: SuiteData) -> Part:
     vacuous = []
     if part.claim in ON_PAR:
         for e in rest:
-            bad = [g for g in (e.groups or [e.group]) if not g.is_base and not s.effect(g).took]
+            bad = not_taken(e, lambda g: s.effect(g).took)
             if bad:
                 e.vacuous = "; ".join(f"{g.label}: {s.effect(g).status}" for g in bad)
                 vacuous.append(e)
@@ -228,7 +237,7 @@ def judge_part(part: Part, s: SuiteData) -> Part:
                    f"{c[CONTRADICTS]} contradict, {c[NO_DIFFERENCE]} no difference, {c[UNDETERMINED]} undetermined"
                    f"; {n_pos} significantly above and {n_neg} below {'the ~0 level' if near else 'zero'}{extra}")
     if n_pos and n_neg:
-        part.verdict = f"{INCONCLUSIVE} (mixed: comparisons significantly disagree in sign)"
+        part.verdict = MIXED
     else:
         part.verdict = _pooled_verdict(part.claim, est.lo, est.hi)
     comps = [e.comp for e in used]
@@ -237,8 +246,7 @@ def judge_part(part: Part, s: SuiteData) -> Part:
         b = anytime.mean_bounds(each)
         up, down = anytime.disagree(each)
         # the same two rules as above, on the sequences: comparisons that disagree in sign leave the part mixed
-        part.anytime = (f"{INCONCLUSIVE} (mixed: comparisons significantly disagree in sign)" if up and down
-                        else _pooled_verdict(part.claim, *b))
+        part.anytime = MIXED if up and down else _pooled_verdict(part.claim, *b)
         if anytime.stopped_early(comps):  # cells stopped on a decision: the verdict rests on the sequences
             part.verdict = part.anytime + " [anytime-valid: staged evaluation]"
             part.counts += (f"; anytime-valid pooled bounds [{b[0]:+.2f}, {b[1]:+.2f}] {part.unit}, {up} "
@@ -252,7 +260,7 @@ def _judge_steps(part: Part, s: SuiteData) -> Part:
     left = [e for e in part.evidence if e.degenerate]
     vacuous = []
     for e in part.evidence:
-        bad = [g for g in e.groups if not e.degenerate and not s.effect(g).took]
+        bad = [] if e.degenerate else not_taken(e, lambda g: s.effect(g).took)
         if bad:  # "no gain" between fine-tunes that did not take effect is automatic
             e.vacuous = "; ".join(f"{g.label}: {s.effect(g).status}" for g in bad)
             e.verdict_class = VACUOUS

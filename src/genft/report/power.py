@@ -44,7 +44,7 @@ from ..suite.report_settings import ReportSettings
 from ..training import OPERATIONAL
 from .evidence import read_evidence
 from .findings import FINDINGS
-from .judging import ON_PAR, Part, judge_part
+from .judging import VACUOUS_WITHOUT_EFFECT, Part, judge_part, not_taken
 from .markdown import table
 from .model import SuiteData
 
@@ -78,10 +78,15 @@ def _kind(part: Part, e) -> str:
     return get_task(e.ts.task).kind if e.ts is not None else "classification"
 
 
-def pilot_variances(path: str | Path, settings: ReportSettings | None = None) -> dict[tuple, float]:
-    """{(part key, kind): median u, (None, kind): median u over every part} from a pilot evidence file."""
+def read_pilot(path: str | Path, settings: ReportSettings | None = None) -> SuiteData:
+    """A pilot evidence file, read once for its variances and its models' in-domain checks."""
     name, records, runs, stored = read_evidence(path)
-    s = SuiteData(name, records, runs, settings or stored)
+    return SuiteData(name, records, runs, settings or stored)
+
+
+def pilot_variances(pilot: str | Path | SuiteData, settings: ReportSettings | None = None) -> dict[tuple, float]:
+    """{(part key, kind): median u, (None, kind): median u over every part} from a pilot evidence file."""
+    s = pilot if isinstance(pilot, SuiteData) else read_pilot(pilot, settings)
     by: dict[tuple, list[float]] = defaultdict(list)
     for fn in FINDINGS:
         f = fn(s)
@@ -99,20 +104,18 @@ def pilot_variances(path: str | Path, settings: ReportSettings | None = None) ->
     return {k: statistics.median(v) for k, v in by.items()}
 
 
-def pilot_effects(path: str | Path, settings: ReportSettings | None = None) -> dict[str, bool]:
+def pilot_effects(pilot: str | Path | SuiteData, settings: ReportSettings | None = None) -> dict[str, bool]:
     """{replicate hash: took effect} of the pilot's fine-tuned models (the report's own in-domain check): a
     planned run of the same recipe is expected to do as its pilot did."""
-    name, records, runs, stored = read_evidence(path)
-    s = SuiteData(name, records, runs, settings or stored)
+    s = pilot if isinstance(pilot, SuiteData) else read_pilot(pilot, settings)
     return {g.ft.replicate_hash: s.effect(g).took for g in s.groups.values() if not g.is_base}
 
 
 def _vacuous_in_pilot(part: Part, e, effects: dict[str, bool]) -> bool:
-    """A comparison the report would leave out as vacuous: an "on par" claim (or a training-size step) on a
-    fine-tune whose pilot did not take effect."""
-    if part.claim not in ON_PAR + ("not_greater",):
-        return False
-    return any(not g.is_base and effects.get(g.ft.replicate_hash) is False for g in (e.groups or [e.group]))
+    """A comparison the report would leave out as vacuous (judging's rule) on a fine-tune whose pilot did not
+    take effect; a recipe the pilot did not run is assumed to take effect."""
+    return part.claim in VACUOUS_WITHOUT_EFFECT and bool(
+        not_taken(e, lambda g: effects.get(g.ft.replicate_hash) is not False))
 
 
 def placeholder_records(plan: planning.Plan) -> list[CellRecord]:
@@ -181,8 +184,9 @@ def power(suite: Suite, pilot: str | Path | None = None, default_items: int = 50
     """Every finding part's precision at the suite's planned items; (rows, a note on the variances' source)."""
     plan = read_plan(suite)
     s = SuiteData(suite.name, placeholder_records(plan), settings=ReportSettings(n_resamples=100))
-    variances = pilot_variances(pilot) if pilot else {}
-    effects = pilot_effects(pilot) if pilot else {}
+    ps = read_pilot(pilot) if pilot else None
+    variances = pilot_variances(ps) if ps is not None else {}
+    effects = pilot_effects(ps) if ps is not None else {}
     scored, held = _planned_items(plan, default_items)
     alpha = suite.report.alpha
     z = norm.ppf(1 - alpha / 2)

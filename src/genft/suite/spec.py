@@ -313,9 +313,8 @@ def _eval(w: Where, e: EvalSection, source: str, root: Path) -> EvalSpec:
         return v
 
     # a test set's own limit overrides its task's (where the planner asks for more items of some sets only)
-    lim, set_limit = e.limit, {}
+    lim, set_limit, named = e.limit, {}, tuple(name for _, name in test_sets)
     if isinstance(lim, dict):
-        named = {name for _, name in test_sets}
         for k in [k for k in lim if k not in FAMILIES and k not in TASKS and k in gdata.all_datasets()]:
             if k not in named:
                 raise w.error(("eval", "limit", k), f"{k!r} is not one of the suite's test sets "
@@ -323,7 +322,7 @@ def _eval(w: Where, e: EvalSection, source: str, root: Path) -> EvalSpec:
             set_limit[k] = parse_limit(lim[k], ("eval", "limit", k))
         lim = {k: v for k, v in lim.items() if k not in set_limit}
     limit = _per_task(w, lim, ("eval", "limit"), parse_limit, lambda t: None, nli_follows_classification=True,
-                      also=tuple(name for _, name in test_sets))
+                      also=named)
     return EvalSpec(test_sets=test_sets, shots=shots, prompts=prompts, limit=limit, set_limit=set_limit, demos=e.demos,
                     demo_seeds=tuple(_int_list(w, e.demo_seeds, ("eval", "demo_seeds"))), backend=e.backend,
                     batch_size=e.batch_size, device=e.device, group=e.group, stages=e.stages)

@@ -299,26 +299,25 @@ def _read_cell(path: Path) -> CellRecord:
 
 def stop_cell(output: Path, key: str, why: str) -> CellRecord:
     """Mark a staged cell's record as stopped by a decision (rewritten atomically; its items unchanged)."""
-    path = cell_path(output, key)
-    rec = read_cell(path)
-    if rec.stages is None or rec.stages.stopped is not None:
-        raise StoreError(f"{path}: not a running staged cell; only those can be stopped")
-    raw = rec.model_dump(mode="json", exclude={"checksum"})
-    raw["stages"].update(stopped="decided", why=str(why))
-    new = CellRecord.model_validate(raw).sealed()
-    write_json(path, new.model_dump(mode="json"))
-    return new
+    return _set_stop(output, key, None, "not a running staged cell; only those can be stopped", "decided", str(why))
 
 
 def reopen_cell(output: Path, key: str) -> CellRecord:
     """Let a cell stopped by a decision run on (its parts are no longer decided): the record loses its stop
     reason and keeps its items, and its next stage continues the order where it left off."""
+    return _set_stop(output, key, "decided", "not a staged cell stopped by a decision; only those can be reopened",
+                     None, None)
+
+
+def _set_stop(output: Path, key: str, expected: str | None, refusal: str, stopped: str | None,
+              why: str | None) -> CellRecord:
+    """Rewrite a staged record's stop reason atomically (items unchanged), if it is now `expected`."""
     path = cell_path(output, key)
     rec = read_cell(path)
-    if rec.stages is None or rec.stages.stopped != "decided":
-        raise StoreError(f"{path}: not a staged cell stopped by a decision; only those can be reopened")
+    if rec.stages is None or rec.stages.stopped != expected:
+        raise StoreError(f"{path}: {refusal}")
     raw = rec.model_dump(mode="json", exclude={"checksum"})
-    raw["stages"].update(stopped=None, why=None)
+    raw["stages"].update(stopped=stopped, why=why)
     new = CellRecord.model_validate(raw).sealed()
     write_json(path, new.model_dump(mode="json"))
     return new
