@@ -17,9 +17,10 @@ from run_conditions import rotated
 from genft.metrics import clean_generation
 from genft.prompts import primary_metric_of
 
-# bf16 log-likelihoods: genft-hf within max(BF16_LL_ABS, BF16_LL_REL x |ll|) of hf's (tests/test_backend_variants.py:
-# a log-probability is a difference of bf16 logits, so even one near 0 carries their rounding)
-BF16_LL_REL, BF16_LL_ABS = 2**-6, 0.05
+# bf16 log-likelihoods: genft-hf within max(BF16_LL_ABS, BF16_LL_REL x |ll|) of hf's.  A log-probability is a
+# difference of bf16-rounded logits, and this model's top logits lie in [16, 32), where bf16 steps by 0.125: two
+# such steps, the most `hf` moves between its own batch sizes 1 and 8 (benchmarks/bf16_loglik.py measures it).
+BF16_LL_REL, BF16_LL_ABS = 2**-6, 0.25
 
 
 @dataclass

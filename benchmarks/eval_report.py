@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import report_section
-from eval_cells import Measured
+from eval_cells import BF16_LL_ABS, Measured
 from roofline import peak_label
 from run_conditions import machine_text, now_text
 
@@ -61,7 +61,8 @@ def render(args, command_args: list[str], cond: Conditions, out: Measured) -> st
         "measured matmul FLOP/s (prefill) and memory bandwidth (decoding, a batch of 8 per weight read) over the",
         "measured time (see the script's docstring). 'same as hf': identical greedy texts, or log-likelihoods",
         f"within {args.tol:g} with the same greedy flags, on every item."
-        + (" In bf16: within max(tol, 2**-6 x |ll|), tol at least 0.05; a greedy text that parts from hf's at a bf16 near-tie is "
+        + (f" In bf16: within max(tol, 2**-6 x |ll|), tol at least {BF16_LL_ABS:g} (two bf16 steps of this model's top logits: "
+           "the most lm-eval's `hf` moves between batch sizes 1 and 8, section bf16_loglik); a greedy text that parts from hf's at a bf16 near-tie is "
            "counted ('k of n differ'), not a failure. '%' shares are of the bf16 matmul peak." if bf16 else ""),
         "",
         tabulate(out.rows, headers=HEADERS, tablefmt="github"),

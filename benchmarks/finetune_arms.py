@@ -17,8 +17,13 @@ from pathlib import Path
 
 from roofline import model_sizes
 
-ARMS = ("genft", "genft-padded", "trainer", "trainer-padfree")
-GENFT_ARMS = ("genft", "genft-padded")
+# genft's arms by precision (the settings each changes in its config), compared with each other: the genft arm
+# in float32, in bf16 mixed precision, and in bf16 with LoRA's frozen base stored in bf16 (training.runner's
+# device_settings says what each runs).
+PRECISION_ARMS = {"genft-fp32": {"bf16": None}, "genft-bf16": {"bf16": True},
+                  "genft-bf16-base": {"bf16": True, "dtype": "bfloat16"}}
+ARMS = ("genft", "genft-padded", "trainer", "trainer-padfree", *PRECISION_ARMS)
+GENFT_ARMS = ("genft", "genft-padded", *PRECISION_ARMS)
 # genft's arms and the plain loop's arm they are compared with: the target, then batching for batching.
 PAIRS = (("genft", "trainer"), ("genft", "trainer-padfree"), ("genft-padded", "trainer"))
 PROFILE_ROWS = 10  # shown per arm
@@ -190,7 +195,7 @@ def run_plain(spec: dict) -> dict:
 
 
 def run_genft(spec: dict) -> dict:
-    """The genft and genft-padded arms: genft.training.run on spec["genft_config"]; returns the figures of its
+    """The genft arms (GENFT_ARMS): genft.training.run on spec["genft_config"]; returns the figures of its
     manifest."""
     from genft import training
 
@@ -201,7 +206,9 @@ def run_genft(spec: dict) -> dict:
                          "wall_time_s": t.wall_time_s, "global_steps": t.global_steps,
                          "final_loss": t.final_loss, "truncation_tokens": manifest.truncation.tokens,
                          "examples": manifest.data.examples,
-                         "batching": t.batching.model_dump() if t.batching else None, "lm_head": t.lm_head}}
+                         "batching": t.batching.model_dump() if t.batching else None, "lm_head": t.lm_head,
+                         "precision": manifest.device.precision, "lora_dropout": t.lora_dropout,
+                         "loss_curve": t.loss_curve}}
 
 
 def worker(spec_path: str) -> int:

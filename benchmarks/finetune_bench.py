@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from finetune_arms import GENFT_ARMS, PAIRS
+from finetune_arms import GENFT_ARMS, PAIRS, PRECISION_ARMS
 from roofline import machine_peaks, peak_label
 from run_conditions import rotated
 
@@ -187,7 +187,8 @@ def arm_spec(opts: dict, config: dict, model_path: str, work: Path, arm: str, ta
             "learning_rate": opts["learning_rate"], "steps": opts["steps"], "batch_size": opts["batch_size"],
             "seed": opts["seed"], "save_steps": opts["steps"], "profile": profile,
             "bf16": opts.get("dtype") == "bfloat16",
-            "genft_config": dict(config, output_dir=str(out), padding_free=arm != "genft-padded")}
+            "genft_config": dict(config, output_dir=str(out), padding_free=arm != "genft-padded",
+                                 **PRECISION_ARMS.get(arm, {}))}
 
 
 def _timed_runs(arms: list[str], opts: dict, spec_for, work: Path, log) -> dict[str, list[dict]]:
@@ -228,7 +229,8 @@ def summarize(runs: dict, peaks: dict, opts: dict, trunc: dict) -> tuple[dict, l
         summary[arm] = _arm_summary(rs, counts[0], peaks, opts)
         if arm in GENFT_ARMS:
             _manifest_checks(arm, rs, summary[arm], trunc, failures)
-    for key in ("activation_checkpointing", "torch_threads", "bf16", "optim"):
+    precision = [a for a in summary if a in PRECISION_ARMS]
+    for key in ("activation_checkpointing", "torch_threads", "optim") + (() if precision else ("bf16",)):
         if len({s[key] for s in summary.values()}) > 1:
             failures.append(f"the arms ran with different {key}: " + ", ".join(f"{a} {s[key]}" for a, s in summary.items()))
     if len({s["sizes"]["trainable"] for s in summary.values()}) > 1:
@@ -242,6 +244,14 @@ def summarize(runs: dict, peaks: dict, opts: dict, trunc: dict) -> tuple[dict, l
             if d > opts["tol"]:
                 failures.append(f"first-step loss of {arm} {summary[arm]['first_loss']:.6f} differs from trainer's "
                                 f"{ref:.6f} by {d:.2e} > --tol {opts['tol']:g}")
+    if "genft-fp32" in summary:  # the same first step (LoRA's B at zero) in another precision: within --tol relative
+        ref = summary["genft-fp32"]["first_loss"]
+        for arm in [a for a in precision if a != "genft-fp32"]:
+            d = abs(summary[arm]["first_loss"] - ref)
+            summary[arm]["first_loss_diff"] = d
+            if d > opts["tol"] * max(1.0, abs(ref)):
+                failures.append(f"first-step loss of {arm} {summary[arm]['first_loss']:.6f} differs from genft-fp32's "
+                                f"{ref:.6f} by {d:.2e}, more than --tol {opts['tol']:g} relative")
     return summary, failures
 
 
@@ -278,7 +288,8 @@ def _manifest_checks(arm: str, rs: list[dict], s: dict, trunc: dict, failures: l
     n_in = s["input_tokens"]
     s["batching"] = m[0]["batching"]
     s["lm_head"] = m[0]["lm_head"]
-    if m[0]["batching"]["padding_free"] != (arm == "genft"):
+    s["precision"], s["lora_dropout"], s["loss_curve"] = m[0]["precision"], m[0]["lora_dropout"], m[0]["loss_curve"]
+    if m[0]["batching"]["padding_free"] != (arm != "genft-padded"):
         failures.append(f"{arm}: trained with {'padding-free' if m[0]['batching']['padding_free'] else 'padded'} "
                         f"batches ({m[0]['batching']['reason']})")
     s["manifest_tokens_per_s"] = statistics.median(x["tokens_per_s"] for x in m)

@@ -22,6 +22,14 @@ Arms:
   trainer-padfree  the same without padding: transformers' DataCollatorWithFlattening (one row per batch,
                    position_ids restarting at every example, no attention mask: the model builds a
                    block-diagonal causal mask from the position_ids).
+The genft arms draw LoRA's dropout masks genft's way (genft.training.dropout); the plain loop keeps peft's
+nn.Dropout.  The precision arms (not run by default) are the genft arm in three precisions, side by side in one
+run (--arms genft-fp32,genft-bf16,genft-bf16-base; the shares are then of the bf16 peak, the section is
+`finetune_speed:dtypes`, and each arm's loss per step is shown):
+  genft-fp32       float32 throughout.
+  genft-bf16       bf16 mixed precision (`bf16: true`: autocast, float32 weights and optimizer state).
+  genft-bf16-base  the same with LoRA's frozen base weights stored in bf16 (`dtype: bfloat16`); the adapters,
+                   their gradients and optimizer state float32.
 
 One measure for every arm: `Trainer.train` is wrapped (class level, in the arm's process) to time the whole
 train() call (dataloader, steps, logging, the end-of-training checkpoint both arms write; not model loading,
@@ -48,6 +56,7 @@ tokens as the wrapper.
     python benchmarks/finetune_speed.py --quick --threads 1           # a busy machine / a smoke run
     python benchmarks/finetune_speed.py --model tiny --threads 1 --quick --out /tmp/ft.md --json /tmp/ft.json
     python benchmarks/finetune_speed.py --dtype bfloat16              # bf16 mixed precision, shares of the bf16 peak
+    python benchmarks/finetune_speed.py --arms genft-fp32,genft-bf16,genft-bf16-base   # float32 vs bf16
 
 The report is the `finetune_speed` section of --out (reports/benchmarks.md), between
 `<!-- finetune_speed:start -->` and `<!-- finetune_speed:end -->` (a bf16 run: `finetune_speed:bfloat16`); the
@@ -66,14 +75,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(HERE) not in sys.path:  # the modules next to this file
     sys.path.insert(0, str(HERE))
-from finetune_arms import ARMS, worker  # noqa: E402
+from finetune_arms import ARMS, PRECISION_ARMS, worker  # noqa: E402
 from finetune_bench import benchmark  # noqa: E402
 from finetune_report import render  # noqa: E402
 from report_section import write_section  # noqa: E402
 from run_conditions import check_dtype, offline_environment  # noqa: E402
 
 SECTION = "finetune_speed"
-DEFAULT_ARMS = ARMS
+DEFAULT_ARMS = ("genft", "genft-padded", "trainer", "trainer-padfree")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,11 +126,13 @@ def parser() -> argparse.ArgumentParser:
 def options(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """The benchmark's opts (finetune_bench.benchmark) from the options, checked: --quick's smaller run, the
     defaults of --steps (one epoch of --train-limit), --lr and --tol, and the recipe's LoRA settings."""
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if set(arms) & set(PRECISION_ARMS):
+        args.dtype = "bfloat16"  # the precisions side by side: every arm's share is of the bf16 matmul peak
     check_dtype(ap, args.dtype)
     if args.tol is None:
         args.tol = 2e-2 if args.dtype == "bfloat16" else 1e-3
 
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if not arms or set(arms) - set(ARMS) or len(set(arms)) != len(arms):
         ap.error(f"--arms: choose from {', '.join(ARMS)}")
     if args.quick:
@@ -141,6 +152,13 @@ def options(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
             "reps": args.reps, "arms": arms, "tol": args.tol, "profile": args.profile, "dtype": args.dtype}
 
 
+def section_name(opts: dict) -> str:
+    """The report's section: the precision arms side by side, a bf16 run, or the float32 one."""
+    if set(opts["arms"]) & set(PRECISION_ARMS):
+        return SECTION + ":dtypes"
+    return SECTION + (":bfloat16" if opts["dtype"] == "bfloat16" else "")
+
+
 def main(argv=None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
@@ -155,7 +173,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/finetune_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(res, command.strip())
     if args.out:
-        write_section(args.out, SECTION + (":bfloat16" if args.dtype == "bfloat16" else ""), text)
+        write_section(args.out, section_name(opts), text)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     print(text)

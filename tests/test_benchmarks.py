@@ -171,3 +171,36 @@ def test_finetune_speed_bf16_measures_against_the_bf16_peak(tiny_model, data_roo
     # the bf16 peak is measured as the fp32 one is: the same 2048^3 matmul, in bf16
     peak = roofline.machine_peaks(1, rounds=1, dtype="bfloat16")
     assert peak["dtype"] == "bfloat16" and peak["flops"] > 0
+
+
+@pytest.mark.skipif(bool(cpu_bf16_missing()), reason=f"no native bf16 on this CPU: {cpu_bf16_missing()}")
+def test_finetune_speed_puts_the_precisions_side_by_side(tiny_model, data_root, tmp_path):
+    """The precision arms in one run: each trains in its own numerics (the manifests say which), all against the
+    bf16 peak, their first-step losses within bf16 rounding of float32's, the ratio and the loss per step shown
+    in their own section."""
+    import finetune_speed
+
+    out = tmp_path / "benchmarks.md"
+    out.write_text(report_section.upsert(OTHER, "finetune_speed:bfloat16", "the bf16 figures"))
+    raw = tmp_path / "ft.json"
+    rc = finetune_speed.main([
+        "--model", tiny_model, "--threads", "1", "--task", "sentiment", "--dataset", "amazon",
+        "--data-dir", str(data_root), "--train-limit", "8", "--steps", "2", "--batch-size", "4", "--max-length", "128",
+        "--reps", "1", "--arms", "genft-fp32,genft-bf16,genft-bf16-base", "--profile", "never", "--out", str(out),
+        "--json", str(raw),
+    ])
+    res = json.loads(raw.read_text())
+    assert rc == 0, res["failures"]
+    assert res["peaks"]["dtype"] == "bfloat16"
+    s = res["summary"]
+    assert s["genft-fp32"]["precision"] == "float32 throughout" and s["genft-fp32"]["bf16"] is False
+    assert s["genft-bf16"]["precision"].startswith("bf16 mixed precision (autocast; float32 weights, gradients")
+    assert "frozen base weights bfloat16" in s["genft-bf16-base"]["precision"]
+    assert len({a["input_tokens"] for a in s.values()}) == 1
+    for arm in ("genft-bf16", "genft-bf16-base"):
+        assert 0 < s[arm]["first_loss_diff"] < 2e-2 * max(1.0, s["genft-fp32"]["first_loss"])
+        assert [st for st, _ in s[arm]["loss_curve"]] == [1, 2]
+    section = report_section.extract(out.read_text(), "finetune_speed:dtypes")
+    assert "the bf16 figures" in out.read_text()
+    assert "**genft-bf16 over genft-fp32**" in section and "**genft-bf16-base over genft-fp32**" in section
+    assert "GFLOP/s bf16 matmul" in section and "Loss at each optimizer step" in section

@@ -244,3 +244,35 @@ def test_the_command_line_picks_the_cells_backends_and_block():
     assert eval_report.own_block(eval_report.DEFAULT_MODEL, "float32") is None
     assert eval_report.own_block("swa-262k", "float32") == "eval_speed:swa-262k"
     assert eval_report.own_block(eval_report.DEFAULT_MODEL, "bfloat16") == "eval_speed:smollm2-135m:bfloat16"
+
+
+@pytest.mark.skipif(bool(__import__("genft.precision", fromlist=["x"]).cpu_bf16_missing()),
+                    reason="no native bf16 on this CPU")
+def test_eval_dtypes_runs_both_dtypes_side_by_side(tiny_model, builtin_data, tmp_path):
+    """benchmarks/eval_dtypes.py on the tiny model: every cell in both dtypes, one row each with both
+    speeds as shares of the bf16 limit, the predictions compared, its own section written next to the others."""
+    import torch
+
+    import eval_dtypes
+    import report_section
+
+    torch.set_num_threads(1)
+    out = tmp_path / "benchmarks.md"
+    out.write_text(FT)
+    cells = ["genft_summary_builtin_sports:0:3", "genft_question_builtin_social:1:3",
+             "genft_sentiment_builtin_products:2:6", "genft_nli_builtin_work:0:6"]
+    assert eval_dtypes.main(["--model", tiny_model, "--threads", "1", "--reps", "2", "--data-dir", str(builtin_data),
+                             "--out", str(out)] + [x for c in cells for x in ("--cell", c)]) == 0
+    text = out.read_text()
+    section = report_section.extract(text, "eval_speed:dtypes")
+    assert report_section.extract(text, "finetune_speed") == FT.strip()
+    rows = [line for line in section.splitlines() if line.startswith("| genft_")]
+    assert len(rows) == len(cells)
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        fp32, bf16, ratio = float(cells[4]), float(cells[5]), float(cells[6][:-1])
+        assert ratio == pytest.approx(bf16 / fp32, rel=0.02)
+        assert cells[3] == ("generation" if "summary" in cells[0] or "question" in cells[0] else "classification")
+        same, of = cells[11].split(" of ")
+        assert 0 <= int(same) <= int(of) == int(cells[2])
+    assert "Targets (bf16 over fp32" in section and "GFLOP/s bf16" in section

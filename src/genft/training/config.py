@@ -61,7 +61,8 @@ class FinetuneConfig(DataArguments):
     model_name_or_path: str | None = field(default=None, metadata={"help": "genft model name, local folder or hub id"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (off by default)"})
     dtype: str | None = field(
-        default=None, metadata={"help": "weights dtype: float32 (default), bfloat16, float16; bf16 mixed precision is --bf16"}
+        default=None, metadata={"help": "weights dtype: float32 (default), bfloat16, float16; bf16 mixed precision is --bf16; on a "
+                                  "CPU bfloat16 is for LoRA only: the frozen base in bf16, the adapters float32"}
     )
     use_peft: bool = field(default=False, metadata={"help": "LoRA instead of full fine-tuning"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -312,12 +313,18 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+# LoRA's dropout masks (genft.training.dropout.MaskDropout): part of the recipe hash where LoRA has dropout
+LORA_DROPOUT_MASKS = "genft 16-bit threshold masks"
+
+
 def config_hash(cfg: FinetuneConfig, data_files: Mapping[str, str], seed: bool = True) -> str:
     """The recipe hash: sha256 over every setting that determines the trained model (learning rate, epochs,
     LoRA settings, max length, precision, prompt, demonstrations, number of processes, ...; not output paths
     or logging) and the training data's sha256s.  seed=False: the same without the seed, equal exactly for
     replicates of one recipe."""
     keyed = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL and (seed or k != "seed")}
+    if cfg.use_peft and cfg.lora_dropout > 0:  # which random masks the dropout draws (training.dropout)
+        keyed["lora_dropout_masks"] = LORA_DROPOUT_MASKS
     if cfg.accelerate_config:
         keyed["accelerate_config_sha256"] = sha256_file(Path(cfg.accelerate_config))
     return sha256_json({"config": keyed, "data": dict(sorted(data_files.items()))})

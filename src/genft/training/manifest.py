@@ -96,6 +96,7 @@ class TrainingInfo(_Part):
     batching: Batching | None = None
     lm_head: str | None = Field(None, description="where the loss computed the LM head")
     mixed_precision: str | None = Field(None, description="accelerate's mixed precision (bf16, no)")
+    lora_dropout: str | None = Field(None, description="LoRA's dropout: adapters, p and the masks drawn (None: none)")
     effective_batch_size: int
 
 

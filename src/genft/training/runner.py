@@ -19,6 +19,7 @@ from ..precision import PrecisionError, check_cpu_bf16
 from .config import (
     ADAPTER_DIR,
     LOCK_FILE,
+    LORA_DROPOUT_MASKS,
     OPERATIONAL,
     RUN_FILE,
     ConfigError,
@@ -173,28 +174,41 @@ def library_versions() -> dict:
 def device_settings(cfg: FinetuneConfig) -> dict:
     """GPU: bf16 mixed precision by default.  CPU: float32 by default; `bf16: true` is bf16 mixed precision as
     transformers' Trainer does it on a CPU (accelerate's bf16 autocast around the forward pass; the weights,
-    their gradients and the optimizer state stay float32), refused on a CPU without native bf16
-    (genft.precision).  Weights stored in bf16 / fp16 (`dtype`) train on a GPU only."""
+    their gradients and the optimizer state stay float32).  With LoRA, `dtype: bfloat16` also stores the frozen
+    base weights in bf16 (they are never updated, so they need no float32 master copy; peft keeps the adapters,
+    their gradients and optimizer state in float32) and turns the autocast on.  bf16 on a CPU without native
+    bf16 is refused (genft.precision); so are full fine-tuning in bf16 / fp16 weights and fp16 on a CPU."""
     import torch
 
     gpu = torch.cuda.is_available()
-    if not gpu and cfg.bf16:
+    bf16_base = not gpu and cfg.dtype == "bfloat16" and cfg.use_peft
+    if not gpu and cfg.dtype in ("bfloat16", "float16") and not bf16_base:
+        raise ConfigError(f"dtype: {cfg.dtype} weights are not supported for CPU training"
+                          f"{' (only LoRA keeps a bfloat16 base)' if cfg.dtype == 'bfloat16' else ''}; use float32 "
+                          "(for bf16 on a CPU set bf16: true, mixed precision with float32 weights)")
+    if bf16_base and cfg.bf16 is False:
+        raise ConfigError("dtype: bfloat16 with bf16: false; a bfloat16 base trains its float32 adapters under bf16 "
+                          "autocast: drop bf16: false, or use dtype float32")
+    if not gpu and (cfg.bf16 or bf16_base):
         try:
             check_cpu_bf16("bf16")
         except PrecisionError as e:
             raise ConfigError(str(e)) from None
-    if not gpu and cfg.dtype in ("bfloat16", "float16"):
-        raise ConfigError(f"dtype: {cfg.dtype} weights are not supported for CPU training; use float32 (for bf16 "
-                          "on a CPU set bf16: true, mixed precision with float32 weights)")
-    bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (gpu and torch.cuda.is_bf16_supported())
+    if bf16_base or cfg.bf16 is not None:
+        bf16 = bf16_base or bool(cfg.bf16)
+    else:
+        bf16 = gpu and torch.cuda.is_bf16_supported()
     return {"device": "cuda" if gpu else "cpu", "use_cpu": not gpu, "bf16": bf16, "dtype": cfg.dtype or "float32",
-            "precision": precision_of(bf16, cfg.dtype or "float32"),
+            "precision": precision_of(bf16, cfg.dtype or "float32", cfg.use_peft),
             "gpu": torch.cuda.get_device_name(0) if gpu else None, "torch_threads": torch.get_num_threads(),
             "world_size": int(cfg.num_processes or 1)}
 
 
-def precision_of(bf16: bool, dtype: str) -> str:
+def precision_of(bf16: bool, dtype: str, lora: bool = False) -> str:
     """The training numerics in words (the manifest's device.precision)."""
+    if bf16 and lora and dtype != "float32":
+        return f"bf16 mixed precision (autocast; frozen base weights {dtype}, LoRA adapters, their gradients and " \
+               "optimizer state float32)"
     if bf16:
         return f"bf16 mixed precision (autocast; {dtype} weights, gradients and optimizer state)"
     return f"{dtype} throughout"
@@ -319,6 +333,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
+    from .dropout import use_mask_dropout
     from .trl_args import peft_config, sft_config
 
     dtype = getattr(torch, dev["dtype"])
@@ -335,6 +350,9 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces the raw log dicts
+    dropout = None
+    if cfg.use_peft and cfg.lora_dropout > 0:
+        dropout = f"{use_mask_dropout(trainer.model)} adapters, p {cfg.lora_dropout}, {LORA_DROPOUT_MASKS}"
     _check_prepared(trainer, examples, cfg, dev, log)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 
@@ -361,6 +379,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
         final_loss=loss_curve[-1][1] if loss_curve else None, loss_curve=loss_curve, wall_time_s=round(wall, 2),
         trained_tokens=tokens, tokens_per_s=round(tokens / wall, 2) if wall > 0 else None,
         resumed_from_checkpoint=last, batching=batching, lm_head=lm_head, mixed_precision=mixed_precision,
+        lora_dropout=dropout,
         effective_batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dev["world_size"])
 
     manifest = None
