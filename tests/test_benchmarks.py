@@ -71,19 +71,27 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
-    import finetune_bench
+def _tiny_run(tiny_model, data_root, tmp_path, section: str, text: str, arms: str, *extra: str):
+    """finetune_speed.py on the tiny model (8 examples, 2 steps of 4, one run per arm) into a report that holds
+    `text` in `section`: (the report's path, the exit status, the JSON figures)."""
     import finetune_speed
 
     out = tmp_path / "benchmarks.md"
-    out.write_text(report_section.upsert(OTHER, "finetune_speed", "stale figures"))
+    out.write_text(report_section.upsert(OTHER, section, text))
     raw = tmp_path / "ft.json"
     rc = finetune_speed.main([
         "--model", tiny_model, "--threads", "1", "--task", "sentiment", "--dataset", "amazon",
         "--data-dir", str(data_root), "--train-limit", "8", "--steps", "2", "--batch-size", "4", "--max-length", "128",
-        "--reps", "1", "--arms", "genft,genft-padded,trainer", "--profile", "never", "--out", str(out), "--json", str(raw),
+        "--reps", "1", "--arms", arms, "--profile", "never", "--out", str(out), "--json", str(raw), *extra,
     ])
-    res = json.loads(raw.read_text())
+    return out, rc, json.loads(raw.read_text())
+
+
+def test_finetune_speed_tiny(tiny_model, data_root, tmp_path):
+    import finetune_bench
+
+    out, rc, res = _tiny_run(tiny_model, data_root, tmp_path, "finetune_speed", "stale figures",
+                             "genft,genft-padded,trainer")
     assert rc == 0, res["failures"]
     g, t = res["summary"]["genft"], res["summary"]["trainer"]
     # the same batches: the same non-padding input tokens and target tokens, in the same number of steps
@@ -146,18 +154,10 @@ def test_time_model_fits_the_records_it_is_given(tmp_path, capsys):
 def test_finetune_speed_bf16_measures_against_the_bf16_peak(tiny_model, data_root, tmp_path):
     """--dtype bfloat16: every arm trains in bf16 mixed precision, the shares are of the bf16 matmul peak
     (measured the same way as the fp32 one), and the run writes its own block next to the fp32 one."""
-    import finetune_speed
     import roofline
 
-    out = tmp_path / "benchmarks.md"
-    out.write_text(report_section.upsert(OTHER, "finetune_speed", "the fp32 figures"))
-    raw = tmp_path / "ft.json"
-    rc = finetune_speed.main([
-        "--model", tiny_model, "--threads", "1", "--task", "sentiment", "--dataset", "amazon", "--dtype", "bfloat16",
-        "--data-dir", str(data_root), "--train-limit", "8", "--steps", "2", "--batch-size", "4", "--max-length", "128",
-        "--reps", "1", "--arms", "genft,trainer", "--profile", "never", "--out", str(out), "--json", str(raw),
-    ])
-    res = json.loads(raw.read_text())
+    out, rc, res = _tiny_run(tiny_model, data_root, tmp_path, "finetune_speed", "the fp32 figures", "genft,trainer",
+                             "--dtype", "bfloat16")
     assert rc == 0, res["failures"]
     assert res["peaks"]["dtype"] == "bfloat16"
     g, t = res["summary"]["genft"], res["summary"]["trainer"]
@@ -178,18 +178,9 @@ def test_finetune_speed_puts_the_precisions_side_by_side(tiny_model, data_root, 
     """The precision arms in one run: each trains in its own numerics (the manifests say which), all against the
     bf16 peak, their first-step losses within bf16 rounding of float32's, the ratio and the loss per step shown
     in their own section."""
-    import finetune_speed
 
-    out = tmp_path / "benchmarks.md"
-    out.write_text(report_section.upsert(OTHER, "finetune_speed:bfloat16", "the bf16 figures"))
-    raw = tmp_path / "ft.json"
-    rc = finetune_speed.main([
-        "--model", tiny_model, "--threads", "1", "--task", "sentiment", "--dataset", "amazon",
-        "--data-dir", str(data_root), "--train-limit", "8", "--steps", "2", "--batch-size", "4", "--max-length", "128",
-        "--reps", "1", "--arms", "genft-fp32,genft-bf16,genft-bf16-base", "--profile", "never", "--out", str(out),
-        "--json", str(raw),
-    ])
-    res = json.loads(raw.read_text())
+    out, rc, res = _tiny_run(tiny_model, data_root, tmp_path, "finetune_speed:bfloat16", "the bf16 figures",
+                             "genft-fp32,genft-bf16,genft-bf16-base")
     assert rc == 0, res["failures"]
     assert res["peaks"]["dtype"] == "bfloat16"
     s = res["summary"]

@@ -8,10 +8,11 @@ random-demonstration cells); generation (to 60 new tokens, cut at the first blan
 per demonstration; LoRA training 224 tokens/s (padding-free batches of 8, the LM head at target positions).
 One thread, or a machine shared with other work: about twice as long; a slower machine: in proportion to its
 matmul speed.  bf16 (a model's `dtype: bfloat16`, a run's `bf16: true`, on a CPU with native bf16) scales these
-by DTYPE_TIME / BF16_TRAIN_SPEEDUP: ONE short measurement on SmolLM2-135M, 1 thread, on a 2-core machine loaded by
-other work (load average 5.3-6.1; fp32 matmul 45 GFLOP/s, bf16 182 GFLOP/s there), fp32 against bf16 weights:
-classification (Amazon 0-shot, 40 items, genft-hf) 21.7 s -> 10.3 s, generation (SocialIQA 0-shot, 8 items,
-60 new tokens) 8.9 s -> 8.0 s, LoRA training (r16 all-linear, batch 8, 3 steps) 33 -> 62 tokens/s.  A rough
+by DTYPE_TIME / BF16_TRAIN_SPEEDUP, measured with float32 and bf16 side by side in one run on an idle 2-core
+machine (2026-12-04; reports/benchmarks.md, eval_speed:dtypes and finetune_speed:dtypes): genft-hf's model
+time in bf16 over float32's, the median over eval_speed.py's default cells of each family (classification
+0.37, 3 cells; generation 0.45, 8 cells), and LoRA training tokens/s in bf16 mixed precision over float32's
+(1.42: SmolLM2-135M, r16 all-linear, batch 8, 8 steps, 3 runs each).  A rough
 start: a suite's own finished cells calibrate it as they do the float32 defaults.  Once cells of a suite finish, the plan scales the defaults per task family by measured /
 estimated time (`calibrate`).
 """
@@ -35,8 +36,8 @@ BACKEND_FACTOR = {"hf": 1.0, "genft-hf": 1.0, "vllm": 0.3}
 TRAIN_TOKENS_S = 224.0  # LoRA on SmolLM2-135M, 2 threads, padding-free batches
 # A cell's time in a dtype over its float32 time, per task family (bf16: the measurement above; float16 and
 # others: not measured, taken as float32's)
-DTYPE_TIME = {"bfloat16": {"classification": 0.47, "generation": 0.91}}
-BF16_TRAIN_SPEEDUP = 1.86  # bf16 mixed precision's training tokens/s over float32's (the measurement above)
+DTYPE_TIME = {"bfloat16": {"classification": 0.37, "generation": 0.45}}
+BF16_TRAIN_SPEEDUP = 1.42  # bf16 mixed precision's training tokens/s over float32's (the measurement above)
 
 
 def slowdown(threads: int | None) -> float:

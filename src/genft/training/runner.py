@@ -191,7 +191,7 @@ def device_settings(cfg: FinetuneConfig) -> dict:
                           "autocast: drop bf16: false, or use dtype float32")
     if not gpu and (cfg.bf16 or bf16_base):
         try:
-            check_cpu_bf16("bf16")
+            check_cpu_bf16("bf16" if cfg.bf16 else "dtype")
         except PrecisionError as e:
             raise ConfigError(str(e)) from None
     if bf16_base or cfg.bf16 is not None:
