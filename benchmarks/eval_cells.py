@@ -19,7 +19,7 @@ from genft.prompts import primary_metric_of
 
 # bf16 log-likelihoods: genft-hf within max(BF16_LL_ABS, BF16_LL_REL x |ll|) of hf's.  A log-probability is a
 # difference of bf16-rounded logits, and this model's top logits lie in [16, 32), where bf16 steps by 0.125: two
-# such steps, the most `hf` moves between its own batch sizes 1 and 8 (benchmarks/bf16_loglik.py measures it).
+# such steps, the most `hf` moves between its own batch sizes 1 and 8 (benchmarks/bf16_spread.py measures it).
 BF16_LL_REL, BF16_LL_ABS = 2**-6, 0.25
 
 

@@ -62,7 +62,7 @@ def render(args, command_args: list[str], cond: Conditions, out: Measured) -> st
         "measured time (see the script's docstring). 'same as hf': identical greedy texts, or log-likelihoods",
         f"within {args.tol:g} with the same greedy flags, on every item."
         + (f" In bf16: within max(tol, 2**-6 x |ll|), tol at least {BF16_LL_ABS:g} (two bf16 steps of this model's top logits: "
-           "the most lm-eval's `hf` moves between batch sizes 1 and 8, section bf16_loglik); a greedy text that parts from hf's at a bf16 near-tie is "
+           "the most lm-eval's `hf` moves between batch sizes 1 and 8, section bf16_spread); a greedy text that parts from hf's at a bf16 near-tie is "
            "counted ('k of n differ'), not a failure. '%' shares are of the bf16 matmul peak." if bf16 else ""),
         "",
         tabulate(out.rows, headers=HEADERS, tablefmt="github"),
