@@ -143,3 +143,16 @@ def test_lora_on_a_bf16_base_keeps_float32_adapters(tiny_model, data_root, tmp_p
     assert bf.config_hash != fp.config_hash
     assert bf.device.precision.startswith("bf16 mixed precision") and bf.training.mixed_precision == "bf16"
     assert bf.training.loss_curve[0][1] == pytest.approx(fp.training.loss_curve[0][1], rel=2e-2)
+
+
+def test_a_bf16_base_is_refused_on_a_cpu_without_native_bf16(tiny_model, data_root, tmp_path, monkeypatch):
+    """The same refusal as `bf16: true` gets there, naming the setting that asked for bf16."""
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="dtype: bf16 on this CPU is refused"):
+        training.run(_cfg(tiny_model, data_root, out, dtype="bfloat16", use_peft=True), log=_quiet)
+    assert not out.exists()  # refused before anything is written
