@@ -49,3 +49,14 @@ def _lm_eval_contexts(model_dir, data_root, k, peft=None):
     tm = harness.task_manager(model_dir, data_root)
     res = harness.evaluate(lm, ["genft_sentiment_amazon"], num_fewshot=k, limit=4, tm=tm, log_samples=True)
     return res
+
+
+def without_cpu_bf16(monkeypatch):
+    """This process's CPU as one without native bf16 (what torch's capability checks report there)."""
+    import platform
+
+    import torch
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

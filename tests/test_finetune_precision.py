@@ -8,7 +8,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from finetune_setup import _cfg, _quiet  # noqa: E402
+from finetune_setup import _cfg, _quiet, without_cpu_bf16  # noqa: E402
 
 from genft import training  # noqa: E402
 from genft.precision import cpu_bf16_missing  # noqa: E402
@@ -147,11 +147,7 @@ def test_lora_on_a_bf16_base_keeps_float32_adapters(tiny_model, data_root, tmp_p
 
 def test_a_bf16_base_is_refused_on_a_cpu_without_native_bf16(tiny_model, data_root, tmp_path, monkeypatch):
     """The same refusal as `bf16: true` gets there, naming the setting that asked for bf16."""
-    import platform
-
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    without_cpu_bf16(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match="dtype: bf16 on this CPU is refused"):
         training.run(_cfg(tiny_model, data_root, out, dtype="bfloat16", use_peft=True), log=_quiet)

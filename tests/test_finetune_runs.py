@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from conftest import REPO  # noqa: E402
-from finetune_setup import TRAIN, _cfg, _lm_eval_contexts, _quiet, sft  # noqa: E402
+from finetune_setup import TRAIN, _cfg, _lm_eval_contexts, _quiet, sft, without_cpu_bf16  # noqa: E402
 from genft import training  # noqa: E402
 from genft.precision import cpu_bf16_missing  # noqa: E402
 from genft.training import ConfigError, FinetuneConfig  # noqa: E402
@@ -364,15 +364,6 @@ def test_two_processes_under_accelerate_write_one_checkpoint_and_manifest(tiny_m
 # ---------------------------------------------------------------- bf16 mixed precision on the CPU
 
 
-def _without_cpu_bf16(monkeypatch):
-    """This process's CPU as one without native bf16 (what torch's capability checks report there)."""
-    import platform
-
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-
-
 @pytest.mark.skipif(bool(cpu_bf16_missing()), reason=f"no native bf16 on this CPU: {cpu_bf16_missing()}")
 def test_bf16_mixed_precision_on_cpu(full_run, tmp_path):
     """`bf16: true` on a CPU: TRL's own switch, run as accelerate's bf16 autocast (the linear layers compute
@@ -411,7 +402,7 @@ def test_bf16_mixed_precision_on_cpu(full_run, tmp_path):
 
 
 def test_bf16_refused_on_a_cpu_without_it(tiny_model, data_root, tmp_path, monkeypatch, capsys):
-    _without_cpu_bf16(monkeypatch)
+    without_cpu_bf16(monkeypatch)
     assert "neither AVX512-BF16 nor AMX" in cpu_bf16_missing()
     out = tmp_path / "out"
     rc = sft.main(["--task", "sentiment", "--dataset", "amazon", "--train_size", "16", "--model_name_or_path",
