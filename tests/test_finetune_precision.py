@@ -56,6 +56,19 @@ def test_dropout_scales_kept_values_and_passes_gradients_through_them_only():
     assert MaskDropout(0.0).train()(x) is x
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_values_are_scaled_in_one_rounding(dtype):
+    """The kept values are x * (1 / (1 - p)) rounded once to x's dtype (as where(keep, x * scale, 0) computes
+    them), not x times a scale first rounded to bf16; the dropped ones are zero."""
+    x = torch.randn(64, 96).to(dtype)
+    torch.manual_seed(4)
+    y = MaskDropout(0.05).train()(x)
+    torch.manual_seed(4)
+    keep = keep_mask(x.shape, 0.05, x.device)
+    assert torch.equal(y, torch.where(keep, x * (1.0 / 0.95), torch.zeros((), dtype=dtype)))
+    assert not torch.equal(y[keep], x[keep] * torch.tensor(1.0 / 0.95, dtype=dtype)) or dtype == torch.float32
+
+
 def test_same_seed_same_masks_and_bf16_inputs_keep_their_dtype():
     x = torch.randn(8, 64)
     torch.manual_seed(3)
@@ -132,6 +145,8 @@ def test_lora_on_a_bf16_base_keeps_float32_adapters(tiny_model, data_root, tmp_p
         if module.training:  # the training steps (the padding-free check runs the plain model in eval mode)
             for p in module.parameters(recurse=False):
                 seen.setdefault(p.requires_grad, set()).add(p.dtype)
+                if p.requires_grad:  # an adapter's matmul: what it is fed (peft's cast to float32 is off)
+                    seen.setdefault("adapter inputs", set()).add(args[0].dtype)
 
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
@@ -139,6 +154,7 @@ def test_lora_on_a_bf16_base_keeps_float32_adapters(tiny_model, data_root, tmp_p
     finally:
         hook.remove()
     assert seen[True] == {torch.float32} and seen[False] == {torch.bfloat16}, seen
+    assert seen["adapter inputs"] == {torch.bfloat16}, seen
     fp = training.run(_cfg(tiny_model, data_root, tmp_path / "fp", **kw), log=_quiet)
     assert bf.config_hash != fp.config_hash
     assert bf.device.precision.startswith("bf16 mixed precision") and bf.training.mixed_precision == "bf16"

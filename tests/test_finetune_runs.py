@@ -123,6 +123,8 @@ def test_padding_free_trains_the_padded_objective(full_run, tmp_path):
     padded = training.run(padded_cfg, log=_quiet).training
     assert padded.batching.model_dump(exclude_none=True) == {"padding_free": False, "reason": "padding_free is off"}
     assert flat.lm_head == padded.lm_head == "target positions"
+    # both ran per-example attention: per example in the flattened batches, sdpa with its mask in the padded ones
+    assert flat.attention == padded.attention == "genft_examples"
     # the same input tokens counted (EOS included: the tokenizer's pad token is its EOS)
     assert flat.trained_tokens == padded.trained_tokens > 0
     # step 1 sees the same weights: the same loss up to summation order; later steps stay within rounding

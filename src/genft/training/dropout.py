@@ -40,8 +40,10 @@ class MaskDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = keep_mask(x.shape, self.p, x.device)
-        return torch.where(keep, x * (1.0 / (1.0 - self.p)), torch.zeros((), dtype=x.dtype, device=x.device))
+        keep = keep_mask(x.shape, self.p, x.device).to(x.dtype)
+        # x * 1 or x * 0, then the scale in one rounding: the values of where(keep, x * scale, 0), at a fraction
+        # of its cost on a CPU (where() over a bool mask is ~10x slower there than a multiply in x's dtype)
+        return x * keep * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, masks={LORA_DROPOUT_MASKS!r}"

@@ -7,7 +7,8 @@ what to do for a manifest of another version, of another tool, or edited into so
 
 The JSON field names are those genft has written since manifest version 2 (`genft_manifest_version: 2`), so
 finished checkpoints stay readable; fields added later within version 2 (`steps`, `training.batching`,
-`training.lm_head`, `training.mixed_precision`, `device.precision`) are optional when reading.
+`training.lm_head`, `training.mixed_precision`, `device.precision`, `training.lora_dropout`,
+`training.attention`) are optional when reading.
 
 No torch or transformers here: the report reads manifests without them.
 """
@@ -97,6 +98,8 @@ class TrainingInfo(_Part):
     lm_head: str | None = Field(None, description="where the loss computed the LM head")
     mixed_precision: str | None = Field(None, description="accelerate's mixed precision (bf16, no)")
     lora_dropout: str | None = Field(None, description="LoRA's dropout: adapters, p and the masks drawn (None: none)")
+    attention: str | None = Field(None, description="the attention the model trained with (genft_examples: per "
+                                  "example in padding-free batches, training.attention)")
     effective_batch_size: int
 
 

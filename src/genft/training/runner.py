@@ -330,9 +330,11 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
+    from peft.helpers import disable_input_dtype_casting
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
+    from .attention import use_example_attention
     from .dropout import use_mask_dropout
     from .trl_args import peft_config, sft_config
 
@@ -341,8 +343,10 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
     sharded = bool(cfg.accelerate_config)  # no process holds the whole model: deviation from the saved files
     base = {} if sharded else {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
     n_params = sum(p.numel() for p in model.parameters())
+    attention = use_example_attention(model)  # before the padding-free check, which then compares it with sdpa
     batching = batching_for(cfg, model, tokenizer, examples, dev, sharded)
-    log(f"[genft] batches: {'padding-free' if batching['padding_free'] else 'padded'} ({batching['reason']})")
+    log(f"[genft] batches: {'padding-free' if batching['padding_free'] else 'padded'} ({batching['reason']}); "
+        f"attention: {attention}")
     callbacks = [make_progress_callback(log), make_final_checkpoint_guard()] + (
         [make_step_callback(cfg.step_models, out, tokenizer, cfg.use_peft, log)] if cfg.step_models else [])
     trainer = SFTTrainer(model=model, args=sft_config(cfg, out, batching, dev), train_dataset=Dataset.from_list(examples),
@@ -361,7 +365,11 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
         log(f"[genft] resuming from {last}")
     t0 = time.time()
     mixed_precision = str(trainer.accelerator.mixed_precision)  # what accelerate runs ("bf16", "no"): recorded
-    with scored_positions_only() as lm_head:
+    # Under bf16 autocast peft would cast each adapter's input up to its float32 weights' dtype, and autocast would
+    # cast it straight back to bf16 for the adapter's matmul: left as it comes, the input reaches the adapter's
+    # dropout and matmul in bf16 (the matmul sees the same values; dropout's scaled ones are rounded to bf16 once).
+    adapter_inputs = disable_input_dtype_casting(trainer.model, active=bool(cfg.use_peft and dev["bf16"]))
+    with scored_positions_only() as lm_head, adapter_inputs:
         log(f"[genft] LM head in the loss: at {lm_head}; {dev['precision']}; accelerate's mixed precision: "
             f"{mixed_precision}")
         try:
@@ -379,7 +387,7 @@ def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths
         final_loss=loss_curve[-1][1] if loss_curve else None, loss_curve=loss_curve, wall_time_s=round(wall, 2),
         trained_tokens=tokens, tokens_per_s=round(tokens / wall, 2) if wall > 0 else None,
         resumed_from_checkpoint=last, batching=batching, lm_head=lm_head, mixed_precision=mixed_precision,
-        lora_dropout=dropout,
+        lora_dropout=dropout, attention=attention,
         effective_batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dev["world_size"])
 
     manifest = None

@@ -1,0 +1,122 @@
+"""Attention in padding-free training batches: example by example, not over the whole packed row.
+
+A padding-free batch (training.batching) is one row holding every example of the batch, with position ids
+restarting at each example.  transformers' `sdpa` attention keeps the examples apart with a dense
+block-diagonal mask over the whole row: every query is scored against every key of the row and most scores
+are then thrown away, so attention costs (sum of lengths)^2 instead of sum(length^2).  In a batch of 8
+examples of very different lengths that is most of the attention's work, in the forward pass and in backward.
+
+`example_attention_forward` runs each example's own causal attention instead, from the sequence boundaries
+TRL's padding-free collator passes with every batch (`cu_seq_lens_q`/`cu_seq_lens_k`, the varlen kernels'
+input).  The result is the same function: no query ever saw a key of another example.  What runs per example:
+
+* float32, and any GPU: `torch.nn.functional.scaled_dot_product_attention` with `is_causal` (its fused kernel);
+* bfloat16 / float16 on a CPU (half-precision weights, or bf16 autocast, under which sdpa would cast q, k and v
+  to bf16): the scores and the weighted sum as two matmuls in that dtype, the softmax in float32.  On a CPU the fused kernel's backward in bf16 is slower than in
+  float32 (its matmuls are small and it converts its inputs), and the two plain matmuls run at bf16 speed.
+
+Anything else the attention call could ask for (no boundaries: padded batches and generation; a batch of more
+than one row; keys that are not the queries' own (a cache); attention dropout, a sliding window shorter than
+an example, a logit softcap or attention sinks) goes to transformers' `sdpa` with its mask, unchanged.
+
+`use_example_attention(model)` switches a model whose attention is `sdpa` to this function (its configuration
+only: `_attn_implementation` is not saved with the model).  Training's padding-free check (training.batching)
+then compares a padded batch (sdpa, with its mask) with the same batch flattened (this function): the two
+must give the same loss before any batch is flattened.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTN_NAME = "genft_examples"
+# The only implementation this one replaces: the one whose results it reproduces, and its fallback.
+REPLACES = "sdpa"
+
+
+def _boundaries(query, key, dropout, sliding_window, cu_q, cu_k, kwargs) -> list[int] | None:
+    """The examples' [start, end) boundaries when this call can run per example, else None."""
+    if cu_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or dropout:
+        return None
+    if cu_k is not None and not torch.equal(cu_q, cu_k):
+        return None
+    if any(kwargs.get(name) is not None for name in ("softcap", "s_aux", "sinks")):
+        return None
+    bounds = [int(b) for b in cu_q.tolist()]
+    if bounds[0] != 0 or bounds[-1] != query.shape[2] or any(end <= start for start, end in zip(bounds, bounds[1:])):
+        return None  # not a partition of this row: not what the collator made, so not ours to interpret
+    if sliding_window is not None and max(b - a for a, b in zip(bounds, bounds[1:])) > sliding_window:
+        return None
+    return bounds
+
+
+def _causal_matmuls(query, key, value, scale: float) -> torch.Tensor:
+    """Causal attention of one example as two matmuls in the inputs' dtype, softmax in float32.
+    query [1, heads, n, d], key/value [1, kv_heads, n, d] (query heads h = kv * groups + g share kv head kv,
+    transformers' repeat_kv layout); returns [1, heads, n, d]."""
+    _, heads, n, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    q = query.reshape(1, kv_heads, groups * n, dim)
+    scores = torch.matmul(q, key.transpose(2, 3)).view(1, kv_heads, groups, n, n).float() * scale
+    future = torch.ones(n, n, dtype=torch.bool, device=query.device).triu(1)
+    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(value.dtype)
+    return torch.matmul(probs.view(1, kv_heads, groups * n, n), value).view(1, heads, n, dim)
+
+
+def example_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature: query [B, heads, q, d], key/value [B, kv_heads, k, d];
+    returns ([B, q, heads, d], None).  Per example where the call allows it, else `sdpa` (module docstring)."""
+    bounds = _boundaries(query, key, dropout, sliding_window, cu_seq_lens_q, cu_seq_lens_k, kwargs)
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, cu_seq_lens_q=cu_seq_lens_q,
+                                      cu_seq_lens_k=cu_seq_lens_k, **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    half = query.dtype
+    if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        half = torch.get_autocast_dtype("cpu")  # what sdpa would run in (under autocast RoPE leaves q, k float32)
+    matmuls = query.device.type == "cpu" and half in (torch.bfloat16, torch.float16)
+    if matmuls:
+        query, key, value = query.to(half), key.to(half), value.to(half)
+    outs = []
+    for a, b in zip(bounds, bounds[1:]):
+        q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
+        if matmuls:
+            outs.append(_causal_matmuls(q, k, v, scale))
+        else:
+            outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                       enable_gqa=q.shape[1] != k.shape[1]))
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_NAME, example_attention_forward)
+AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)  # what the fallback needs; the per-example path ignores it
+
+
+def use_example_attention(model: torch.nn.Module) -> str:
+    """Switch `model` (before peft wraps it) to per-example attention where its attention is sdpa.
+
+    Returns what the model's attention now is, for the manifest: ATTN_NAME, or the model's own implementation
+    (left as it is) with the reason."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current != REPLACES:
+        return f"{current} (the model's own: per-example attention replaces {REPLACES} only)"
+    model.set_attn_implementation(ATTN_NAME)
+    return ATTN_NAME
