@@ -37,6 +37,16 @@ ATTN_NAME = "genft_examples"
 REPLACES = "sdpa"
 
 
+_last: list = [None, None]  # (the boundaries tensor, its list): every layer of a forward gets the same tensor
+
+
+def _as_list(cu: torch.Tensor) -> list[int]:
+    """cu as a list, read from its device once per forward rather than once per layer."""
+    if _last[0] is not cu:
+        _last[:] = [cu, [int(b) for b in cu.tolist()]]
+    return _last[1]
+
+
 def _boundaries(query, key, dropout, sliding_window, cu_q, cu_k, kwargs) -> list[int] | None:
     """The examples' [start, end) boundaries when this call can run per example, else None."""
     if cu_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or dropout:
@@ -45,7 +55,7 @@ def _boundaries(query, key, dropout, sliding_window, cu_q, cu_k, kwargs) -> list
         return None
     if any(kwargs.get(name) is not None for name in ("softcap", "s_aux", "sinks")):
         return None
-    bounds = [int(b) for b in cu_q.tolist()]
+    bounds = _as_list(cu_q)
     if bounds[0] != 0 or bounds[-1] != query.shape[2] or any(end <= start for start, end in zip(bounds, bounds[1:])):
         return None  # not a partition of this row: not what the collator made, so not ours to interpret
     if sliding_window is not None and max(b - a for a, b in zip(bounds, bounds[1:])) > sliding_window:

@@ -1,8 +1,9 @@
 """How training rows are put into batches: padded to the longest row, or padding-free.
 
 Padding-free (TRL's `padding_free=True`): the examples of a batch are concatenated into one row with position
-ids restarting at every example and no attention mask; transformers builds a block-diagonal causal mask from
-the position ids, so each example still sees only itself.  No padding is computed, which on a CPU roughly
+ids restarting at every example and no attention mask; each example still sees only itself (genft's attention
+runs each example's own causal attention, training.attention; transformers' sdpa would build a block-diagonal
+causal mask from the position ids).  No padding is computed, which on a CPU roughly
 halves the time of a step and its memory (reports/benchmarks.md, finetune_speed).  The loss is the same mean
 over the same target tokens.
 
