@@ -112,7 +112,9 @@ def parser() -> argparse.ArgumentParser:
                     help="bfloat16: every arm in bf16 mixed precision (needs a CPU with native bf16); the shares use "
                     "the bf16 matmul peak")
     ap.add_argument("--tol", type=float, default=None, help="largest first-step loss difference between arms "
-                    "(default 1e-3; with --dtype bfloat16 2e-2: bf16 rounds each product to 2**-8)")
+                    "(default 1e-3; with --dtype bfloat16 7e-2: in bf16 mixed precision a batch's loss on this recipe "
+                    "moved up to 0.035 from float32's, whichever attention ran (sdpa padded, sdpa over the packed row's "
+                    "mask, genft's per example; all 8 batches), so two correct bf16 arms can be twice that apart)")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                     help="torch.profiler runs of a genft arm and the plain loop's arm it is compared with "
                          "(genft/trainer, genft/trainer-padfree, genft-padded/trainer): auto = where genft's is slower")
@@ -131,7 +133,7 @@ def options(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
         args.dtype = "bfloat16"  # the precisions side by side: every arm's share is of the bf16 matmul peak
     check_dtype(ap, args.dtype)
     if args.tol is None:
-        args.tol = 2e-2 if args.dtype == "bfloat16" else 1e-3
+        args.tol = 7e-2 if args.dtype == "bfloat16" else 1e-3
 
     if not arms or set(arms) - set(ARMS) or len(set(arms)) != len(arms):
         ap.error(f"--arms: choose from {', '.join(ARMS)}")

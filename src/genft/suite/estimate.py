@@ -12,7 +12,8 @@ by DTYPE_TIME / BF16_TRAIN_SPEEDUP, measured with float32 and bf16 side by side 
 machine (2026-12-04; reports/benchmarks.md, eval_speed:dtypes and finetune_speed:dtypes): genft-hf's model
 time in bf16 over float32's, the median over eval_speed.py's default cells of each family (classification
 0.37, 3 cells; generation 0.45, 8 cells), and LoRA training tokens/s in bf16 mixed precision over float32's
-(1.42: SmolLM2-135M, r16 all-linear, batch 8, 8 steps, 3 runs each).  A rough
+(1.75: SmolLM2-135M, r16 all-linear, batch 8, 8 steps, 3 runs each; with LoRA's base in bf16 2.24, taken
+as 1.75 too).  A rough
 start: a suite's own finished cells calibrate it as they do the float32 defaults.  Once cells of a suite finish, the plan scales the defaults per task family by measured /
 estimated time (`calibrate`).
 """
@@ -37,7 +38,7 @@ TRAIN_TOKENS_S = 224.0  # LoRA on SmolLM2-135M, 2 threads, padding-free batches
 # A cell's time in a dtype over its float32 time, per task family (bf16: the measurement above; float16 and
 # others: not measured, taken as float32's)
 DTYPE_TIME = {"bfloat16": {"classification": 0.37, "generation": 0.45}}
-BF16_TRAIN_SPEEDUP = 1.42  # bf16 mixed precision's training tokens/s over float32's (the measurement above)
+BF16_TRAIN_SPEEDUP = 1.75  # bf16 mixed precision's training tokens/s over float32's (the measurement above)
 
 
 def slowdown(threads: int | None) -> float:

@@ -8,12 +8,13 @@ examples of very different lengths that is most of the attention's work, in the 
 
 `example_attention_forward` runs each example's own causal attention instead, from the sequence boundaries
 TRL's padding-free collator passes with every batch (`cu_seq_lens_q`/`cu_seq_lens_k`, the varlen kernels'
-input).  The result is the same function: no query ever saw a key of another example.  What runs per example:
-
-* float32, and any GPU: `torch.nn.functional.scaled_dot_product_attention` with `is_causal` (its fused kernel);
-* bfloat16 / float16 on a CPU (half-precision weights, or bf16 autocast, under which sdpa would cast q, k and v
-  to bf16): the scores and the weighted sum as two matmuls in that dtype, the softmax in float32.  On a CPU the fused kernel's backward in bf16 is slower than in
-  float32 (its matmuls are small and it converts its inputs), and the two plain matmuls run at bf16 speed.
+input).  The result is the same function: no query ever saw a key of another example.  What runs per example is
+torch's fused `scaled_dot_product_attention`, causal; on a CPU in float32 also where q, k and v are bf16/fp16
+(half-precision weights, or bf16 autocast, under which sdpa would cast them to bf16): the inputs are widened
+and the result rounded back to their dtype.  On a CPU the fused kernel's bf16 backward is no faster than its
+float32 one (its matmuls are small, and it converts its inputs), and float32 scores keep a sharp softmax
+accurate: two bf16 matmuls with the softmax in float32 (transformers' eager attention) erred ten times more on
+the same bf16 inputs.
 
 Anything else the attention call could ask for (no boundaries: padded batches and generation; a batch of more
 than one row; keys that are not the queries' own (a cache); attention dropout, a sliding window shorter than
@@ -25,6 +26,8 @@ then compares a padded batch (sdpa, with its mask) with the same batch flattened
 must give the same loss before any batch is flattened.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +54,7 @@ def _boundaries(query, key, dropout, sliding_window, cu_q, cu_k, kwargs) -> list
     """The examples' [start, end) boundaries when this call can run per example, else None."""
     if cu_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or dropout:
         return None
-    if cu_k is not None and not torch.equal(cu_q, cu_k):
+    if cu_k is not None and cu_k is not cu_q and not torch.equal(cu_q, cu_k):
         return None
     if any(kwargs.get(name) is not None for name in ("softcap", "s_aux", "sinks")):
         return None
@@ -61,20 +64,6 @@ def _boundaries(query, key, dropout, sliding_window, cu_q, cu_k, kwargs) -> list
     if sliding_window is not None and max(b - a for a, b in zip(bounds, bounds[1:])) > sliding_window:
         return None
     return bounds
-
-
-def _causal_matmuls(query, key, value, scale: float) -> torch.Tensor:
-    """Causal attention of one example as two matmuls in the inputs' dtype, softmax in float32.
-    query [1, heads, n, d], key/value [1, kv_heads, n, d] (query heads h = kv * groups + g share kv head kv,
-    transformers' repeat_kv layout); returns [1, heads, n, d]."""
-    _, heads, n, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    q = query.reshape(1, kv_heads, groups * n, dim)
-    scores = torch.matmul(q, key.transpose(2, 3)).view(1, kv_heads, groups, n, n).float() * scale
-    future = torch.ones(n, n, dtype=torch.bool, device=query.device).triu(1)
-    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(value.dtype)
-    return torch.matmul(probs.view(1, kv_heads, groups * n, n), value).view(1, heads, n, dim)
 
 
 def example_attention_forward(
@@ -101,19 +90,15 @@ def example_attention_forward(
     half = query.dtype
     if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         half = torch.get_autocast_dtype("cpu")  # what sdpa would run in (under autocast RoPE leaves q, k float32)
-    matmuls = query.device.type == "cpu" and half in (torch.bfloat16, torch.float16)
-    if matmuls:
-        query, key, value = query.to(half), key.to(half), value.to(half)
-    outs = []
-    for a, b in zip(bounds, bounds[1:]):
-        q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
-        if matmuls:
-            outs.append(_causal_matmuls(q, k, v, scale))
-        else:
-            outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                                       enable_gqa=q.shape[1] != k.shape[1]))
+    upcast = query.device.type == "cpu" and half in (torch.bfloat16, torch.float16)
+    with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
+        if upcast:
+            query, key, value = query.float(), key.float(), value.float()
+        outs = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
+                                               scale=scale, enable_gqa=query.shape[1] != key.shape[1])
+                for a, b in zip(bounds, bounds[1:])]
     out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-    return out.transpose(1, 2).contiguous(), None
+    return out.to(half if upcast else out.dtype).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTN_NAME, example_attention_forward)
