@@ -113,8 +113,8 @@ def parser() -> argparse.ArgumentParser:
                     "the bf16 matmul peak")
     ap.add_argument("--tol", type=float, default=None, help="largest first-step loss difference between arms "
                     "(default 1e-3; with --dtype bfloat16 7e-2: in bf16 mixed precision a batch's loss on this recipe "
-                    "moved up to 0.035 from float32's, whichever attention ran (sdpa padded, sdpa over the packed row's "
-                    "mask, genft's per example; all 8 batches), so two correct bf16 arms can be twice that apart)")
+                    "moved up to 0.035 from float32's, whichever attention ran, so two correct bf16 arms can be "
+                    "twice that apart: benchmarks/bf16_train_spread.py)")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                     help="torch.profiler runs of a genft arm and the plain loop's arm it is compared with "
                          "(genft/trainer, genft/trainer-padfree, genft-padded/trainer): auto = where genft's is slower")

@@ -195,3 +195,32 @@ def test_finetune_speed_puts_the_precisions_side_by_side(tiny_model, data_root, 
     assert "the bf16 figures" in out.read_text()
     assert "**genft-bf16 over genft-fp32**" in section and "**genft-bf16-base over genft-fp32**" in section
     assert "GFLOP/s bf16 matmul" in section and "Loss at each optimizer step" in section
+
+
+@pytest.mark.skipif(bool(cpu_bf16_missing()), reason="needs a CPU with native bf16")
+def test_bf16_train_spread_measures_every_attention_against_float32(tiny_model, data_root, tmp_path):
+    """benchmarks/bf16_train_spread.py on the tiny model: every evaluator's batch losses against float32's, the
+    per-example attention equal to sdpa in float32, its own section written next to the others; and the
+    verdict turns 'no' where genft's attention is the farthest from float32."""
+    import bf16_train_spread as spread
+
+    out = tmp_path / "benchmarks.md"
+    before = report_section.upsert(OTHER, "finetune_speed", "figures")
+    out.write_text(before)
+    rc = spread.main(["--model", tiny_model, "--threads", "1", "--data-dir", str(data_root), "--train-limit", "8",
+                      "--batch-size", "4", "--max-length", "128", "--out", str(out)])
+    assert rc == 0
+    text = out.read_text()
+    section = report_section.extract(text, "bf16_train_spread")
+    assert report_section.extract(text, "finetune_speed") == report_section.extract(before, "finetune_speed")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| float32") or line.startswith("| bf16")]
+    assert [tuple(r[:3]) for r in rows] == list(spread.EVALUATORS)
+    assert all(len(r[5].split()) == 2 for r in rows)  # 8 examples in batches of 4
+    assert float(rows[0][3]) <= spread.FP32_AGREE and "**yes**" in section
+    ref = [7.0, 6.0]
+    res = {spread.REFERENCE: ref, **{ev: list(ref) for ev in spread.EVALUATORS}}
+    res[("bf16 base", "genft_examples", "flattened")] = [7.1, 6.0]
+    res[("bf16 base", "sdpa", "padded")] = [7.05, 6.0]
+    dist, ok = spread.judge(res)
+    assert not ok and dist[("bf16 base", "genft_examples", "flattened")] == pytest.approx((0.1, 0.05))
