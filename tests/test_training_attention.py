@@ -161,6 +161,10 @@ def test_only_sdpa_is_replaced_and_the_saved_model_does_not_name_it(tiny_model, 
     eager = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
     assert gattn.use_example_attention(eager).startswith("eager (the model's own")
     assert eager.config._attn_implementation == "eager"
+    fixed = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
+    fixed._can_set_attn_implementation = lambda: False  # custom modeling code that calls its own attention
+    assert gattn.use_example_attention(fixed).startswith("sdpa (left as it is")
+    assert fixed.config._attn_implementation == "sdpa"
     model = _model(tiny_model, per_example=True)
     model.save_pretrained(tmp_path / "saved")
     assert gattn.ATTN_NAME not in (tmp_path / "saved" / "config.json").read_text()

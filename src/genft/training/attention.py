@@ -114,4 +114,6 @@ def use_example_attention(model: torch.nn.Module) -> str:
     if current != REPLACES:
         return f"{current} (the model's own: per-example attention replaces {REPLACES} only)"
     model.set_attn_implementation(ATTN_NAME)
+    if model.config._attn_implementation != ATTN_NAME:  # transformers only warns where it cannot switch
+        return f"{current} (left as it is: the model's code does not take its attention from transformers' interface)"
     return ATTN_NAME
