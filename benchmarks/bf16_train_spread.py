@@ -103,8 +103,8 @@ def render(res: dict, dist: dict, ok: bool, info: dict, argv: list, wall_s: floa
         "are " + " ".join(f"{x:.4f}" for x in res[REFERENCE]) + ".", "",
         table(rows, ["precision", "attention", "batches", "max |d|", "mean |d|", "losses"]), "",
         f"genft's per-example attention within sdpa's own bf16 spread (at least 2**-8) in both precisions, and "
-        f"equal to float32 "
-        f"sdpa within {FP32_AGREE:g} in float32: **{'yes' if ok else 'no'}**.  In bf16 autocast the farthest "
+        f"equal to float32 sdpa within {FP32_AGREE:g} in float32: **{'yes' if ok else 'no'}**.  In bf16 autocast "
+        f"the farthest "
         f"loss is {autocast:.4f} from float32's, so two correct bf16 arms of finetune_speed.py can be up to "
         f"{2 * autocast:.4f} apart (its --dtype bfloat16 first-step tolerance).",
     ]
