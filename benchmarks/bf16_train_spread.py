@@ -104,9 +104,8 @@ def render(res: dict, dist: dict, ok: bool, info: dict, argv: list, wall_s: floa
         table(rows, ["precision", "attention", "batches", "max |d|", "mean |d|", "losses"]), "",
         f"genft's per-example attention within sdpa's own bf16 spread (at least 2**-8) in both precisions, and "
         f"equal to float32 sdpa within {FP32_AGREE:g} in float32: **{'yes' if ok else 'no'}**.  In bf16 autocast "
-        f"the farthest "
-        f"loss is {autocast:.4f} from float32's, so two correct bf16 arms of finetune_speed.py can be up to "
-        f"{2 * autocast:.4f} apart (its --dtype bfloat16 first-step tolerance).",
+        f"the farthest loss is {autocast:.4f} from float32's, so two correct bf16 arms of finetune_speed.py can be "
+        f"up to {2 * autocast:.4f} apart (its --dtype bfloat16 first-step tolerance).",
     ]
     return "\n".join(lines) + "\n"
 

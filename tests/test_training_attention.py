@@ -153,6 +153,10 @@ def test_calls_it_cannot_split_go_to_sdpa_unchanged(tiny_model):
     assert gattn._boundaries(q, kv, 0.0, max(LENGTHS), cu, cu, {}) is not None
     assert gattn._boundaries(q, kv, 0.1, None, cu, cu, {}) is None  # attention dropout
     assert gattn._boundaries(q, kv, 0.0, None, cu, cu, {"softcap": 30.0}) is None
+    assert gattn._boundaries(q, kv, 0.0, None, cu, cu.clone(), {}) is not None  # equal boundaries, another tensor
+    other = cu.clone()
+    other[1] += 1
+    assert gattn._boundaries(q, kv, 0.0, None, cu, other, {}) is None  # keys split otherwise than queries
 
 
 def test_only_sdpa_is_replaced_and_the_saved_model_does_not_name_it(tiny_model, tmp_path):

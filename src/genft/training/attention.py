@@ -40,25 +40,28 @@ ATTN_NAME = "genft_examples"
 REPLACES = "sdpa"
 
 
-_last: list = [None, None]  # (the boundaries tensor, its list): every layer of a forward gets the same tensor
+_last: list = [None, None, None]  # (cu_q, cu_k, their boundaries): every layer of a forward gets the same tensors
 
 
-def _as_list(cu: torch.Tensor) -> list[int]:
-    """cu as a list, read from its device once per forward rather than once per layer."""
-    if _last[0] is not cu:
-        _last[:] = [cu, [int(b) for b in cu.tolist()]]
-    return _last[1]
+def _shared_bounds(cu_q: torch.Tensor, cu_k: torch.Tensor | None) -> list[int] | None:
+    """cu_q as a list when cu_k (if given) holds the same boundaries, else None; read from their device once per
+    forward rather than once per layer."""
+    if _last[0] is not cu_q or _last[1] is not cu_k:
+        bounds = [int(b) for b in cu_q.tolist()]
+        same = cu_k is None or cu_k is cu_q or [int(b) for b in cu_k.tolist()] == bounds
+        _last[:] = [cu_q, cu_k, bounds if same else None]
+    return _last[2]
 
 
 def _boundaries(query, key, dropout, sliding_window, cu_q, cu_k, kwargs) -> list[int] | None:
     """The examples' [start, end) boundaries when this call can run per example, else None."""
     if cu_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or dropout:
         return None
-    if cu_k is not None and cu_k is not cu_q and not torch.equal(cu_q, cu_k):
-        return None
     if any(kwargs.get(name) is not None for name in ("softcap", "s_aux", "sinks")):
         return None
-    bounds = _as_list(cu_q)
+    bounds = _shared_bounds(cu_q, cu_k)
+    if bounds is None:  # keys split otherwise than queries
+        return None
     if bounds[0] != 0 or bounds[-1] != query.shape[2] or any(end <= start for start, end in zip(bounds, bounds[1:])):
         return None  # not a partition of this row: not what the collator made, so not ours to interpret
     if sliding_window is not None and max(b - a for a, b in zip(bounds, bounds[1:])) > sliding_window:

@@ -329,8 +329,8 @@ def _lock_output(out: Path):
 def _train(cfg, out, chash, model_path, tokenizer, examples, trunc, files, paths, dev, log) -> Manifest | None:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from peft.helpers import disable_input_dtype_casting
+    from transformers import AutoModelForCausalLM
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
